@@ -1,0 +1,71 @@
+"""Process-wide model cache: a second run with the same files and options does not reload anything.
+
+Heavy objects live only here; callers (nodes, CLI) hold light specs and ask the cache, so `unload()` really
+frees memory as soon as no generation is running.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable, Hashable
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def file_identity(path: str | Path) -> tuple:
+    """Resolved path + size + mtime: a replaced file gets a new cache key."""
+    p = Path(path).resolve()
+    if p.is_dir():
+        stamps = tuple((c.name, c.stat().st_mtime_ns) for c in sorted(p.rglob("*.json")))
+        return (str(p), stamps)
+    st = p.stat()
+    return (str(p), st.st_size, st.st_mtime_ns)
+
+
+class ModelCache:
+    def __init__(self) -> None:
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.RLock()
+        self.loads = 0  # how many times a factory ran (tests and benchmarks read it)
+
+    def get(self, key: Hashable, factory: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            value = factory()
+            self.loads += 1
+            self._items[key] = value
+            return value
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def unload(self, key: Hashable | None = None) -> int:
+        """Drop one entry (or all) and return device memory to the driver. Returns entries dropped."""
+        with self._lock:
+            keys = list(self._items) if key is None else [key] if key in self._items else []
+            for k in keys:
+                item = self._items.pop(k)
+                release = getattr(item, "release", None)
+                if release is not None:
+                    release()
+                del item
+        if keys:
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            log.info("unloaded %d cached model(s)", len(keys))
+        return len(keys)
+
+
+CACHE = ModelCache()

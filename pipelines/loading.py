@@ -1,0 +1,268 @@
+"""Build each component from the files users have: ComfyUI single files or diffusers folders.
+
+Single files go through diffusers' own single-file loaders and key converters, with the config shipped in
+configs/ adapted to what the file's keys say (block counts, widths, guidance). Nothing reaches the hub:
+every diffusers/transformers call gets a local config and local_files_only=True.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import init_empty_weights
+
+from . import params
+from .weights import TensorIndex, WeightsError, expect_kind, read_index, refuse_pickle, transformer_layout
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to place a model: device, compute dtype, fp8 weight storage, offload, VAE tiling."""
+
+    device: str = "auto"
+    dtype: str = "auto"
+    weight_storage: str = "default"
+    offload: str = "none"
+    vae_tiling: str = "auto"
+
+    def __post_init__(self):
+        params.check_choice("dtype", self.dtype, params.DTYPE_CHOICES)
+        params.check_choice("weight_storage", self.weight_storage, params.WEIGHT_STORAGE_CHOICES)
+        params.check_choice("offload", self.offload, params.OFFLOAD_CHOICES)
+        params.check_choice("vae_tiling", self.vae_tiling, params.VAE_TILING_CHOICES)
+
+    def torch_device(self) -> torch.device:
+        if self.device != "auto":
+            return torch.device(self.device)
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+
+    def torch_dtype(self) -> torch.dtype:
+        if self.dtype != "auto":
+            return DTYPES[self.dtype]
+        if self.torch_device().type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+
+
+def _folder_with(path: Path, sub: str, marker: str) -> Path | None:
+    """A diffusers component folder: `path` itself, or `path/sub` inside a whole repo folder."""
+    for candidate in (path / sub, path):
+        if (candidate / marker).is_file():
+            return candidate
+    return None
+
+
+def _require_folder(path: Path, sub: str, marker: str, what: str) -> Path:
+    folder = _folder_with(path, sub, marker)
+    if folder is None:
+        raise WeightsError(f"{path}: not a diffusers folder for {what} (no {marker} in it or in {path / sub}).")
+    return folder
+
+
+def _wrap(path: Path, what: str, exc: Exception) -> WeightsError:
+    return WeightsError(f"{path}: could not load {what}: {type(exc).__name__}: {exc}")
+
+
+# -- FLUX transformer ---------------------------------------------------------------------------------------
+
+def _transformer_overrides(index: TensorIndex) -> dict:
+    """Config values the file's tensors determine (the shipped config is FLUX.1-dev full size).
+
+    The rotary split (axes_dims_rope 16/56/56) is FLUX's and assumes 128-wide heads, as all FLUX.1 models have.
+    """
+    layout = transformer_layout(index)
+    shapes = {k.removeprefix("model.diffusion_model."): v for k, v in index.shapes.items()}
+    names = (("img_in.weight", "txt_in.weight", "vector_in.in_layer.weight") if layout.bfl_names else
+             ("x_embedder.weight", "context_embedder.weight", "time_text_embed.text_embedder.linear_1.weight"))
+    missing = [n for n in names if n not in shapes]
+    if missing:
+        raise WeightsError(f"{index.path}: FLUX transformer file lacks {', '.join(missing)}; it may be an "
+                           "incomplete or non-FLUX checkpoint.")
+    in_channels, joint, pooled = (shapes[n][1] for n in names)
+    inner = shapes[names[0]][0]
+    norm = "double_blocks.0.img_attn.norm.query_norm.scale" if layout.bfl_names else "transformer_blocks.0.attn.norm_q.weight"
+    head_dim = shapes[norm][0] if norm in shapes else 128
+    return dict(num_layers=layout.num_layers, num_single_layers=layout.num_single_layers,
+                guidance_embeds=layout.guidance_embeds, in_channels=in_channels, joint_attention_dim=joint,
+                pooled_projection_dim=pooled, attention_head_dim=head_dim, num_attention_heads=inner // head_dim)
+
+
+def load_transformer(source: str | Path, dtype: torch.dtype):
+    """Return (FluxTransformer2DModel, detected variant) from a single file or a diffusers folder."""
+    from diffusers import FluxTransformer2DModel
+
+    path = Path(source)
+    what = "the FLUX transformer"
+    if path.is_dir():
+        folder = _require_folder(path, "transformer", "config.json", what)
+        try:
+            model = FluxTransformer2DModel.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
+        except Exception as exc:
+            raise _wrap(folder, what, exc) from exc
+    else:
+        index = read_index(path, "flux_transformer")
+        expect_kind(index, "flux_transformer")
+        overrides = _transformer_overrides(index)
+        try:
+            model = FluxTransformer2DModel.from_single_file(
+                str(path), config=str(CONFIG_DIR / "transformer"), local_files_only=True, torch_dtype=dtype,
+                **overrides)
+        except Exception as exc:
+            raise _wrap(path, what, exc) from exc
+    return model.eval(), ("dev" if model.config.guidance_embeds else "schnell")
+
+
+# -- VAE ------------------------------------------------------------------------------------------------------
+
+def _vae_overrides(index: TensorIndex) -> dict:
+    """Geometry of an LDM-named autoencoder file (the FLUX ae.safetensors has 4 levels of 2 blocks)."""
+    shapes = index.shapes
+    levels = index.block_count(r"^encoder\.down\.(\d+)\.")
+    if levels == 0 or "encoder.conv_out.weight" not in shapes:
+        return {}  # diffusers-named single file: the shipped config applies as is
+    block_out = [shapes[f"encoder.down.{i}.block.0.conv2.weight"][0] for i in range(levels)]
+    return dict(
+        block_out_channels=block_out,
+        down_block_types=["DownEncoderBlock2D"] * levels,
+        up_block_types=["UpDecoderBlock2D"] * levels,
+        layers_per_block=index.block_count(r"^encoder\.down\.0\.block\.(\d+)\."),
+        latent_channels=shapes["encoder.conv_out.weight"][0] // 2,
+        use_quant_conv="quant_conv.weight" in shapes,
+        use_post_quant_conv="post_quant_conv.weight" in shapes,
+    )
+
+
+def load_vae(source: str | Path, dtype: torch.dtype):
+    from diffusers import AutoencoderKL
+
+    path = Path(source)
+    what = "the FLUX VAE"
+    if path.is_dir():
+        folder = _require_folder(path, "vae", "config.json", what)
+        try:
+            return AutoencoderKL.from_pretrained(folder, torch_dtype=dtype, local_files_only=True).eval()
+        except Exception as exc:
+            raise _wrap(folder, what, exc) from exc
+    index = read_index(path, "vae")
+    expect_kind(index, "vae")
+    try:
+        return AutoencoderKL.from_single_file(str(path), config=str(CONFIG_DIR / "vae"), local_files_only=True,
+                                              torch_dtype=dtype, **_vae_overrides(index)).eval()
+    except Exception as exc:
+        raise _wrap(path, what, exc) from exc
+
+
+def load_scheduler(variant: str):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    params.variant_spec(variant)
+    return FlowMatchEulerDiscreteScheduler.from_pretrained(CONFIG_DIR / f"scheduler-{variant}")
+
+
+# -- Redux: SigLIP vision tower + projector ------------------------------------------------------------------
+
+def _load_tensors(index: TensorIndex) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(index.path))
+
+
+def _siglip_config_from_file(index: TensorIndex, prefix: str):
+    """The shipped so400m config, adapted to the widths and depth the file holds.
+
+    Head count cannot be read from shapes; the shipped value (16) is kept.
+    """
+    from transformers import SiglipVisionConfig
+
+    config = json.loads((CONFIG_DIR / "siglip" / "config.json").read_text())
+    shapes = {k.removeprefix(prefix): v for k, v in index.shapes.items()}
+    patch = shapes["embeddings.patch_embedding.weight"]
+    positions = shapes["embeddings.position_embedding.weight"][0]
+    config.update(hidden_size=patch[0], patch_size=patch[2], num_channels=patch[1],
+                  image_size=int(math.isqrt(positions)) * patch[2],
+                  intermediate_size=shapes["encoder.layers.0.mlp.fc1.weight"][0],
+                  num_hidden_layers=index.block_count(r"encoder\.layers\.(\d+)\."),
+                  vision_use_head=any(k.startswith("head.") for k in shapes))
+    config.pop("model_type")
+    return SiglipVisionConfig(**config)
+
+
+def _pil_image_processor():
+    """SigLIP preprocessing with PIL resizing (as diffusers' Redux pipeline does), whether or not torchvision
+    is installed: transformers 5 names that class SiglipImageProcessorPil."""
+    try:
+        from transformers import SiglipImageProcessorPil as processor_class
+    except ImportError:
+        from transformers import SiglipImageProcessor as processor_class
+    return processor_class
+
+
+def load_siglip(source: str | Path, dtype: torch.dtype):
+    """Return (SiglipVisionModel, image processor). ComfyUI's file has a `vision_model.` prefix."""
+    from transformers import SiglipVisionModel
+
+    path = Path(source)
+    what = "the SigLIP vision encoder"
+    if path.is_dir():
+        folder = _require_folder(path, "image_encoder", "config.json", what)
+        try:
+            model = SiglipVisionModel.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
+        except Exception as exc:
+            raise _wrap(folder, what, exc) from exc
+        processor_dir = _folder_with(path, "feature_extractor", "preprocessor_config.json")
+    else:
+        index = read_index(path, "siglip")
+        expect_kind(index, "siglip")
+        prefix = "vision_model." if all(k.startswith("vision_model.") for k in index.keys) else ""
+        config = _siglip_config_from_file(index, prefix)
+        with init_empty_weights():  # parameters on meta, buffers real
+            model = SiglipVisionModel(config)
+        expected = set(model.state_dict())
+        tensors = {k.removeprefix(prefix): v for k, v in _load_tensors(index).items()}
+        if not set(tensors) >= expected and set(f"vision_model.{k}" for k in tensors) >= expected:
+            tensors = {f"vision_model.{k}": v for k, v in tensors.items()}  # transformers 4.x names
+        missing = sorted(expected - set(tensors))
+        if missing:
+            raise WeightsError(f"{path}: SigLIP file lacks {len(missing)} tensors (first: {missing[0]}).")
+        model.load_state_dict({k: tensors[k].to(dtype) for k in expected}, strict=True, assign=True)
+        processor_dir = None
+    size = model.config.image_size
+    processor = _pil_image_processor().from_pretrained(processor_dir or CONFIG_DIR / "siglip",
+                                                     size={"height": size, "width": size})
+    return model.eval(), processor
+
+
+def load_redux_projector(source: str | Path, dtype: torch.dtype):
+    from diffusers.pipelines.flux.modeling_flux import ReduxImageEncoder
+
+    path = Path(source)
+    what = "the Redux projector"
+    if path.is_dir():
+        folder = _require_folder(path, "image_embedder", "config.json", what)
+        try:
+            return ReduxImageEncoder.from_pretrained(folder, torch_dtype=dtype, local_files_only=True).eval()
+        except Exception as exc:
+            raise _wrap(folder, what, exc) from exc
+    index = read_index(path, "redux")
+    expect_kind(index, "redux")
+    up, down = index.shapes["redux_up.weight"], index.shapes["redux_down.weight"]
+    with init_empty_weights():  # parameters on meta, buffers real
+        model = ReduxImageEncoder(redux_dim=up[1], txt_in_features=down[0])
+    try:
+        model.load_state_dict({k: v.to(dtype) for k, v in _load_tensors(index).items()}, strict=True, assign=True)
+    except RuntimeError as exc:
+        raise _wrap(path, what, exc) from exc
+    return model.eval()
+
+
+__all__ = ["LoadOptions", "load_transformer", "load_vae", "load_scheduler", "load_siglip",
+           "load_redux_projector", "refuse_pickle", "CONFIG_DIR", "DTYPES"]

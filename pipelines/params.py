@@ -1,0 +1,179 @@
+"""Parameter specs: the one place that defines names, ranges and defaults.
+
+The local engine, the ComfyUI nodes, the CLI and the remote client all read these specs, so a range is
+changed here and nowhere else. The values follow the hosted FLUX.1 Redux APIs (fal seed specs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+SIZE_PRESETS: dict[str, tuple[int, int]] = {  # name -> (width, height), fal's exact pixel sizes
+    "square_hd": (1024, 1024),
+    "square": (512, 512),
+    "portrait_4_3": (768, 1024),
+    "portrait_16_9": (576, 1024),
+    "landscape_4_3": (1024, 768),
+    "landscape_16_9": (1024, 576),
+}
+CUSTOM_SIZE = "custom"
+IMAGE_SIZE_CHOICES: tuple[str, ...] = (*SIZE_PRESETS, CUSTOM_SIZE)
+DEFAULT_IMAGE_SIZE = "square_hd"
+SIZE_MULTIPLE = 16  # FLUX packs 2x2 latents of an 8x VAE: both sides must divide by 16
+
+OUTPUT_FORMATS: tuple[str, ...] = ("jpeg", "png")
+ACCELERATIONS: tuple[str, ...] = ("none", "regular", "high")
+CROP_MODES: tuple[str, ...] = ("center", "squash")
+
+# Model-loading choices (read by the loader nodes, the CLI and pipelines.loading).
+VARIANT_CHOICES: tuple[str, ...] = ("auto", "dev", "schnell")  # auto: from the weights (guidance_in present = dev)
+DTYPE_CHOICES: tuple[str, ...] = ("auto", "bf16", "fp16", "fp32")  # auto: bf16 on CUDA, fp32 on CPU
+WEIGHT_STORAGE_CHOICES: tuple[str, ...] = ("default", "fp8")  # fp8: weights stored in float8, computed in dtype
+OFFLOAD_CHOICES: tuple[str, ...] = ("none", "model", "sequential")
+VAE_TILING_CHOICES: tuple[str, ...] = ("auto", "on", "off")  # auto: on above VAE_TILING_AUTO_PIXELS
+VAE_TILING_AUTO_PIXELS = 2048 * 2048
+
+
+class ParameterError(ValueError):
+    """A parameter is outside what the model or provider accepts. The message names it, the value and the rule."""
+
+    def __init__(self, name: str, value: Any, rule: str):
+        self.name, self.value, self.rule = name, value, rule
+        super().__init__(f"{name}={value!r} is not allowed: {rule}")
+
+
+@dataclass(frozen=True)
+class NumberSpec:
+    """A numeric parameter: inclusive range, default, UI step, and a one-line help text."""
+
+    name: str
+    minimum: float
+    maximum: float
+    default: Any
+    step: float = 1
+    integer: bool = True
+    help: str = ""
+
+    def describe(self) -> str:
+        return f"{self.minimum}–{self.maximum}, default {self.default}"
+
+    def validate(self, value: Any, context: str = "") -> Any:
+        where = f" for {context}" if context else ""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            kind = "an integer" if self.integer else "a number"
+            raise ParameterError(self.name, value, f"expected {kind} in {self.minimum}–{self.maximum}{where}")
+        if self.integer and isinstance(value, float) and not value.is_integer():
+            raise ParameterError(self.name, value, f"expected a whole number in {self.minimum}–{self.maximum}{where}")
+        if not self.minimum <= value <= self.maximum:
+            raise ParameterError(self.name, value, f"allowed range is {self.minimum}–{self.maximum}{where}")
+        return int(value) if self.integer else float(value)
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """What a FLUX.1 variant accepts. Schnell is guidance-distilled: it has no guidance input."""
+
+    name: str
+    steps: NumberSpec
+    guidance: NumberSpec | None
+
+
+VARIANTS: dict[str, VariantSpec] = {
+    "dev": VariantSpec(
+        "dev",
+        NumberSpec("num_inference_steps", 1, 50, 28, help="denoising steps"),
+        NumberSpec("guidance_scale", 1.0, 20.0, 3.5, step=0.1, integer=False,
+                   help="distilled guidance: higher follows the conditioning more closely"),
+    ),
+    "schnell": VariantSpec("schnell", NumberSpec("num_inference_steps", 1, 12, 4, help="denoising steps"), None),
+}
+STEPS_LIMITS = NumberSpec("num_inference_steps", 1, max(v.steps.maximum for v in VARIANTS.values()), 28)
+GUIDANCE = VARIANTS["dev"].guidance
+NUM_IMAGES = NumberSpec("num_images", 1, 4, 1, help="images generated in one batched call")
+SEED = NumberSpec("seed", 0, 2**64 - 1, None, help="random seed; empty/None picks one and reports it")
+WIDTH = NumberSpec("width", 256, 4096, 1024, step=SIZE_MULTIPLE, help="custom width in pixels, a multiple of 16")
+HEIGHT = NumberSpec("height", 256, 4096, 1024, step=SIZE_MULTIPLE, help="custom height in pixels, a multiple of 16")
+REFERENCE_WEIGHT = NumberSpec("weight", 0.0, 10.0, 1.0, step=0.05, integer=False,
+                              help="how much this reference contributes to the blend")
+
+# WaveSpeed's flux-redux-dev has its own limits; they live here with the rest.
+WAVESPEED_SIDE = NumberSpec("size", 256, 1536, 1024, step=SIZE_MULTIPLE, help="WaveSpeed side length W or H")
+WAVESPEED_SEED = NumberSpec("seed", -1, 2**31 - 1, -1, help="WaveSpeed seed; -1 = random")
+WAVESPEED_OUTPUT_FORMATS: tuple[str, ...] = ("jpeg", "png", "webp")
+
+
+def variant_spec(variant: str) -> VariantSpec:
+    if variant not in VARIANTS:
+        raise ParameterError("variant", variant, f"expected one of {', '.join(VARIANTS)}")
+    return VARIANTS[variant]
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ParameterError(name, value, f"expected one of {', '.join(choices)}")
+    return value
+
+
+def resolve_size(image_size: str, width: int | None = None, height: int | None = None,
+                 width_spec: NumberSpec = WIDTH, height_spec: NumberSpec = HEIGHT) -> tuple[int, int]:
+    """Return (width, height) for a preset name, or for `custom` with explicit width and height.
+
+    Custom sides must be multiples of 16; they are never rounded silently.
+    """
+    if image_size in SIZE_PRESETS:
+        return SIZE_PRESETS[image_size]
+    if image_size != CUSTOM_SIZE:
+        raise ParameterError("image_size", image_size, f"expected one of {', '.join(IMAGE_SIZE_CHOICES)}")
+    if width is None or height is None:
+        raise ParameterError("image_size", image_size, "custom needs both width and height")
+    sides = []
+    for spec, value in ((width_spec, width), (height_spec, height)):
+        value = spec.validate(value, "a custom image_size")
+        if value % SIZE_MULTIPLE:
+            lower = value - value % SIZE_MULTIPLE
+            raise ParameterError(spec.name, value, f"must be a multiple of {SIZE_MULTIPLE} "
+                                                   f"(nearest: {lower} or {lower + SIZE_MULTIPLE})")
+        sides.append(value)
+    return sides[0], sides[1]
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Validated generation settings. `seed` None means: pick a random one at run time and report it."""
+
+    variant: str
+    width: int
+    height: int
+    num_inference_steps: int
+    guidance_scale: float | None
+    seed: int | None
+    num_images: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def validate_generation(variant: str = "dev", image_size: str = DEFAULT_IMAGE_SIZE, width: int | None = None,
+                        height: int | None = None, num_inference_steps: int | None = None,
+                        guidance_scale: float | None = None, seed: int | None = None,
+                        num_images: int = 1) -> GenerationParams:
+    """Validate everything up front (before any model work); None picks the variant's default.
+
+    A guidance_scale given for schnell is an error: schnell has no guidance input, and silently dropping a
+    value the user set would hide a mistake. Callers that always carry a guidance value (a node widget)
+    pass None for schnell.
+    """
+    spec = variant_spec(variant)
+    w, h = resolve_size(image_size, width, height)
+    steps = spec.steps.default if num_inference_steps is None else spec.steps.validate(num_inference_steps, variant)
+    if spec.guidance is None:
+        if guidance_scale is not None:
+            raise ParameterError("guidance_scale", guidance_scale,
+                                 f"FLUX.1 {variant} takes no guidance; leave it empty")
+        guidance = None
+    else:
+        guidance = spec.guidance.default if guidance_scale is None else spec.guidance.validate(guidance_scale, variant)
+    if seed is not None:
+        seed = SEED.validate(seed)
+    return GenerationParams(variant, w, h, steps, guidance, seed, NUM_IMAGES.validate(num_images))

@@ -1,0 +1,95 @@
+"""Generation: diffusers' FluxPipeline run from Redux embeddings, with seeds, progress and abort."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import params
+from .models import FluxModel
+from .redux import ReduxConditioning
+
+# Seeds we pick ourselves stay below 2**53 so they survive JSON and ComfyUI's JavaScript widgets exactly.
+RANDOM_SEED_LIMIT = 2**53
+
+
+class GenerationAborted(RuntimeError):
+    """Raised between denoising steps when the caller asked to stop."""
+
+
+@dataclass
+class GenerationResult:
+    images: torch.Tensor  # [num_images, height, width, 3] float32 in 0..1, on the CPU (ComfyUI's IMAGE layout)
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def seed(self) -> int:
+        return self.metadata["seed"]
+
+    def pil_images(self) -> list[Image.Image]:
+        arrays = (self.images.clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
+        return [Image.fromarray(a) for a in arrays]
+
+
+StepCallback = Callable[[int, int, torch.Tensor], None]  # (step done, total steps, latents)
+
+
+def pick_seed(seed: int | None) -> int:
+    return random.SystemRandom().randrange(RANDOM_SEED_LIMIT) if seed is None else seed
+
+
+def _check_variant(model: FluxModel, gen: params.GenerationParams) -> None:
+    if gen.variant != model.variant:
+        raise params.ParameterError("variant", gen.variant,
+                                    f"the loaded model is FLUX.1 {model.variant}; validate the parameters "
+                                    f"for {model.variant}")
+
+
+def generate(model: FluxModel, conditioning: ReduxConditioning, gen: params.GenerationParams, *,
+             on_step: StepCallback | None = None, should_abort: Callable[[], bool] | None = None,
+             show_progress: bool = False) -> GenerationResult:
+    """Run one batched call for gen.num_images images. Same inputs and seed give the same images.
+
+    on_step runs after each denoising step (it may raise to abort, as ComfyUI's interrupt does);
+    should_abort is polled at the same point and raises GenerationAborted when true.
+    """
+    _check_variant(model, gen)
+    if model.pipe is None:
+        raise RuntimeError(f"{model!r} was unloaded; load it again")
+    pipe = model.pipe
+    config = pipe.transformer.config
+    prompt_embeds, pooled = conditioning.prompt_embeds(config.joint_attention_dim, config.pooled_projection_dim)
+    seed = pick_seed(gen.seed)
+    generator = torch.Generator("cpu").manual_seed(seed)  # CPU noise: the same images on any device
+    tiling = model.spec.options.vae_tiling
+    if tiling == "on" or (tiling == "auto" and gen.width * gen.height > params.VAE_TILING_AUTO_PIXELS):
+        pipe.vae.enable_tiling()
+    else:
+        pipe.vae.disable_tiling()
+
+    def step_end(_pipe, step, _timestep, tensors):
+        if on_step is not None:
+            on_step(step + 1, gen.num_inference_steps, tensors["latents"])
+        if should_abort is not None and should_abort():
+            raise GenerationAborted(f"stopped after step {step + 1} of {gen.num_inference_steps}")
+        return tensors
+
+    pipe.set_progress_bar_config(disable=not show_progress, leave=False)
+    kwargs = {} if gen.guidance_scale is None else {"guidance_scale": gen.guidance_scale}
+    started = time.perf_counter()
+    with torch.inference_mode():
+        output = pipe(prompt_embeds=prompt_embeds.to(model.dtype), pooled_prompt_embeds=pooled.to(model.dtype),
+                      height=gen.height, width=gen.width, num_inference_steps=gen.num_inference_steps,
+                      num_images_per_prompt=gen.num_images, generator=generator, output_type="pt",
+                      callback_on_step_end=step_end, **kwargs)
+    elapsed = time.perf_counter() - started
+    images = output.images.float().cpu().permute(0, 2, 3, 1).contiguous()
+    metadata = dict(gen.as_dict(), seed=seed, model=model.variant,
+                    timings={"total_s": round(elapsed, 3), "per_image_s": round(elapsed / gen.num_images, 3)})
+    return GenerationResult(images, metadata)

@@ -1,0 +1,197 @@
+"""Tiny random-weight models written in the on-disk formats users have.
+
+ComfyUI single files (Redux projector, SigLIP with its `vision_model.` prefix, LDM-named VAE, BFL-named FLUX
+transformer with and without `model.diffusion_model.`, fp8-stored) and diffusers folders. The key names are
+facts of those formats; the mapping below only writes test files and is not used by the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+LATENT_CHANNELS = 4
+JOINT_WIDTH = 32  # transformer text-stream width == Redux token width
+POOLED_WIDTH = 32
+SIGLIP = dict(hidden_size=64, intermediate_size=37, num_hidden_layers=2, num_attention_heads=16, image_size=32,
+              patch_size=8)  # 16 heads: the engine keeps the shipped head count (it is not in the shapes)
+SIGLIP_TOKENS = (SIGLIP["image_size"] // SIGLIP["patch_size"]) ** 2
+
+
+def _seeded(seed: int):
+    torch.manual_seed(seed)
+
+
+def make_transformer(guidance: bool, seed: int = 0):
+    from diffusers import FluxTransformer2DModel
+
+    _seeded(seed)
+    return FluxTransformer2DModel(patch_size=1, in_channels=4 * LATENT_CHANNELS, num_layers=1, num_single_layers=1,
+                                  attention_head_dim=128, num_attention_heads=1, joint_attention_dim=JOINT_WIDTH,
+                                  pooled_projection_dim=POOLED_WIDTH, axes_dims_rope=[16, 56, 56],
+                                  guidance_embeds=guidance).eval()
+
+
+def make_vae(seed: int = 1):
+    """Four levels like FLUX's VAE (8x downscale), 32 channels each so GroupNorm(32) holds."""
+    from diffusers import AutoencoderKL
+
+    _seeded(seed)
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
+                         up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[32, 32, 32, 32],
+                         layers_per_block=1, latent_channels=LATENT_CHANNELS, norm_num_groups=32,
+                         use_quant_conv=False, use_post_quant_conv=False, scaling_factor=0.3611,
+                         shift_factor=0.1159).eval()
+
+
+def make_siglip(seed: int = 2, width: int = SIGLIP["hidden_size"]):
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    _seeded(seed)
+    return SiglipVisionModel(SiglipVisionConfig(**dict(SIGLIP, hidden_size=width))).eval()
+
+
+def make_siglip_processor():
+    from transformers import SiglipImageProcessor
+
+    size = SIGLIP["image_size"]
+    return SiglipImageProcessor(size={"height": size, "width": size}, resample=3, image_mean=[0.5] * 3,
+                                image_std=[0.5] * 3)
+
+
+def make_redux(seed: int = 3, txt_width: int = JOINT_WIDTH, redux_dim: int = SIGLIP["hidden_size"]):
+    from diffusers.pipelines.flux.modeling_flux import ReduxImageEncoder
+
+    _seeded(seed)
+    return ReduxImageEncoder(redux_dim=redux_dim, txt_in_features=txt_width).eval()
+
+
+def _contiguous(state: dict) -> dict:
+    return {k: v.detach().contiguous().clone() for k, v in state.items()}
+
+
+def siglip_state_comfy(model) -> dict:
+    """ComfyUI's clip_vision file: every key under `vision_model.`."""
+    state = _contiguous(model.state_dict())
+    return {k if k.startswith("vision_model.") else f"vision_model.{k}": v for k, v in state.items()}
+
+
+_VAE_RULES = [  # diffusers name -> LDM name, applied in order
+    (r"(encoder|decoder)\.mid_block\.resnets\.(\d)", lambda m: f"{m[1]}.mid.block_{int(m[2]) + 1}"),
+    (r"(encoder|decoder)\.mid_block\.attentions\.0\.group_norm", r"\1.mid.attn_1.norm"),
+    (r"(encoder|decoder)\.mid_block\.attentions\.0\.to_(q|k|v)", r"\1.mid.attn_1.\2"),
+    (r"(encoder|decoder)\.mid_block\.attentions\.0\.to_out\.0", r"\1.mid.attn_1.proj_out"),
+    (r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)", r"encoder.down.\1.block.\2"),
+    (r"encoder\.down_blocks\.(\d+)\.downsamplers\.0", r"encoder.down.\1.downsample"),
+    (r"\.conv_shortcut", ".nin_shortcut"),
+    (r"(encoder|decoder)\.conv_norm_out", r"\1.norm_out"),
+]
+
+
+def vae_state_ldm(vae) -> dict:
+    """The VAE's weights under the LDM names of FLUX's ae.safetensors."""
+    levels = len(vae.config.block_out_channels)
+    out = {}
+    for key, value in _contiguous(vae.state_dict()).items():
+        m = re.match(r"decoder\.up_blocks\.(\d+)\.(resnets|upsamplers)\.(\d+)(.*)", key)
+        if m:  # LDM numbers decoder levels from the bottom
+            level = levels - 1 - int(m[1])
+            key = (f"decoder.up.{level}.block.{m[3]}{m[4]}" if m[2] == "resnets"
+                   else f"decoder.up.{level}.upsample{m[4]}")
+        for pattern, repl in _VAE_RULES:
+            key = re.sub(pattern, repl, key)
+        if re.search(r"mid\.attn_1\.(q|k|v|proj_out)\.weight$", key):
+            value = value[:, :, None, None]  # LDM stores attention projections as 1x1 convolutions
+        out[key] = value.contiguous()
+    return out
+
+
+def bfl_transformer_state(guidance: bool, in_channels: int = 4 * LATENT_CHANNELS, joint: int = JOINT_WIDTH,
+                          pooled: int = POOLED_WIDTH, prefix: str = "", dtype=torch.bfloat16, seed: int = 4) -> dict:
+    """A random FLUX transformer under BFL key names: width 3072 (diffusers' converter assumes it),
+    1 double + 1 single block."""
+    w, mlp, head = 3072, 4 * 3072, 128
+    shapes = {
+        "img_in": (w, in_channels), "txt_in": (w, joint),
+        "time_in.in_layer": (w, 256), "time_in.out_layer": (w, w),
+        "vector_in.in_layer": (w, pooled), "vector_in.out_layer": (w, w),
+        "final_layer.linear": (in_channels, w), "final_layer.adaLN_modulation.1": (2 * w, w),
+        "single_blocks.0.linear1": (3 * w + mlp, w), "single_blocks.0.linear2": (w, w + mlp),
+        "single_blocks.0.modulation.lin": (3 * w, w),
+    }
+    if guidance:
+        shapes.update({"guidance_in.in_layer": (w, 256), "guidance_in.out_layer": (w, w)})
+    for stream in ("img", "txt"):
+        shapes.update({f"double_blocks.0.{stream}_mod.lin": (6 * w, w), f"double_blocks.0.{stream}_attn.qkv": (3 * w, w),
+                       f"double_blocks.0.{stream}_attn.proj": (w, w), f"double_blocks.0.{stream}_mlp.0": (mlp, w),
+                       f"double_blocks.0.{stream}_mlp.2": (w, mlp)})
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, shape in shapes.items():
+        state[f"{prefix}{name}.weight"] = (torch.randn(shape, generator=gen) * 0.02).to(dtype)
+        state[f"{prefix}{name}.bias"] = (torch.randn(shape[0], generator=gen) * 0.02).to(dtype)
+    norms = ["double_blocks.0.img_attn.norm", "double_blocks.0.txt_attn.norm", "single_blocks.0.norm"]
+    for norm in norms:
+        for which in ("query_norm", "key_norm"):
+            state[f"{prefix}{norm}.{which}.scale"] = torch.ones(head, dtype=dtype)
+    return state
+
+
+def write_safetensors(path: Path, state: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return path
+
+
+def write_diffusers_flux_repo(root: Path, transformer, vae, variant: str) -> Path:
+    """A whole FLUX repo folder (transformer/, vae/, scheduler/, model_index.json), no text encoders."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    root.mkdir(parents=True, exist_ok=True)
+    transformer.save_pretrained(root / "transformer")
+    vae.save_pretrained(root / "vae")
+    shift = dict(shift=3.0, use_dynamic_shifting=True) if variant == "dev" else dict(shift=1.0,
+                                                                                     use_dynamic_shifting=False)
+    FlowMatchEulerDiscreteScheduler(**shift).save_pretrained(root / "scheduler")
+    (root / "model_index.json").write_text(json.dumps({
+        "_class_name": "FluxPipeline", "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "transformer": ["diffusers", "FluxTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": [None, None], "text_encoder_2": [None, None], "tokenizer": [None, None],
+        "tokenizer_2": [None, None]}))
+    return root
+
+
+def write_diffusers_redux_repo(root: Path, siglip, processor, redux) -> Path:
+    siglip.save_pretrained(root / "image_encoder")
+    processor.save_pretrained(root / "feature_extractor")
+    redux.save_pretrained(root / "image_embedder")
+    return root
+
+
+def build_models_dir(root: Path) -> dict:
+    """A ComfyUI `models/` folder with tiny single files, plus diffusers folders beside them.
+
+    Returns the in-memory source models too, so tests can compare what the engine loaded with them.
+    """
+    dev, schnell, vae = make_transformer(True, seed=10), make_transformer(False, seed=11), make_vae()
+    siglip, processor, redux = make_siglip(), make_siglip_processor(), make_redux()
+    m = root / "models"
+    files = {
+        "redux": write_safetensors(m / "style_models" / "flux1-redux-dev.safetensors", _contiguous(redux.state_dict())),
+        "siglip": write_safetensors(m / "clip_vision" / "sigclip_vision_patch14_384.safetensors",
+                                    siglip_state_comfy(siglip)),
+        "vae": write_safetensors(m / "vae" / "ae.safetensors", vae_state_ldm(vae)),
+        # tiny transformers under diffusers key names (BFL names need full width: see bfl_transformer_state)
+        "dev": write_safetensors(m / "diffusion_models" / "flux1-dev.safetensors", _contiguous(dev.state_dict())),
+        "schnell": write_safetensors(m / "unet" / "flux1-schnell.safetensors", _contiguous(schnell.state_dict())),
+    }
+    folders = {
+        "flux_dev": write_diffusers_flux_repo(m / "diffusers" / "FLUX.1-dev", dev, vae, "dev"),
+        "redux_repo": write_diffusers_redux_repo(m / "diffusers" / "FLUX.1-Redux-dev", siglip, processor, redux),
+    }
+    return dict(root=m, files=files, folders=folders,
+                sources=dict(dev=dev, schnell=schnell, vae=vae, siglip=siglip, processor=processor, redux=redux))
