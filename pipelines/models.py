@@ -93,9 +93,13 @@ def _build_flux(spec: FluxModelSpec) -> FluxModel:
         transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
     pipe = FluxPipeline(scheduler=load_scheduler(variant), vae=vae, text_encoder=None, tokenizer=None,
                         text_encoder_2=None, tokenizer_2=None, transformer=transformer)
-    if opts.offload == "model":
+    offload = opts.offload
+    if offload != "none" and device.type == "cpu":
+        log.warning("offload=%s ignored: the model already runs on the CPU", offload)
+        offload = "none"
+    if offload == "model":
         pipe.enable_model_cpu_offload(device=device)
-    elif opts.offload == "sequential":
+    elif offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
     else:
         pipe.to(device)

@@ -6,7 +6,6 @@ classified in milliseconds and a wrong file in a slot is reported before any rea
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,25 +74,7 @@ def read_index(path: str | Path, expected: str) -> TensorIndex:
     except Exception as exc:  # safetensors raises several types for bad headers
         raise WeightsError(f"{path}: not a readable safetensors file ({exc}). The download may be truncated or "
                            f"the file may be another format; expected {want}.") from exc
-    index = TensorIndex(path, shapes, dtypes)
-    _check_complete(index)
-    return index
-
-
-def _check_complete(index: TensorIndex) -> None:
-    """A truncated download keeps a valid header but lacks the data it announces."""
-    with open(index.path, "rb") as fh:
-        header_len = int.from_bytes(fh.read(8), "little")
-        header = json.loads(fh.read(header_len))
-    data_end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    actual = index.path.stat().st_size
-    if actual < 8 + header_len + data_end:
-        raise WeightsError(f"{index.path}: file is truncated ({actual} bytes, header announces "
-                           f"{8 + header_len + data_end}). Download it again.")
-
-
-def strip_prefix(keys, prefix: str) -> bool:
-    return bool(keys) and all(k.startswith(prefix) for k in keys)
+    return TensorIndex(path, shapes, dtypes)
 
 
 def classify(index: TensorIndex) -> str | None:

@@ -195,3 +195,10 @@ def build_models_dir(root: Path) -> dict:
     }
     return dict(root=m, files=files, folders=folders,
                 sources=dict(dev=dev, schnell=schnell, vae=vae, siglip=siglip, processor=processor, redux=redux))
+
+
+if __name__ == "__main__":  # python tests/tiny_models.py DIR: a tiny models/ folder to try the CLI without weights
+    import sys
+
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "tiny-models")
+    print(build_models_dir(target)["root"])

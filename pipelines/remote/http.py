@@ -1,0 +1,344 @@
+"""Shared HTTP layer for the hosted APIs: timeouts, retries, an overall deadline, size-capped downloads,
+readable error messages and key redaction, in one place for every provider.
+
+The retry loop is written here rather than handed to urllib3's `Retry` because it needs what urllib3 does
+not know: the overall deadline (a `Retry-After` beyond it ends the run instead of sleeping), the caller's
+abort flag (a backoff wakes up on a ComfyUI interrupt), and the submit rule. A submit POST is repeated only
+when it provably never reached the server (connection refused, DNS failure, connect timeout) or when the
+server answered 429 or 503, which say "not accepted, come back later". A read timeout, a connection dropped
+after sending, or a 500/502/504 may hide a job that was accepted and will be billed, so the submit is not
+repeated and the error says so. Every other call (status, result, cancel, downloads) is idempotent and is
+retried on 408/409/429/5xx, connection errors and timeouts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
+
+import requests
+import urllib3
+
+from .errors import (KeyRejectedError, ProviderError, RemoteCancelledError, RemoteError, RemoteTimeoutError,
+                     ServiceUnavailableError, DownloadError)
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+SUBMIT_RETRY_STATUSES = frozenset({429, 503})  # the server says it did not take the job
+KEY_REJECTED_STATUSES = frozenset({401, 403})
+ERROR_TEXT_LIMIT = 500
+ERROR_BODY_LIMIT = 64 * 1024
+DOWNLOAD_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry one call. Tests shrink the delays to milliseconds."""
+
+    attempts: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 20.0
+    max_retry_after: float = 120.0  # a longer Retry-After ends the run with a clear message
+
+    def backoff(self, attempt: int, rand: float) -> float:
+        """Exponential backoff from base_delay, capped at max_delay, scaled by a jitter factor in [0.5, 1.5)."""
+        return min(self.max_delay, self.base_delay * 2 ** (attempt - 1)) * (0.5 + rand)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 10.0
+    read: float = 60.0
+
+
+class Deadline:
+    """A point in time after which the whole run gives up."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self._end = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return self._end - time.monotonic()
+
+    def expired(self) -> bool:
+        return self.remaining() <= 0
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: Mapping[str, str]
+    data: Any
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds (fractions accepted) or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def never_sent(exc: BaseException) -> bool:
+    """True when the request cannot have reached the server: the connection was never established."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    if isinstance(exc, requests.exceptions.ConnectionError) and not isinstance(exc, requests.exceptions.SSLError):
+        reason = getattr(exc.args[0], "reason", None) if exc.args else None
+        return isinstance(reason, urllib3.exceptions.NewConnectionError)  # refused, DNS failure
+    return False
+
+
+def default_error_detail(status: int, data: Any, text: str) -> str:
+    if isinstance(data, dict):
+        for field in ("detail", "message", "error"):
+            if data.get(field):
+                return str(data[field])
+    return text.strip() or "(empty reply)"
+
+
+ErrorDetail = Callable[[int, Any, str], str]
+
+
+def _error_body(resp: requests.Response) -> str:
+    """At most ERROR_BODY_LIMIT bytes of an error reply (a download error page may be streamed)."""
+    head = next(resp.iter_content(ERROR_BODY_LIMIT), b"")
+    return head.decode(resp.encoding or "utf-8", errors="replace")
+
+
+class _RetryBody(Exception):
+    """A 2xx reply whose body could not be used; retried like a transient error for idempotent calls."""
+
+
+class HttpClient:
+    """One requests.Session plus the rules above, for one job of one provider (sessions are not shared
+    between threads). API keys are passed per call in `headers`, never set on the session, so output
+    downloads from CDN hosts never carry them."""
+
+    def __init__(self, provider: str, *, timeouts: Timeouts = Timeouts(), retry: RetryPolicy = RetryPolicy(),
+                 deadline: Deadline | None = None, abort: threading.Event | None = None, secrets: tuple = (),
+                 error_detail: ErrorDetail = default_error_detail, key_hint: str = "",
+                 rand: Callable[[], float] = random.random):
+        self.provider = provider
+        self.timeouts, self.retry = timeouts, retry
+        self.deadline = deadline or Deadline(math.inf)
+        self.abort = abort or threading.Event()
+        self._secrets = tuple(s for s in secrets if s and len(s) >= 6)
+        self.error_detail, self.key_hint, self._rand = error_detail, key_hint, rand
+        self.session = requests.Session()
+
+    def close(self) -> None:
+        self.session.close()
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    # -- waiting --------------------------------------------------------------------------------------------
+    def check(self, *, deadline: Deadline | None = None, abortable: bool = True,
+              request_id: str | None = None) -> None:
+        """Raise if the caller aborted or the deadline passed."""
+        deadline = deadline or self.deadline
+        if abortable and self.abort.is_set():
+            raise RemoteCancelledError(f"{self.provider}: interrupted", provider=self.provider, request_id=request_id)
+        if deadline.expired():
+            raise RemoteTimeoutError(f"{self.provider}: no result within the {deadline.seconds:g} s deadline",
+                                     provider=self.provider, request_id=request_id)
+
+    def pause(self, seconds: float, *, deadline: Deadline | None = None, abortable: bool = True,
+              request_id: str | None = None) -> None:
+        """Sleep, waking at once on abort; a sleep that would outlast the deadline raises right away."""
+        deadline = deadline or self.deadline
+        if seconds > deadline.remaining():
+            raise RemoteTimeoutError(f"{self.provider}: no result within the {deadline.seconds:g} s deadline",
+                                     provider=self.provider, request_id=request_id)
+        if abortable:
+            self.abort.wait(seconds)
+        else:
+            time.sleep(seconds)
+        self.check(deadline=deadline, abortable=abortable, request_id=request_id)
+
+    # -- requests -------------------------------------------------------------------------------------------
+    def call(self, method: str, url: str, *, what: str, json: Any = None, params: Mapping | None = None,
+             headers: Mapping | None = None, submit: bool = False, read_timeout: float | None = None,
+             accept: tuple[int, ...] = (), retry_statuses: frozenset | None = None,
+             deadline: Deadline | None = None, abortable: bool = True, request_id: str | None = None) -> Reply:
+        """Send one API call and return its JSON. `submit=True` marks a call that creates a paid job."""
+
+        def handle(resp: requests.Response) -> Reply:
+            if not (200 <= resp.status_code < 300 or resp.status_code in accept):
+                raise self._status_error(resp, what, submit, request_id)
+            try:
+                return Reply(resp.status_code, resp.headers, resp.json())
+            except ValueError:
+                kind = resp.headers.get("Content-Type", "no content type")
+                message = (f"{self.provider}: the {what} reply is not JSON (HTTP {resp.status_code}, {kind}): "
+                           f"{self.redact(resp.text[:200])!r}")
+                if submit:
+                    message += ". The job may have been created; it was not submitted again"
+                raise _RetryBody(message)
+
+        return self._send(method, url, handle, what=what, submit=submit, json=json, params=params,
+                          headers=headers, read_timeout=read_timeout, retry_statuses=retry_statuses,
+                          deadline=deadline, abortable=abortable, request_id=request_id)
+
+    def download(self, url: str, *, max_bytes: int, what: str = "download",
+                 request_id: str | None = None) -> tuple[bytes, str | None]:
+        """GET an output file without any API key, refusing more than max_bytes. Returns (bytes, content type)."""
+
+        def handle(resp: requests.Response) -> tuple[bytes, str | None]:
+            if not 200 <= resp.status_code < 300:
+                raise self._status_error(resp, what, False, request_id)
+            declared = resp.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > max_bytes:
+                raise self._too_large(what, int(declared), max_bytes, request_id)
+            chunks, total = [], 0
+            for chunk in resp.iter_content(DOWNLOAD_CHUNK):
+                total += len(chunk)
+                if total > max_bytes:
+                    raise self._too_large(what, total, max_bytes, request_id)
+                chunks.append(chunk)
+            return b"".join(chunks), resp.headers.get("Content-Type")
+
+        return self._send("GET", url, handle, what=what, stream=True, request_id=request_id)
+
+    def _send(self, method: str, url: str, handle: Callable[[requests.Response], Any], *, what: str,
+              submit: bool = False, read_timeout: float | None = None, retry_statuses: frozenset | None = None,
+              deadline: Deadline | None = None, abortable: bool = True, request_id: str | None = None,
+              stream: bool = False, **kwargs: Any) -> Any:
+        deadline = deadline or self.deadline
+        if retry_statuses is None:
+            retry_statuses = SUBMIT_RETRY_STATUSES if submit else RETRY_STATUSES
+        attempts = max(1, self.retry.attempts)
+        for attempt in range(1, attempts + 1):
+            self.check(deadline=deadline, abortable=abortable, request_id=request_id)
+            last = attempt == attempts
+            try:
+                resp = self.session.request(method, url, timeout=self._timeout(deadline, read_timeout),
+                                            stream=stream, allow_redirects=method == "GET", **kwargs)
+            except requests.exceptions.RequestException as exc:
+                if deadline.expired():
+                    raise self._timeout_error(deadline, what, request_id) from exc
+                if not last and self._may_retry(exc, submit):
+                    self._backoff(attempt, None, what, type(exc).__name__, deadline, abortable, request_id)
+                    continue
+                raise self._transport_error(exc, url, what, submit, attempt, request_id) from exc
+            try:
+                if resp.status_code in retry_statuses and not last:
+                    wait = parse_retry_after(resp.headers.get("Retry-After"))
+                    self._backoff(attempt, wait, what, f"HTTP {resp.status_code}", deadline, abortable, request_id)
+                    continue
+                return handle(resp)
+            except _RetryBody as exc:
+                if submit or last:
+                    raise ProviderError(str(exc), provider=self.provider, request_id=request_id,
+                                        status=resp.status_code) from None
+                self._backoff(attempt, None, what, "unreadable reply", deadline, abortable, request_id)
+            except requests.exceptions.RequestException as exc:  # the body broke off mid-download
+                if deadline.expired():
+                    raise self._timeout_error(deadline, what, request_id) from exc
+                if last or submit:
+                    raise self._transport_error(exc, url, what, submit, attempt, request_id) from exc
+                self._backoff(attempt, None, what, type(exc).__name__, deadline, abortable, request_id)
+            finally:
+                resp.close()
+        raise AssertionError("unreachable: the last attempt always returns or raises")
+
+    def _timeout(self, deadline: Deadline, read_timeout: float | None) -> tuple[float, float]:
+        remaining = max(deadline.remaining(), 0.001)
+        read = self.timeouts.read if read_timeout is None else read_timeout
+        return min(self.timeouts.connect, remaining), min(read, remaining)
+
+    @staticmethod
+    def _may_retry(exc: requests.exceptions.RequestException, submit: bool) -> bool:
+        if isinstance(exc, requests.exceptions.SSLError):
+            return False
+        if submit:
+            return never_sent(exc)
+        return isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                                requests.exceptions.ChunkedEncodingError))
+
+    def _backoff(self, attempt: int, retry_after: float | None, what: str, reason: str, deadline: Deadline,
+                 abortable: bool, request_id: str | None) -> None:
+        if retry_after is not None:
+            if retry_after > min(self.retry.max_retry_after, deadline.remaining()):
+                raise ServiceUnavailableError(
+                    f"{self.provider}: {what} was refused ({reason}) and the provider asks to retry after "
+                    f"{retry_after:.0f} s, beyond this run's limit; try again later",
+                    provider=self.provider, request_id=request_id)
+            delay = retry_after
+        else:
+            delay = self.retry.backoff(attempt, self._rand())
+        log.warning("%s: %s failed (%s); retry %d/%d in %.2f s", self.provider, what, reason, attempt,
+                    self.retry.attempts - 1, delay)
+        self.pause(min(delay, max(deadline.remaining(), 0)), deadline=deadline, abortable=abortable,
+                   request_id=request_id)
+
+    # -- errors ---------------------------------------------------------------------------------------------
+    def _status_error(self, resp: requests.Response, what: str, submit: bool, request_id: str | None) -> RemoteError:
+        status = resp.status_code
+        text = _error_body(resp)
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        detail = self.error_detail(status, data, text)
+        detail = self.redact(detail)[:ERROR_TEXT_LIMIT]
+        fields = dict(provider=self.provider, request_id=request_id, status=status)
+        if status in KEY_REJECTED_STATUSES:
+            return KeyRejectedError(f"{self.provider} rejected the API key (HTTP {status}: {detail}). "
+                                    f"{self.key_hint}".strip(), **fields)
+        if status in RETRY_STATUSES or status >= 500:
+            message = f"{self.provider}: {what} failed with HTTP {status}: {detail}"
+            if submit and status not in SUBMIT_RETRY_STATUSES:
+                message += (". Not submitted again because the job may have been created; "
+                            "check your provider dashboard before retrying")
+            return ServiceUnavailableError(message, **fields)
+        return ProviderError(f"{self.provider} reported an error ({what}, HTTP {status}): {detail}", **fields)
+
+    def _transport_error(self, exc: Exception, url: str, what: str, submit: bool, attempts: int,
+                         request_id: str | None) -> RemoteError:
+        host = urlsplit(url).netloc
+        if never_sent(exc):
+            reason = "could not connect"
+        elif isinstance(exc, requests.exceptions.Timeout):
+            reason = "no reply before the read timeout"
+        elif isinstance(exc, requests.exceptions.SSLError):
+            reason = "TLS error"
+        else:
+            reason = "the connection broke off"
+        message = f"{self.provider}: {what} to {host} failed: {reason} ({type(exc).__name__}, {attempts} attempt(s))"
+        if submit and not never_sent(exc):
+            message += (". The job may have been created, so it was not submitted again; "
+                        "check your provider dashboard before retrying")
+        return ServiceUnavailableError(self.redact(message), provider=self.provider, request_id=request_id)
+
+    def _timeout_error(self, deadline: Deadline, what: str, request_id: str | None) -> RemoteTimeoutError:
+        return RemoteTimeoutError(f"{self.provider}: no result within the {deadline.seconds:g} s deadline "
+                                  f"(during {what})", provider=self.provider, request_id=request_id)
+
+    def _too_large(self, what: str, size: int, limit: int, request_id: str | None) -> DownloadError:
+        return DownloadError(f"{self.provider}: {what} is larger than the {limit / 2**20:.1f} MB limit "
+                             f"({size / 2**20:.1f} MB or more); refused", provider=self.provider,
+                             request_id=request_id)

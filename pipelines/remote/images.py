@@ -1,0 +1,128 @@
+"""Images in and out of the hosted APIs: inputs become data URIs (PNG, else JPEG, under a size cap), outputs
+(URL downloads, data URIs, bare base64) are checked for type and decoded with PIL."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import logging
+from typing import Union
+from urllib.parse import unquote_to_bytes
+
+import numpy as np
+from PIL import Image
+
+from ..params import ParameterError
+from .errors import DownloadError
+
+log = logging.getLogger(__name__)
+
+# Data URIs travel inside the JSON body. 10 MiB keeps requests well inside what the providers document for
+# inline files (UNCONFIRMED exact limits); Redux looks at the image at 384x384 anyway.
+DEFAULT_MAX_UPLOAD_BYTES = 10 * 2**20
+DEFAULT_MAX_DOWNLOAD_BYTES = 64 * 2**20  # one output image; a 4096x4096 PNG is about 50 MB at worst
+JPEG_QUALITY = 95
+GENERIC_BINARY_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
+
+ImageInput = Union[Image.Image, np.ndarray, str]
+
+
+class ImageTooLargeError(ParameterError):
+    """The input image does not fit the upload cap, even as JPEG."""
+
+
+def encode_input_image(image: ImageInput, *, max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> str:
+    """Return what goes into the request's image field: a data URI, or an http(s) URL passed through."""
+    if isinstance(image, str):
+        return _checked_reference(image, max_bytes)
+    picture = to_pil(image)
+    png = _data_uri("image/png", _encode(picture, "PNG"))
+    if len(png) <= max_bytes:
+        return png
+    jpeg = _data_uri("image/jpeg", _encode(picture.convert("RGB"), "JPEG", quality=JPEG_QUALITY))
+    if len(jpeg) <= max_bytes:
+        log.info("input image sent as JPEG: the PNG would be %.1f MB, over the %.1f MB upload limit",
+                 len(png) / 2**20, max_bytes / 2**20)
+        return jpeg
+    raise ImageTooLargeError(
+        "image", f"{picture.width}x{picture.height} image",
+        f"upload would be {len(png) / 2**20:.1f} MB as PNG and {len(jpeg) / 2**20:.1f} MB as JPEG, over the "
+        f"{max_bytes / 2**20:.1f} MB limit; downscale it (Redux sees it at 384x384 anyway) or pass a URL")
+
+
+def to_pil(image: Image.Image | np.ndarray) -> Image.Image:
+    """PIL image from a PIL image or an HxW / HxWxC array (uint8, or float in 0..1)."""
+    if isinstance(image, Image.Image):
+        return image if image.mode in ("RGB", "RGBA", "L") else image.convert("RGB")
+    if not isinstance(image, np.ndarray):
+        raise ParameterError("image", type(image).__name__, "expected a PIL image, an array, or a URL string")
+    array = image
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise ParameterError("image", f"array of shape {tuple(image.shape)}", "expected HxW, HxWx3 or HxWx4")
+    if array.dtype != np.uint8:
+        array = (np.clip(array.astype(np.float32), 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def decode_image(content: bytes, content_type: str | None, *, source: str) -> Image.Image:
+    """Decode downloaded bytes into an RGB image, refusing non-image content types and undecodable data."""
+    kind = (content_type or "").split(";")[0].strip().lower()
+    if not (kind.startswith("image/") or kind in GENERIC_BINARY_TYPES):
+        preview = content[:80].decode("utf-8", errors="replace")
+        raise DownloadError(f"{source} is {kind}, not an image: {preview!r}")
+    try:
+        with Image.open(io.BytesIO(content)) as picture:
+            picture.load()
+            return picture.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DownloadError(f"{source} could not be decoded as an image ({type(exc).__name__}: {exc})") from None
+
+
+def parse_data_uri(uri: str, *, max_bytes: int, source: str) -> tuple[bytes, str]:
+    """(bytes, mime type) from a data: URI, refusing payloads over max_bytes before decoding them."""
+    header, comma, payload = uri.partition(",")
+    if not comma or not header.startswith("data:"):
+        raise DownloadError(f"{source} is not a valid data URI")
+    if len(payload) * 3 // 4 > max_bytes:
+        raise DownloadError(f"{source} is larger than the {max_bytes / 2**20:.1f} MB limit; refused")
+    mime = header[5:].split(";")[0]
+    try:
+        content = base64.b64decode(payload, validate=True) if header.endswith(";base64") else unquote_to_bytes(payload)
+    except (binascii.Error, ValueError):
+        raise DownloadError(f"{source} has invalid base64 data") from None
+    return content, mime
+
+
+def decode_base64(text: str, *, max_bytes: int, source: str) -> bytes:
+    """Bytes of a bare base64 string (WaveSpeed's enable_base64_output), with the same size cap."""
+    if len(text) * 3 // 4 > max_bytes:
+        raise DownloadError(f"{source} is larger than the {max_bytes / 2**20:.1f} MB limit; refused")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise DownloadError(f"{source} is neither a URL, a data URI nor valid base64") from None
+
+
+def _checked_reference(reference: str, max_bytes: int) -> str:
+    if reference.startswith(("https://", "http://")):
+        return reference
+    if reference.startswith("data:image/"):
+        if len(reference) > max_bytes:
+            raise ImageTooLargeError("image", f"data URI of {len(reference) / 2**20:.1f} MB",
+                                     f"over the {max_bytes / 2**20:.1f} MB upload limit")
+        return reference
+    raise ParameterError("image", reference[:40] + ("..." if len(reference) > 40 else ""),
+                         "expected an image, an http(s) URL or a data:image/... URI")
+
+
+def _encode(picture: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def _data_uri(mime: str, content: bytes) -> str:
+    return f"data:{mime};base64,{base64.b64encode(content).decode('ascii')}"

@@ -1,0 +1,100 @@
+"""API keys: from environment variables, else from the git-ignored `redux_api_keys.json` in the pack folder.
+
+Keys never come from a node widget, so they cannot end up in a saved workflow or in PNG metadata. The file
+uses the environment variable names as its fields, e.g. {"FAL_KEY": "...", "WAVESPEED_API_KEY": "..."}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from .errors import MissingKeyError
+
+KEY_FILE_NAME = "redux_api_keys.json"
+PACK_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_KEY_FILE = PACK_ROOT / KEY_FILE_NAME
+
+
+@dataclass(frozen=True)
+class KeySource:
+    """Where a provider's key may come from: one variable, or (fal) an id + secret pair joined by ':'."""
+
+    variable: str
+    pair: tuple[str, str] | None = None
+
+    def describe(self) -> str:
+        if self.pair:
+            return f"{self.variable} (or both {self.pair[0]} and {self.pair[1]})"
+        return self.variable
+
+
+KEY_SOURCES: dict[str, KeySource] = {
+    "fal": KeySource("FAL_KEY", ("FAL_KEY_ID", "FAL_KEY_SECRET")),
+    "wavespeed": KeySource("WAVESPEED_API_KEY"),
+    "custom": KeySource("REDUX_CUSTOM_API_KEY"),
+}
+
+
+class ApiKey:
+    """A key plus where it came from. Its repr and str never show the key itself."""
+
+    __slots__ = ("_value", "source")
+
+    def __init__(self, value: str, source: str):
+        self._value, self.source = value, source
+
+    def reveal(self) -> str:
+        return self._value
+
+    def secrets(self) -> tuple[str, ...]:
+        """Strings to redact from any text: the key and, for an id:secret pair, each half."""
+        return (self._value, *self._value.split(":")) if ":" in self._value else (self._value,)
+
+    def __repr__(self) -> str:
+        return f"ApiKey(from {self.source})"
+
+    __str__ = __repr__
+
+
+def find_key(provider: str, *, environ: Mapping[str, str] | None = None, key_file: Path | None = None) -> ApiKey:
+    """Return the provider's key, or raise MissingKeyError saying exactly what to set."""
+    source = KEY_SOURCES[provider]
+    environ = os.environ if environ is None else environ
+    key_file = DEFAULT_KEY_FILE if key_file is None else Path(key_file)
+    for load, where in ((lambda: environ, "the environment"), (lambda: _read_key_file(key_file), str(key_file))):
+        lookup = load()  # the file is read only when the environment has no key
+        value = _clean(lookup.get(source.variable))
+        if value:
+            return ApiKey(value, f"{source.variable} in {where}")
+        if source.pair:
+            first, second = (_clean(lookup.get(name)) for name in source.pair)
+            if first and second:
+                return ApiKey(f"{first}:{second}", f"{' + '.join(source.pair)} in {where}")
+    raise MissingKeyError(
+        f"No API key for {provider}: set the environment variable {source.describe()} before starting ComfyUI, "
+        f'or put {{"{source.variable}": "<your key>"}} in {key_file} (git-ignored). '
+        "Keys are never taken from node inputs, so they stay out of saved workflows and images.",
+        provider=provider)
+
+
+def _clean(value: object) -> str:
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _read_key_file(path: Path) -> Mapping[str, str]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MissingKeyError(f"Cannot read the key file {path}: {type(exc).__name__}") from None
+    except json.JSONDecodeError as exc:  # the message holds line/column only, never the file's text
+        raise MissingKeyError(f"The key file {path} is not valid JSON (line {exc.lineno}, column {exc.colno}); "
+                              'expected e.g. {"FAL_KEY": "<your key>"}') from None
+    if not isinstance(data, dict):
+        raise MissingKeyError(f'The key file {path} must hold a JSON object such as {{"FAL_KEY": "<your key>"}}')
+    return data
