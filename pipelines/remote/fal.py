@@ -16,7 +16,7 @@ from urllib.parse import quote
 from ..params import (ACCELERATIONS, OUTPUT_FORMATS, SIZE_PRESETS, ParameterError, check_choice,
                       validate_generation)
 from .errors import ProviderError
-from .jobs import Job, JobOutput, Plan, RemoteRequest, is_finite_number
+from .jobs import Job, JobOutput, Plan, RemoteRequest, is_finite_number, require_bool
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +72,14 @@ class FalProvider:
             else {"width": spec.width, "height": spec.height},
             "num_inference_steps": spec.num_inference_steps,
             "num_images": spec.num_images,
-            "sync_mode": _boolean("sync_mode", request.sync_mode),
+            "sync_mode": require_bool("sync_mode", request.sync_mode),
         }
         if spec.guidance_scale is not None:
             payload["guidance_scale"] = spec.guidance_scale
         if spec.seed is not None:
             payload["seed"] = spec.seed
         if request.enable_safety_checker is not None:
-            payload["enable_safety_checker"] = _boolean("enable_safety_checker", request.enable_safety_checker)
+            payload["enable_safety_checker"] = require_bool("enable_safety_checker", request.enable_safety_checker)
         if request.output_format is not None:
             if request.output_format not in OUTPUT_FORMATS:
                 raise ParameterError("output_format", request.output_format,
@@ -187,9 +187,3 @@ def _app_path(model_id: str) -> str:
 def _position(body: dict) -> int | None:
     position = body.get("queue_position")
     return position if isinstance(position, int) and not isinstance(position, bool) else None
-
-
-def _boolean(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ParameterError(name, value, "expected true or false")
-    return value

@@ -13,13 +13,17 @@ from typing import Any, Mapping
 
 from PIL import Image
 
-from ..params import DEFAULT_IMAGE_SIZE
+from ..params import DEFAULT_IMAGE_SIZE, NumberSpec, ParameterError
 from .errors import ProviderError
 from .http import Deadline, HttpClient, RetryPolicy, Timeouts
 from .images import (DEFAULT_MAX_DOWNLOAD_BYTES, DEFAULT_MAX_UPLOAD_BYTES, decode_base64, decode_image,
                      parse_data_uri)
 
 log = logging.getLogger(__name__)
+
+
+# Remote-only knob: how many input images run as parallel jobs (WaveSpeed's lowest tier allows 3 tasks).
+MAX_CONCURRENCY = NumberSpec("max_concurrency", 1, 8, 2, help="input images sent as parallel jobs")
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,7 @@ class Job:
         self.image, self.plan, self.auth, self.http, self.settings = image, plan, auth, http, settings
         self._events = events
         self._last: tuple | None = None
+        self.request_id: str | None = None
         self.started = time.monotonic()
         self.marks: dict[str, float] = {}
 
@@ -139,6 +144,7 @@ class Job:
 
     def report(self, state: str, request_id: str | None = None, queue_position: int | None = None) -> None:
         self.marks.setdefault(state, time.monotonic())
+        self.request_id = request_id or self.request_id
         if (state, request_id, queue_position) == self._last:
             return
         self._last = (state, request_id, queue_position)
@@ -186,3 +192,9 @@ class Job:
 
 def is_finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def require_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ParameterError(name, value, "expected true or false")
+    return value

@@ -18,8 +18,7 @@ from urllib.parse import quote
 from ..params import (VARIANTS, WAVESPEED_OUTPUT_FORMATS, WAVESPEED_SEED, WAVESPEED_SIDE, ParameterError,
                       check_choice, resolve_size, validate_generation)
 from .errors import KeyRejectedError, ProviderError
-from .fal import _boolean
-from .jobs import Job, JobOutput, Plan, RemoteRequest, is_finite_number
+from .jobs import Job, JobOutput, Plan, RemoteRequest, is_finite_number, require_bool
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +74,7 @@ class WaveSpeedProvider:
         width, height = resolve_size(request.image_size, request.width, request.height,
                                      WAVESPEED_WIDTH, WAVESPEED_HEIGHT)
         seed = -1 if request.seed is None else WAVESPEED_SEED.validate(request.seed, "WaveSpeed")
-        sync = _boolean("sync_mode", request.sync_mode)
+        sync = require_bool("sync_mode", request.sync_mode)
         payload: dict[str, Any] = {
             "size": f"{width}*{height}",
             "num_inference_steps": spec.num_inference_steps,
@@ -88,7 +87,7 @@ class WaveSpeedProvider:
         if request.output_format is not None:
             payload["output_format"] = check_choice("output_format", request.output_format, WAVESPEED_OUTPUT_FORMATS)
         if request.enable_safety_checker is not None:
-            payload["enable_safety_checker"] = _boolean("enable_safety_checker", request.enable_safety_checker)
+            payload["enable_safety_checker"] = require_bool("enable_safety_checker", request.enable_safety_checker)
         return payload
 
     def plan(self, request: RemoteRequest) -> Plan:
@@ -120,8 +119,7 @@ class WaveSpeedProvider:
             if state == "completed":
                 return task
             if state in ENDED_STATES:
-                detail = wavespeed_error_detail(200, {"data": task}, "") if task.get("error") or task.get("code") \
-                    else "no reason given"
+                detail = wavespeed_error_detail(200, {"data": task}, "no reason given")
                 raise ProviderError(f"{self.name}: task {request_id} {state}: {detail}", provider=self.name,
                                     request_id=request_id)
             if task.get("code") == SYNC_TIMEOUT_CODE:
