@@ -1,3 +1,258 @@
-"""Placeholder until this module is written."""
-NODE_CLASS_MAPPINGS = {}
-NODE_DISPLAY_NAME_MAPPINGS = {}
+"""Local FLUX.1 Redux nodes: encode reference images, blend conditionings, generate, unload.
+
+A basic variation graph is 6 nodes: Load Redux Encoder, Load FLUX Model, LoadImage, Redux Encode,
+Redux Generate, SaveImage. The nodes only declare and convert; the work is in ..pipelines.
+
+Steps rule for schnell: the steps widget defaults to 28 (dev's default) so that the generate node, like the
+remote node, carries one value. A schnell model accepts 1-12 steps; a larger value is clamped to 12 with a
+warning in the log and in the `info` output (set 4 for schnell's usual setting). Guidance is ignored for
+schnell (it has no guidance input), also with a note in `info`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import torch
+
+from ..pipelines import params
+from ..pipelines.models import FluxModelSpec, ReduxEncoderSpec, load_flux_model, load_redux_encoder
+from ..pipelines.params import ParameterError
+from ..pipelines.redux import ReduxConditioning, encode
+from ..pipelines.cache import CACHE
+from ..pipelines.sampling import generate
+from . import comfy_bridge as bridge
+from . import local_loaders
+from .local_loaders import CATEGORY, detect_variant
+
+log = logging.getLogger(__name__)
+
+MAX_BLEND_INPUTS = 4
+
+
+def _number(spec: params.NumberSpec, tooltip: str, **extra) -> dict:
+    default = spec.minimum if spec.default is None else spec.default
+    return {"default": default, "min": spec.minimum, "max": spec.maximum, "step": spec.step, "tooltip": tooltip,
+            **extra}
+
+
+def _track(key, device, modules, label) -> None:
+    bridge.track_in_comfy_memory(key, device, bridge.module_bytes(*modules), label)
+
+
+# -- encode and blend --------------------------------------------------------------------------------------------
+
+def images_from_comfy(image: torch.Tensor) -> torch.Tensor:
+    """ComfyUI IMAGE [B,H,W,C] float 0..1 -> the same batch as the engine accepts it (RGB, CPU float32)."""
+    if not isinstance(image, torch.Tensor) or image.ndim not in (3, 4):
+        raise ValueError(f"expected a ComfyUI IMAGE tensor [batch, height, width, channels], got "
+                         f"{getattr(image, 'shape', type(image).__name__)}")
+    image = image if image.ndim == 4 else image[None]
+    if image.shape[-1] not in (3, 4):
+        raise ValueError(f"expected 3 (RGB) or 4 (RGBA) channels last, got shape {tuple(image.shape)}")
+    return image.detach().to("cpu", torch.float32)
+
+
+class FluxReduxEncode:
+    CATEGORY = CATEGORY
+    FUNCTION = "encode"
+    RETURN_TYPES = ("REDUX_CONDITIONING",)
+    RETURN_NAMES = ("conditioning",)
+    OUTPUT_TOOLTIPS = ("Redux image tokens (small, on the CPU): connect to Redux Generate or Redux Combine.",)
+    DESCRIPTION = ("Encode reference image(s) with SigLIP + the Redux projector. A batch of several images is "
+                   "blended as the sum of their tokens, one weight each (as diffusers' Redux pipeline does); "
+                   "use Redux Combine for other weights.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "redux_encoder": ("REDUX_ENCODER", {"tooltip": "From Load Redux Encoder."}),
+            "image": ("IMAGE", {"tooltip": "Reference image(s); every image of a batch is blended in."}),
+            "crop": (params.CROP_MODES, {"default": "center", "tooltip": (
+                "How the image is fitted to SigLIP's square input. center: the largest centred square "
+                "(ComfyUI's default); squash: the whole image, aspect not kept.")}),
+        }}
+
+    def encode(self, redux_encoder: ReduxEncoderSpec, image, crop):
+        params.check_choice("crop", crop, params.CROP_MODES)
+        images = images_from_comfy(image)
+        encoder = load_redux_encoder(redux_encoder)
+        _track(redux_encoder.cache_key(), encoder.device, (encoder.vision, encoder.projector), "Redux encoder")
+        return (encode(encoder, images, crop=crop),)
+
+
+class FluxReduxCombine:
+    CATEGORY = CATEGORY
+    FUNCTION = "combine"
+    RETURN_TYPES = ("REDUX_CONDITIONING",)
+    RETURN_NAMES = ("conditioning",)
+    OUTPUT_TOOLTIPS = ("The weighted blend of the connected conditionings.",)
+    DESCRIPTION = ("Blend up to four Redux conditionings (multi-image blending): a weighted sum of their image "
+                   "tokens. Unconnected inputs are skipped; weight 0 leaves an input out.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        weight = lambda n: ("FLOAT", _number(params.REFERENCE_WEIGHT, f"Weight of conditioning_{n} in the blend."))
+        optional = {}
+        for n in range(2, MAX_BLEND_INPUTS + 1):
+            optional[f"conditioning_{n}"] = ("REDUX_CONDITIONING", {"tooltip": f"Reference {n} (optional)."})
+            optional[f"weight_{n}"] = weight(n)
+        return {"required": {"conditioning_1": ("REDUX_CONDITIONING", {"tooltip": "Reference 1."}),
+                             "weight_1": weight(1)},
+                "optional": optional}
+
+    def combine(self, conditioning_1: ReduxConditioning, weight_1: float, **more):
+        items = [(conditioning_1, weight_1)]
+        for n in range(2, MAX_BLEND_INPUTS + 1):
+            if more.get(f"conditioning_{n}") is not None:
+                items.append((more[f"conditioning_{n}"], more.get(f"weight_{n}", params.REFERENCE_WEIGHT.default)))
+        return (ReduxConditioning.combine(items),)
+
+
+# -- generate ----------------------------------------------------------------------------------------------------
+
+def plan_generation(variant: str, image_size, width, height, num_inference_steps, guidance_scale, seed,
+                    num_images) -> tuple[params.GenerationParams, list[str]]:
+    """Validated parameters for `variant`, and the warnings to report (the schnell rules)."""
+    warnings = []
+    spec = params.variant_spec(variant)
+    if spec.guidance is None:
+        guidance_scale = None  # the widget always carries a value; schnell has no guidance input
+        warnings.append(f"guidance_scale ignored: FLUX.1 {variant} has no guidance input")
+    limit = spec.steps.maximum
+    if isinstance(num_inference_steps, int) and num_inference_steps > limit and variant == "schnell":
+        warnings.append(f"num_inference_steps {num_inference_steps} clamped to {limit}, the most FLUX.1 schnell "
+                        f"takes (4 is its usual setting)")
+        num_inference_steps = limit
+    width, height = (width, height) if image_size == params.CUSTOM_SIZE else (None, None)
+    gen = params.validate_generation(variant, image_size, width, height, num_inference_steps, guidance_scale,
+                                     seed, num_images)
+    return gen, warnings
+
+
+def check_size(image_size=None, width=None, height=None) -> None:
+    """The size rules ComfyUI's own min/max check cannot express (a custom side must divide by 16; width and
+    height matter only for custom). None = a linked input, checked when the node runs."""
+    if image_size is None:
+        return
+    params.check_choice("image_size", image_size, params.IMAGE_SIZE_CHOICES)
+    if image_size == params.CUSTOM_SIZE:
+        for spec, value in ((params.WIDTH, width), (params.HEIGHT, height)):
+            if value is not None:
+                spec.validate(value, "a custom image_size")
+        if width is not None and height is not None:
+            params.resolve_size(image_size, width, height)
+
+
+class FluxReduxGenerate:
+    CATEGORY = CATEGORY
+    FUNCTION = "generate"
+    RETURN_TYPES = ("IMAGE", "STRING")
+    RETURN_NAMES = ("images", "info")
+    OUTPUT_TOOLTIPS = ("num_images images, [batch, height, width, 3].",
+                       "JSON: seed used, size, steps, guidance, variant, timings and warnings.")
+    DESCRIPTION = ("Generate variations of the Redux conditioning with a local FLUX.1 model, in one batched "
+                   "call. Parameters are validated before any model work. Steps: dev takes 1-50 (28 usual); "
+                   "schnell takes 1-12 (4 usual), and a larger value (such as the default 28) is clamped to 12 "
+                   "with a warning in the log and in info. guidance_scale is ignored for schnell. Same inputs and "
+                   "seed give the same images on any device (the noise is drawn on the CPU).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("FLUX_REDUX_MODEL", {"tooltip": "From Load FLUX Model."}),
+            "conditioning": ("REDUX_CONDITIONING", {"tooltip": "From Redux Encode or Redux Combine."}),
+            "image_size": (params.IMAGE_SIZE_CHOICES, {"default": params.DEFAULT_IMAGE_SIZE, "tooltip": (
+                "Output size: " + ", ".join(f"{k} {w}x{h}" for k, (w, h) in params.SIZE_PRESETS.items())
+                + "; custom uses width and height.")}),
+            "width": ("INT", _number(params.WIDTH, "Output width when image_size is custom; a multiple of 16.")),
+            "height": ("INT", _number(params.HEIGHT, "Output height when image_size is custom; a multiple of 16.")),
+            "num_inference_steps": ("INT", _number(params.STEPS_LIMITS, (
+                "Denoising steps. dev: 1-50 (28 usual). schnell: 1-12 (4 usual); above 12 is clamped to 12 "
+                "with a warning."))),
+            "guidance_scale": ("FLOAT", _number(params.GUIDANCE, (
+                "Distilled guidance (dev only): higher follows the references more closely. Ignored for "
+                "schnell."), round=0.01)),
+            "seed": ("INT", _number(params.SEED, "Seed of the noise; the same seed gives the same images.",
+                                    control_after_generate=True)),
+            "num_images": ("INT", _number(params.NUM_IMAGES, "Images generated in one batched call (1-4).")),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, image_size=None, width=None, height=None):
+        """Runs when the prompt is queued, before any node; steps, guidance, seed and num_images get ComfyUI's
+        own min/max check (the same ranges). ComfyUI repeats a failure message once per argument here."""
+        try:
+            check_size(image_size, width, height)
+        except ParameterError as exc:
+            return str(exc)
+        return True
+
+    def generate(self, model: FluxModelSpec, conditioning: ReduxConditioning, image_size, width, height,
+                 num_inference_steps, guidance_scale, seed, num_images):
+        settings = (image_size, width, height, num_inference_steps, guidance_scale, seed, num_images)
+        gen, warnings = plan_generation(detect_variant(model), *settings)  # before any model work
+        bridge.check_interrupt()
+        flux = load_flux_model(model)
+        _track(model.cache_key(), flux.device, (flux.pipe.transformer, flux.pipe.vae), f"FLUX.1 {flux.variant}")
+        if flux.variant != gen.variant:  # only if the weights disagree with their header/config
+            gen, warnings = plan_generation(flux.variant, *settings)
+        for warning in warnings:
+            log.warning("FLUX Redux Generate: %s", warning)
+
+        progress = bridge.Progress(gen.num_inference_steps)
+        preview = bridge.make_previewer(flux.device, flux.pipe.vae.config.latent_channels, flux.pipe.vae_scale_factor,
+                                        gen.height, gen.width)
+
+        def on_step(step, total, latents):
+            progress.update(step, total, preview(latents) if preview is not None else None)
+            bridge.check_interrupt()
+
+        result = generate(flux, conditioning, gen, on_step=on_step)
+        info = dict(result.metadata, warnings=warnings)
+        return (result.images, json.dumps(info))
+
+
+class FluxReduxUnload:
+    CATEGORY = CATEGORY
+    FUNCTION = "unload"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    OUTPUT_NODE = True
+    OUTPUT_TOOLTIPS = ("The images input, passed through unchanged.",)
+    DESCRIPTION = ("Free every FLUX model and Redux encoder this pack has loaded (RAM and VRAM), so other models "
+                   "fit without restarting ComfyUI. Runs on every queue. Put it between Redux Generate and Save "
+                   "Image to free memory once the images exist. ComfyUI's 'Free model and node cache' does the "
+                   "same.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"optional": {"images": ("IMAGE", {"tooltip": "Optional: images to pass through, so the unload "
+                                                             "happens after they were generated."})}}
+
+    @classmethod
+    def IS_CHANGED(cls, **inputs):
+        return float("nan")  # never cached: every queue unloads
+
+    def unload(self, images=None):
+        dropped = CACHE.unload()
+        bridge.forget_unloaded()
+        log.info("FLUX Redux: unloaded %d model(s)", dropped)
+        return (images,)
+
+
+NODE_CLASS_MAPPINGS = {
+    **local_loaders.NODE_CLASS_MAPPINGS,
+    "FluxReduxEncode": FluxReduxEncode,
+    "FluxReduxCombine": FluxReduxCombine,
+    "FluxReduxGenerate": FluxReduxGenerate,
+    "FluxReduxUnload": FluxReduxUnload,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    **local_loaders.NODE_DISPLAY_NAME_MAPPINGS,
+    "FluxReduxEncode": "Redux Encode (FLUX Redux)",
+    "FluxReduxCombine": "Redux Combine (FLUX Redux)",
+    "FluxReduxGenerate": "Redux Generate (FLUX Redux)",
+    "FluxReduxUnload": "Unload Models (FLUX Redux)",
+}

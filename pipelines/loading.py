@@ -176,6 +176,32 @@ def _load_tensors(index: TensorIndex) -> dict[str, torch.Tensor]:
     return load_file(str(index.path))
 
 
+def load_transformers_file(index: TensorIndex, model_class, make_config, prefix: str, dtype: torch.dtype,
+                           tied: dict[str, str] | None = None):
+    """A transformers model from a ComfyUI single file: the shipped config adapted by
+    `make_config(index, prefix)`, weights assigned without a random init. ComfyUI's files carry a prefix
+    (`vision_model.`, `text_model.`) that transformers 5 state dicts lack and 4.x ones have; both work.
+    `tied` names weights that may be absent because they share storage with another (T5's embeddings)."""
+    if not all(k.startswith(prefix) for k in index.keys):
+        prefix = ""
+    config = make_config(index, prefix)
+    with init_empty_weights():  # parameters on meta, buffers real
+        model = model_class(config)
+    expected = set(model.state_dict())
+    tensors = {k.removeprefix(prefix): v for k, v in _load_tensors(index).items()}
+    inner = prefix if prefix and not set(tensors) & expected else ""
+    tensors = {f"{inner}{k}": v for k, v in tensors.items()}  # transformers 4.x keeps the prefix
+    for target, source in (tied or {}).items():
+        if target in expected and target not in tensors and source in tensors:
+            tensors[target] = tensors[source]
+    missing = sorted(expected - set(tensors))
+    if missing:
+        raise WeightsError(f"{index.path}: lacks {len(missing)} of the tensors {model_class.__name__} needs "
+                           f"(first: {missing[0]}); is it the right file for this slot?")
+    model.load_state_dict({k: tensors[k].to(dtype) for k in expected}, strict=True, assign=True)
+    return model
+
+
 def _siglip_config_from_file(index: TensorIndex, prefix: str):
     """The shipped so400m config, adapted to the widths and depth the file holds.
 
@@ -222,18 +248,7 @@ def load_siglip(source: str | Path, dtype: torch.dtype):
     else:
         index = read_index(path, "siglip")
         expect_kind(index, "siglip")
-        prefix = "vision_model." if all(k.startswith("vision_model.") for k in index.keys) else ""
-        config = _siglip_config_from_file(index, prefix)
-        with init_empty_weights():  # parameters on meta, buffers real
-            model = SiglipVisionModel(config)
-        expected = set(model.state_dict())
-        tensors = {k.removeprefix(prefix): v for k, v in _load_tensors(index).items()}
-        if not set(tensors) >= expected and set(f"vision_model.{k}" for k in tensors) >= expected:
-            tensors = {f"vision_model.{k}": v for k, v in tensors.items()}  # transformers 4.x names
-        missing = sorted(expected - set(tensors))
-        if missing:
-            raise WeightsError(f"{path}: SigLIP file lacks {len(missing)} tensors (first: {missing[0]}).")
-        model.load_state_dict({k: tensors[k].to(dtype) for k in expected}, strict=True, assign=True)
+        model = load_transformers_file(index, SiglipVisionModel, _siglip_config_from_file, "vision_model.", dtype)
         processor_dir = None
     size = model.config.image_size
     processor = _pil_image_processor().from_pretrained(processor_dir or CONFIG_DIR / "siglip",

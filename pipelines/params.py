@@ -24,7 +24,7 @@ SIZE_MULTIPLE = 16  # FLUX packs 2x2 latents of an 8x VAE: both sides must divid
 
 OUTPUT_FORMATS: tuple[str, ...] = ("jpeg", "png")
 ACCELERATIONS: tuple[str, ...] = ("none", "regular", "high")
-CROP_MODES: tuple[str, ...] = ("center", "squash")
+CROP_MODES: tuple[str, ...] = ("center", "squash", "pad")
 
 # Model-loading choices (read by the loader nodes, the CLI and pipelines.loading).
 VARIANT_CHOICES: tuple[str, ...] = ("auto", "dev", "schnell")  # auto: from the weights (guidance_in present = dev)
@@ -96,6 +96,20 @@ WIDTH = NumberSpec("width", 256, 4096, 1024, step=SIZE_MULTIPLE, help="custom wi
 HEIGHT = NumberSpec("height", 256, 4096, 1024, step=SIZE_MULTIPLE, help="custom height in pixels, a multiple of 16")
 REFERENCE_WEIGHT = NumberSpec("weight", 0.0, 10.0, 1.0, step=0.05, integer=False,
                               help="how much this reference contributes to the blend")
+
+# Restyle controls (Redux strength, prompt mixing, img2img).
+DOWNSAMPLE_FACTOR = NumberSpec("downsample_factor", 1.0, 9.0, 1.0, step=0.5, integer=False,
+                               help="shrink the 27x27 Redux token grid by this factor (3 -> 9x9 = 81 tokens); "
+                                    "fewer image tokens let the prompt speak")
+DOWNSAMPLE_MODES: tuple[str, ...] = ("area", "bilinear", "bicubic", "nearest")
+BLEND_MODES: tuple[str, ...] = ("sum", "concat")  # sum: diffusers' weighted sum; concat: ComfyUI's chaining
+AUTOCROP_MARGIN = NumberSpec("autocrop_margin", 0, 4096, 32, help="pixels kept around the mask's bounding box")
+PROMPT_SCALE = NumberSpec("prompt_scale", 0.0, 10.0, 1.0, step=0.05, integer=False,
+                          help="multiplies the text prompt's T5 tokens")
+POOLED_SCALE = NumberSpec("pooled_scale", 0.0, 10.0, 1.0, step=0.05, integer=False,
+                          help="multiplies the prompt's pooled CLIP vector")
+DENOISE = NumberSpec("denoise", 0.01, 1.0, 0.75, step=0.01, integer=False,
+                     help="img2img strength: 1.0 ignores the init image, low values stay close to it")
 
 # WaveSpeed's flux-redux-dev has its own limits; they live here with the rest.
 WAVESPEED_SIDE = NumberSpec("size", 256, 1536, 1024, step=SIZE_MULTIPLE, help="WaveSpeed side length W or H")

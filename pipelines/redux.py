@@ -1,28 +1,59 @@
 """Redux conditioning: reference image(s) -> SigLIP features -> Redux tokens -> FLUX text-stream embeddings.
 
-The maths is that of diffusers' FluxPriorReduxPipeline (image tokens appended after 512 text tokens, zero
-when there is no prompt; pooled zeros; per-image scales, then a sum), written against the model's own widths
-so any transformer size works.
+Without restyle controls the maths is that of diffusers' FluxPriorReduxPipeline (image tokens appended after
+512 text tokens, zero when there is no prompt; pooled zeros; per-image scales, then a sum), written against
+the model's own widths so any transformer size works. Restyle controls act on the token grid (27x27 for
+FLUX Redux): downsampling shrinks it, masks drop tokens, weights multiply them, a prompt fills the text part.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterable, Sequence
+import logging
+import math
+from dataclasses import dataclass, replace
+from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+import torch.nn.functional as F
 
 from . import params
 from .models import ReduxEncoder
+from .references import prepare, to_pil_rgb  # noqa: F401  (to_pil_rgb is part of this module's API)
 
 TEXT_TOKENS = 512  # FLUX's T5 sequence length; Redux tokens follow it
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TextConditioning:
+    """A prompt's T5 tokens [1, L, width] and CLIP pooled vector [1, P] (None: zeros)."""
+
+    embeds: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+    @staticmethod
+    def from_comfy(conditioning) -> "TextConditioning":
+        """ComfyUI CONDITIONING: a list of [tensor [1, L, 4096], {"pooled_output": [1, 768], ...}]."""
+        if not isinstance(conditioning, (list, tuple)) or not conditioning:
+            raise ValueError("expected ComfyUI CONDITIONING (a non-empty list of [tensor, dict])")
+        if len(conditioning) > 1:
+            log.warning("CONDITIONING has %d entries; only the first is used as the Redux prompt",
+                        len(conditioning))
+        entry = conditioning[0]
+        embeds = entry[0]
+        extras = entry[1] if len(entry) > 1 and isinstance(entry[1], dict) else {}
+        if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3:
+            raise ValueError(f"CONDITIONING tensor must be [batch, tokens, width], got "
+                             f"{getattr(embeds, 'shape', type(embeds).__name__)}")
+        pooled = extras.get("pooled_output")
+        to_cpu = lambda t: t[:1].detach().to("cpu", torch.float32)  # noqa: E731
+        return TextConditioning(to_cpu(embeds), None if pooled is None else to_cpu(pooled))
 
 
 @dataclass
 class ReduxConditioning:
-    """Weighted sum of the references' Redux tokens, [1, tokens, width], kept on the CPU in float32.
+    """Redux image tokens [1, tokens, width] (float32, CPU) and, optionally, a prompt to put before them.
 
     Small (729 x 4096 floats) so it can be cached, saved or passed between nodes. The text part is built
     for a given transformer by `prompt_embeds()`.
@@ -30,63 +61,67 @@ class ReduxConditioning:
 
     image_tokens: torch.Tensor
     weights: tuple[float, ...]
+    text: TextConditioning | None = None
+    prompt_scale: float = 1.0
+    pooled_scale: float = 1.0
 
     @property
     def width(self) -> int:
         return self.image_tokens.shape[-1]
 
+    @property
+    def token_count(self) -> int:
+        return self.image_tokens.shape[1]
+
+    def with_prompt(self, text: TextConditioning | None, prompt_scale: float = 1.0,
+                    pooled_scale: float = 1.0) -> "ReduxConditioning":
+        return replace(self, text=text, prompt_scale=params.PROMPT_SCALE.validate(prompt_scale),
+                       pooled_scale=params.POOLED_SCALE.validate(pooled_scale))
+
     def prompt_embeds(self, joint_width: int, pooled_width: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(prompt_embeds [1, 512 + tokens, joint_width], pooled [1, pooled_width]) as FLUX expects them."""
+        """(prompt_embeds [1, text + tokens, joint_width], pooled [1, pooled_width]) as FLUX expects them."""
         if joint_width != self.width:
             raise ValueError(f"Redux tokens are {self.width} wide but this transformer's text stream is "
                              f"{joint_width} wide: the Redux model does not belong to this FLUX model.")
-        zeros = self.image_tokens.new_zeros(1, TEXT_TOKENS, self.width)
-        return torch.cat([zeros, self.image_tokens], dim=1), self.image_tokens.new_zeros(1, pooled_width)
+        pooled = self.image_tokens.new_zeros(1, pooled_width)
+        if self.text is None:
+            text = self.image_tokens.new_zeros(1, TEXT_TOKENS, self.width)
+        else:
+            if self.text.embeds.shape[-1] != joint_width:
+                raise ValueError(f"the prompt's tokens are {self.text.embeds.shape[-1]} wide, the transformer "
+                                 f"expects {joint_width}: use FLUX's T5-XXL text encoder")
+            text = self.text.embeds.to(self.image_tokens.dtype) * self.prompt_scale
+            if self.text.pooled is not None:
+                if self.text.pooled.shape[-1] != pooled_width:
+                    raise ValueError(f"the prompt's pooled vector is {self.text.pooled.shape[-1]} wide, the "
+                                     f"transformer expects {pooled_width}: use FLUX's CLIP-L text encoder")
+                pooled = self.text.pooled.to(pooled.dtype) * self.pooled_scale
+        return torch.cat([text, self.image_tokens], dim=1), pooled
 
     @staticmethod
-    def combine(items: Sequence[tuple["ReduxConditioning", float]]) -> "ReduxConditioning":
-        """Blend conditionings with extra weights (a weighted sum, as for several reference images)."""
+    def combine(items: Sequence[tuple["ReduxConditioning", float]], blend: str = "sum") -> "ReduxConditioning":
+        """Blend conditionings with extra weights. sum: weighted sum (same token counts needed);
+        concat: tokens one after another, as ComfyUI's chained StyleModelApply. Weight 0 leaves one out.
+        The first prompt found is kept."""
         if not items:
             raise ValueError("combine needs at least one Redux conditioning")
+        params.check_choice("blend", blend, params.BLEND_MODES)
         widths = {c.width for c, _ in items}
         if len(widths) > 1:
             raise ValueError(f"cannot combine Redux conditionings of different widths {sorted(widths)}")
         weights = [params.REFERENCE_WEIGHT.validate(w) for _, w in items]
-        tokens = sum(c.image_tokens * w for (c, _), w in zip(items, weights))
-        return ReduxConditioning(tokens, tuple(w * cw for (c, _), w in zip(items, weights) for cw in c.weights))
-
-
-def to_pil_rgb(image) -> Image.Image:
-    """One image from PIL (any mode, 16-bit too), numpy (HW, HWC; uint8, uint16 or float 0..1) or a torch
-    tensor (HWC float 0..1, as in ComfyUI's IMAGE). Transparent areas are composited onto white."""
-    if isinstance(image, torch.Tensor):
-        image = image.detach().to("cpu", torch.float32).numpy()
-    if isinstance(image, np.ndarray):
-        array = image
-        if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
-            array = array.transpose(1, 2, 0)  # CHW -> HWC
-        if array.dtype == np.uint16:
-            array = array / 65535.0
-        elif array.dtype != np.uint8:
-            array = np.clip(array.astype(np.float32), 0.0, 1.0)
-        if array.dtype != np.uint8:
-            array = (array * 255.0 + 0.5).astype(np.uint8)
-        if array.ndim == 3 and array.shape[-1] == 1:
-            array = array[..., 0]
-        if array.ndim not in (2, 3):
-            raise ValueError(f"image array must be HxW or HxWxC, got shape {image.shape}")
-        image = Image.fromarray(array)
-    if not isinstance(image, Image.Image):
-        raise TypeError(f"expected a PIL image, numpy array or torch tensor, got {type(image).__name__}")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float32)
-        scale = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        image = Image.fromarray((np.clip(array / scale, 0, 1) * 255 + 0.5).astype(np.uint8))
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB")
+        kept = [(c, w) for (c, _), w in zip(items, weights) if w > 0] or [(items[0][0], 0.0)]
+        if blend == "sum":
+            counts = {c.token_count for c, _ in kept}
+            if len(counts) > 1:
+                raise ValueError(f"cannot sum Redux conditionings with different token counts {sorted(counts)} "
+                                 "(different downsampling or masks): use blend=concat")
+            tokens = sum(c.image_tokens * w for c, w in kept)
+        else:
+            tokens = torch.cat([c.image_tokens * w for c, w in kept], dim=1)
+        text = next((c for c, _ in items if c.text is not None), items[0][0])
+        return ReduxConditioning(tokens, tuple(w * cw for c, w in kept for cw in c.weights), text.text,
+                                 text.prompt_scale, text.pooled_scale)
 
 
 def split_images(images) -> list:
@@ -98,37 +133,88 @@ def split_images(images) -> list:
     return [images]
 
 
-def crop_for_siglip(image: Image.Image, crop: str) -> Image.Image:
-    """center: the largest centred square (ComfyUI's default); squash: the whole image, aspect not kept."""
-    params.check_choice("crop", crop, params.CROP_MODES)
-    if crop == "squash":
-        return image
-    side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    return image.crop((left, top, left + side, top + side))
+def _split_masks(masks, count: int) -> list:
+    if masks is None:
+        return [None] * count
+    if isinstance(masks, (torch.Tensor, np.ndarray)) and masks.ndim == 3 and masks.shape[0] == count:
+        masks = list(masks)  # ComfyUI MASK batch, one per image
+    elif not isinstance(masks, (list, tuple)):
+        masks = [masks] * count  # one mask for every image
+    if len(masks) != count:
+        raise ValueError(f"got {count} reference images but {len(masks)} masks")
+    return list(masks)
+
+
+def downsample_grid(grid: torch.Tensor, factor: float, mode: str) -> torch.Tensor:
+    """[g, g, width] -> [n, n, width], n = round(g / factor)."""
+    params.DOWNSAMPLE_FACTOR.validate(factor)
+    params.check_choice("downsample_mode", mode, params.DOWNSAMPLE_MODES)
+    side = max(1, round(grid.shape[0] / factor))
+    if side == grid.shape[0]:
+        return grid
+    x = grid.permute(2, 0, 1)[None]
+    if mode == "area":
+        x = F.adaptive_avg_pool2d(x, side)
+    elif mode == "nearest":
+        x = F.interpolate(x, size=(side, side), mode="nearest")
+    else:
+        x = F.interpolate(x, size=(side, side), mode=mode, align_corners=False, antialias=True)
+    return x[0].permute(1, 2, 0)
+
+
+def mask_to_grid(mask: np.ndarray, side: int) -> torch.Tensor:
+    """A pixel mask -> which of side x side tokens to keep (mean coverage >= 0.5)."""
+    coverage = F.adaptive_avg_pool2d(torch.from_numpy(np.ascontiguousarray(mask))[None, None], side)[0, 0]
+    return coverage >= 0.5
 
 
 @torch.inference_mode()
-def image_tokens(encoder: ReduxEncoder, images: Iterable, crop: str = "center") -> torch.Tensor:
-    """Redux tokens [N, tokens, width] (float32, CPU) for N images."""
-    pil = [crop_for_siglip(to_pil_rgb(im), crop) for im in images]
-    if not pil:
-        raise ValueError("no reference image given")
-    pixels = encoder.processor(images=pil, return_tensors="pt")["pixel_values"]
-    pixels = pixels.to(encoder.device, encoder.dtype)
-    features = encoder.vision(pixel_values=pixels).last_hidden_state
-    return encoder.projector(features).image_embeds.float().cpu()
-
-
-def encode(encoder: ReduxEncoder, images, weights: Sequence[float] | None = None,
-           crop: str = "center") -> ReduxConditioning:
-    """Encode one or more reference images; several are blended by `weights` (default 1 each)."""
+def image_tokens(encoder: ReduxEncoder, images, crop: str = "center", masks=None,
+                 autocrop_margin: int | None = None) -> tuple[torch.Tensor, list]:
+    """Redux tokens [N, tokens, width] (float32, CPU) for N images, and their prepared masks."""
     singles = split_images(images)
-    if weights is None:
-        weights = [1.0] * len(singles)
-    if len(weights) != len(singles):
-        raise ValueError(f"got {len(singles)} reference images but {len(weights)} weights")
+    if not singles:
+        raise ValueError("no reference image given")
+    prepared = [prepare(im, m, crop, autocrop_margin) for im, m in zip(singles, _split_masks(masks, len(singles)))]
+    pixels = encoder.processor(images=[p for p, _ in prepared], return_tensors="pt")["pixel_values"]
+    features = encoder.vision(pixel_values=pixels.to(encoder.device, encoder.dtype)).last_hidden_state
+    return encoder.projector(features).image_embeds.float().cpu(), [m for _, m in prepared]
+
+
+def encode(encoder: ReduxEncoder, images, weights: Sequence[float] | None = None, crop: str = "center", *,
+           masks=None, downsample_factor: float = 1.0, downsample_mode: str = "area",
+           autocrop_margin: int | None = None, blend: str = "sum") -> ReduxConditioning:
+    """Encode one or more reference images into one conditioning.
+
+    weights multiply each reference's tokens (several are blended by `blend`); downsample_factor shrinks the
+    token grid; masks keep only the tokens they cover (pad crop marks its bars as uncovered); autocrop_margin
+    first crops each reference to its mask's bounding box plus that many pixels.
+    """
+    count = len(split_images(images))
+    weights = [1.0] * count if weights is None else list(weights)
+    if len(weights) != count:
+        raise ValueError(f"got {count} reference images but {len(weights)} weights")
     weights = [params.REFERENCE_WEIGHT.validate(w) for w in weights]
-    tokens = image_tokens(encoder, singles, crop)
-    scale = torch.tensor(weights, dtype=tokens.dtype)[:, None, None]
-    return ReduxConditioning((tokens * scale).sum(dim=0, keepdim=True), tuple(weights))
+    params.check_choice("blend", blend, params.BLEND_MODES)
+    tokens, pixel_masks = image_tokens(encoder, images, crop, masks, autocrop_margin)
+    side = math.isqrt(tokens.shape[1])
+    grids = [downsample_grid(t.reshape(side, side, -1), downsample_factor, downsample_mode) for t in tokens]
+    new_side = grids[0].shape[0]
+    keeps = [None if m is None else mask_to_grid(m, new_side).flatten() for m in pixel_masks]
+    flat = [g.reshape(new_side * new_side, -1) for g in grids]
+    if all(k is None for k in keeps) and blend == "sum":  # diffusers' weighted sum
+        scale = torch.tensor(weights, dtype=tokens.dtype)[:, None, None]
+        return ReduxConditioning((torch.stack(flat) * scale).sum(dim=0, keepdim=True), tuple(weights))
+    everywhere = torch.ones(new_side * new_side, dtype=torch.bool)
+    keeps = [everywhere if k is None else k for k in keeps]
+    if blend == "concat":
+        parts = [t[k] * w for t, k, w in zip(flat, keeps, weights) if w > 0]
+        joined = torch.cat(parts) if parts else flat[0][:0]
+    else:  # sum where any reference's mask is on; a token no reference covers is dropped
+        covered = torch.stack([k & (w > 0) for k, w in zip(keeps, weights)]).any(dim=0)
+        summed = sum(t * k[:, None] * w for t, k, w in zip(flat, keeps, weights))
+        joined = summed[covered]
+    if joined.shape[0] == 0:
+        raise ValueError("the masks leave no Redux token: make the masked area larger, or check the mask "
+                         "is white (1) where the reference should count")
+    return ReduxConditioning(joined[None], tuple(weights))

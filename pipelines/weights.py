@@ -20,6 +20,7 @@ KIND_NAMES = {
     "vae": "the FLUX autoencoder (ae.safetensors: encoder.down.N / decoder.up.N keys)",
     "redux": "the Redux projector (flux1-redux-dev.safetensors: redux_up / redux_down keys)",
     "siglip": "a SigLIP vision tower (sigclip_vision_patch14_384.safetensors: vision_model.* keys)",
+    "text_encoder": "a FLUX text encoder (clip_l.safetensors: text_model.* keys; t5xxl: encoder.block.N keys)",
 }
 
 
@@ -87,6 +88,8 @@ def classify(index: TensorIndex) -> str | None:
         return "redux"
     if any("encoder.layers." in k for k in keys) and any("embeddings.patch_embedding" in k for k in keys):
         return "siglip"
+    if any("embeddings.token_embedding" in k for k in keys) or any(k.startswith("encoder.block.") for k in keys):
+        return "text_encoder"
     if any(k.startswith(("encoder.down.", "decoder.up.", "encoder.down_blocks.", "decoder.up_blocks.")) for k in keys):
         return "vae"
     return None

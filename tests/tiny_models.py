@@ -197,6 +197,58 @@ def build_models_dir(root: Path) -> dict:
                 sources=dict(dev=dev, schnell=schnell, vae=vae, siglip=siglip, processor=processor, redux=redux))
 
 
+# -- text encoders (CLIP-L + T5) and their tokenizers, for prompt mixing -------------------------------------
+
+TEXT_WORDS = ["<pad>", "<unk>", "a", "photo", "of", "cat", "dog", "in", "the", "style", "oil", "painting",
+              "watercolor", "neon", "</s>"]  # the end token last: CLIP's legacy pooling takes the highest id
+
+
+def make_tokenizer(max_length: int):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(TEXT_WORDS)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", eos_token="</s>",
+                                   model_max_length=max_length)
+
+
+def make_clip_text(seed: int = 20):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    _seeded(seed)
+    config = CLIPTextConfig(hidden_size=64, intermediate_size=37, num_hidden_layers=1, num_attention_heads=1,
+                            vocab_size=len(TEXT_WORDS), max_position_embeddings=77, projection_dim=64,
+                            bos_token_id=0, eos_token_id=2, pad_token_id=1)  # FLUX's CLIP-L legacy ids
+    return CLIPTextModel(config).eval()
+
+
+def make_t5(seed: int = 21, width: int = JOINT_WIDTH):
+    from transformers import T5Config, T5EncoderModel
+
+    _seeded(seed)
+    config = T5Config(d_model=width, d_ff=37, d_kv=64, num_heads=1, num_layers=1, vocab_size=len(TEXT_WORDS),
+                      feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False)
+    return T5EncoderModel(config).eval()
+
+
+def write_text_encoders(root: Path) -> dict:
+    """ComfyUI single files (clip_l with `text_model.` prefix, t5xxl) and a FLUX-style folder with both
+    encoders and tokenizers (text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/)."""
+    clip, t5 = make_clip_text(), make_t5()
+    folder = root / "diffusers" / "FLUX.1-dev-text"
+    clip.save_pretrained(folder / "text_encoder")
+    t5.save_pretrained(folder / "text_encoder_2")
+    make_tokenizer(77).save_pretrained(folder / "tokenizer")
+    make_tokenizer(512).save_pretrained(folder / "tokenizer_2")
+    clip_state = {k if k.startswith("text_model.") else f"text_model.{k}": v
+                  for k, v in _contiguous(clip.state_dict()).items()}
+    t5_state = {k: v for k, v in _contiguous(t5.state_dict()).items() if k != "encoder.embed_tokens.weight"}
+    return dict(folder=folder, clip=clip, t5=t5,
+                clip_file=write_safetensors(root / "text_encoders" / "clip_l.safetensors", clip_state),
+                t5_file=write_safetensors(root / "text_encoders" / "t5xxl_fp16.safetensors", t5_state))
+
+
 if __name__ == "__main__":  # python tests/tiny_models.py DIR: a tiny models/ folder to try the CLI without weights
     import sys
 

@@ -30,7 +30,8 @@ def normalize_base_url(base_url: str | None) -> str:
     """Check a user-supplied base URL: https (plain http only for this machine), no credentials or query."""
     text = (base_url or "").strip()
     if not text:
-        raise ParameterError("base_url", base_url, "the custom provider needs a base URL, e.g. https://api.example.com/fal")
+        raise ParameterError("base_url", base_url,
+                             "the custom provider needs a base URL, e.g. https://api.example.com/fal")
     parts = urlsplit(text)
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise ParameterError("base_url", text, "expected an http(s) URL such as https://api.example.com/fal")

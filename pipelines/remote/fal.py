@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 FAL_QUEUE_URL = "https://queue.fal.run"
 FAL_RUN_URL = "https://fal.run"
+ANY_ERROR_STATUS = tuple(range(400, 600))
 FAL_MODELS = {"dev": "fal-ai/flux-1/dev/redux", "schnell": "fal-ai/flux-1/schnell/redux"}
 
 
@@ -120,12 +121,9 @@ class FalProvider:
             if not finished:  # interrupted, deadline, or polling failed: do not leave a paid job behind
                 self._cancel(job, requests_url, request_id)
         job.report("downloading", request_id)
-        failed = status.get("error")
-        result = job.http.call("GET", requests_url, what="result", headers=job.auth, request_id=request_id,
-                               retry_statuses=frozenset({429}) if failed else None)
-        if failed:
-            raise ProviderError(f"{self.name}: request {request_id} failed: {failed}", provider=self.name,
-                                request_id=request_id)
+        if status.get("error"):
+            raise self._job_failure(job, requests_url, request_id, str(status["error"]))
+        result = job.http.call("GET", requests_url, what="result", headers=job.auth, request_id=request_id)
         inference = (status.get("metrics") or {}).get("inference_time")
         return self._output(job, result.data, request_id, inference)
 
@@ -144,6 +142,14 @@ class FalProvider:
             else:
                 log.warning("%s: request %s has unknown status %r; still waiting", self.name, request_id, state)
             job.wait_before_next_poll(request_id)
+
+    def _job_failure(self, job: Job, requests_url: str, request_id: str, error: str) -> ProviderError:
+        """A failed job is COMPLETED with an error; its result URL holds the details (any HTTP status)."""
+        reply = job.http.call("GET", requests_url, what="result", headers=job.auth, request_id=request_id,
+                              accept=ANY_ERROR_STATUS, retry_statuses=frozenset({429}))
+        detail = fal_error_detail(reply.status, reply.data, "") if reply.status >= 400 else ""
+        return ProviderError(f"{self.name}: request {request_id} failed: {job.http.redact(detail or error)}",
+                             provider=self.name, request_id=request_id, status=reply.status)
 
     def _run_direct(self, job: Job, model_id: str, payload: dict) -> JobOutput:
         """fal.run: one POST that returns the output (data URIs with sync_mode). It cannot be cancelled

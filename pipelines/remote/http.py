@@ -150,6 +150,10 @@ class HttpClient:
     def close(self) -> None:
         self.session.close()
 
+    def _label(self, request_id: str | None) -> str:
+        """How messages name the call: the provider, and the request id once there is one (for its dashboard)."""
+        return f"{self.provider} (request {request_id})" if request_id else self.provider
+
     def redact(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, "***")
@@ -161,18 +165,17 @@ class HttpClient:
         """Raise if the caller aborted or the deadline passed."""
         deadline = deadline or self.deadline
         if abortable and self.abort.is_set():
-            raise RemoteCancelledError(f"{self.provider}: interrupted", provider=self.provider, request_id=request_id)
+            raise RemoteCancelledError(f"{self._label(request_id)}: interrupted", provider=self.provider,
+                                       request_id=request_id)
         if deadline.expired():
-            raise RemoteTimeoutError(f"{self.provider}: no result within the {deadline.seconds:g} s deadline",
-                                     provider=self.provider, request_id=request_id)
+            raise self._timeout_error(deadline, None, request_id)
 
     def pause(self, seconds: float, *, deadline: Deadline | None = None, abortable: bool = True,
               request_id: str | None = None) -> None:
         """Sleep, waking at once on abort; a sleep that would outlast the deadline raises right away."""
         deadline = deadline or self.deadline
         if seconds > deadline.remaining():
-            raise RemoteTimeoutError(f"{self.provider}: no result within the {deadline.seconds:g} s deadline",
-                                     provider=self.provider, request_id=request_id)
+            raise self._timeout_error(deadline, None, request_id)
         if abortable:
             self.abort.wait(seconds)
         else:
@@ -193,11 +196,12 @@ class HttpClient:
                 return Reply(resp.status_code, resp.headers, resp.json())
             except ValueError:
                 kind = resp.headers.get("Content-Type", "no content type")
-                message = (f"{self.provider}: the {what} reply is not JSON (HTTP {resp.status_code}, {kind}): "
-                           f"{self.redact(resp.text[:200])!r}")
+                quoted = self.redact(resp.text[:4096])[:200]  # redact, then cut: no half key survives
+                message = (f"{self._label(request_id)}: the {what} reply is not JSON "
+                           f"(HTTP {resp.status_code}, {kind}): {quoted!r}")
                 if submit:
                     message += ". The job may have been created; it was not submitted again"
-                raise _RetryBody(message)
+                raise _RetryBody(message) from None
 
         return self._send(method, url, handle, what=what, submit=submit, json=json, params=params,
                           headers=headers, read_timeout=read_timeout, retry_statuses=retry_statuses,
@@ -209,7 +213,7 @@ class HttpClient:
 
         def handle(resp: requests.Response) -> tuple[bytes, str | None]:
             if not 200 <= resp.status_code < 300:
-                raise self._status_error(resp, what, False, request_id)
+                raise self._status_error(resp, what, False, request_id, keyed=False)
             declared = resp.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > max_bytes:
                 raise self._too_large(what, int(declared), max_bytes, request_id)
@@ -265,10 +269,10 @@ class HttpClient:
                 resp.close()
         raise AssertionError("unreachable: the last attempt always returns or raises")
 
-    def _timeout(self, deadline: Deadline, read_timeout: float | None) -> tuple[float, float]:
+    def _timeout(self, deadline: Deadline, read_timeout: float | None) -> tuple[float, float | None]:
         remaining = max(deadline.remaining(), 0.001)
-        read = self.timeouts.read if read_timeout is None else read_timeout
-        return min(self.timeouts.connect, remaining), min(read, remaining)
+        read = min(self.timeouts.read if read_timeout is None else read_timeout, remaining)
+        return min(self.timeouts.connect, remaining), read if math.isfinite(read) else None
 
     @staticmethod
     def _may_retry(exc: requests.exceptions.RequestException, submit: bool) -> bool:
@@ -284,7 +288,7 @@ class HttpClient:
         if retry_after is not None:
             if retry_after > min(self.retry.max_retry_after, deadline.remaining()):
                 raise ServiceUnavailableError(
-                    f"{self.provider}: {what} was refused ({reason}) and the provider asks to retry after "
+                    f"{self._label(request_id)}: {what} was refused ({reason}) and the provider asks to retry after "
                     f"{retry_after:.0f} s, beyond this run's limit; try again later",
                     provider=self.provider, request_id=request_id)
             delay = retry_after
@@ -296,7 +300,8 @@ class HttpClient:
                    request_id=request_id)
 
     # -- errors ---------------------------------------------------------------------------------------------
-    def _status_error(self, resp: requests.Response, what: str, submit: bool, request_id: str | None) -> RemoteError:
+    def _status_error(self, resp: requests.Response, what: str, submit: bool, request_id: str | None,
+                      keyed: bool = True) -> RemoteError:
         status = resp.status_code
         text = _error_body(resp)
         try:
@@ -306,16 +311,19 @@ class HttpClient:
         detail = self.error_detail(status, data, text)
         detail = self.redact(detail)[:ERROR_TEXT_LIMIT]
         fields = dict(provider=self.provider, request_id=request_id, status=status)
+        if not keyed and status < 500 and status not in RETRY_STATUSES:  # no key was sent: an expired/bad URL
+            return DownloadError(f"{self._label(request_id)}: {what} was refused (HTTP {status}): {detail}", **fields)
         if status in KEY_REJECTED_STATUSES:
             return KeyRejectedError(f"{self.provider} rejected the API key (HTTP {status}: {detail}). "
                                     f"{self.key_hint}".strip(), **fields)
         if status in RETRY_STATUSES or status >= 500:
-            message = f"{self.provider}: {what} failed with HTTP {status}: {detail}"
+            message = f"{self._label(request_id)}: {what} failed with HTTP {status}: {detail}"
             if submit and status not in SUBMIT_RETRY_STATUSES:
                 message += (". Not submitted again because the job may have been created; "
                             "check your provider dashboard before retrying")
             return ServiceUnavailableError(message, **fields)
-        return ProviderError(f"{self.provider} reported an error ({what}, HTTP {status}): {detail}", **fields)
+        return ProviderError(f"{self._label(request_id)} reported an error ({what}, HTTP {status}): {detail}",
+                             **fields)
 
     def _transport_error(self, exc: Exception, url: str, what: str, submit: bool, attempts: int,
                          request_id: str | None) -> RemoteError:
@@ -328,17 +336,19 @@ class HttpClient:
             reason = "TLS error"
         else:
             reason = "the connection broke off"
-        message = f"{self.provider}: {what} to {host} failed: {reason} ({type(exc).__name__}, {attempts} attempt(s))"
+        message = (f"{self._label(request_id)}: {what} to {host} failed: {reason} "
+                   f"({type(exc).__name__}, {attempts} attempt(s))")
         if submit and not never_sent(exc):
             message += (". The job may have been created, so it was not submitted again; "
                         "check your provider dashboard before retrying")
         return ServiceUnavailableError(self.redact(message), provider=self.provider, request_id=request_id)
 
-    def _timeout_error(self, deadline: Deadline, what: str, request_id: str | None) -> RemoteTimeoutError:
-        return RemoteTimeoutError(f"{self.provider}: no result within the {deadline.seconds:g} s deadline "
-                                  f"(during {what})", provider=self.provider, request_id=request_id)
+    def _timeout_error(self, deadline: Deadline, what: str | None, request_id: str | None) -> RemoteTimeoutError:
+        during = f" (during {what})" if what else ""
+        return RemoteTimeoutError(f"{self._label(request_id)}: no result within the {deadline.seconds:g} s "
+                                  f"deadline{during}", provider=self.provider, request_id=request_id)
 
     def _too_large(self, what: str, size: int, limit: int, request_id: str | None) -> DownloadError:
-        return DownloadError(f"{self.provider}: {what} is larger than the {limit / 2**20:.1f} MB limit "
+        return DownloadError(f"{self._label(request_id)}: {what} is larger than the {limit / 2**20:.1f} MB limit "
                              f"({size / 2**20:.1f} MB or more); refused", provider=self.provider,
                              request_id=request_id)

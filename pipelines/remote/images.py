@@ -7,7 +7,7 @@ import base64
 import binascii
 import io
 import logging
-from typing import Union
+from typing import Callable, Union
 from urllib.parse import unquote_to_bytes
 
 import numpy as np
@@ -67,11 +67,13 @@ def to_pil(image: Image.Image | np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array))
 
 
-def decode_image(content: bytes, content_type: str | None, *, source: str) -> Image.Image:
-    """Decode downloaded bytes into an RGB image, refusing non-image content types and undecodable data."""
+def decode_image(content: bytes, content_type: str | None, *, source: str,
+                 redact: Callable[[str], str] = str) -> Image.Image:
+    """Decode downloaded bytes into an RGB image, refusing non-image content types and undecodable data.
+    `redact` cleans the quoted start of a non-image body (an error page might echo credentials)."""
     kind = (content_type or "").split(";")[0].strip().lower()
     if not (kind.startswith("image/") or kind in GENERIC_BINARY_TYPES):
-        preview = content[:80].decode("utf-8", errors="replace")
+        preview = redact(content[:4096].decode("utf-8", errors="replace"))[:80]  # redact, then cut
         raise DownloadError(f"{source} is {kind}, not an image: {preview!r}")
     try:
         with Image.open(io.BytesIO(content)) as picture:

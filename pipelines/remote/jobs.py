@@ -176,7 +176,7 @@ class Job:
                 content, kind = self.http.download(ref, max_bytes=limit, what=source, request_id=request_id)
             else:
                 content, kind = decode_base64(ref, max_bytes=limit, source=source), None
-            images.append(decode_image(content, kind, source=source))
+            images.append(decode_image(content, kind, source=source, redact=self.http.redact))
         return images
 
     def timings(self) -> dict[str, float]:

@@ -3,8 +3,10 @@ bounded concurrency, results in input order, and cancel-before-raise on abort, d
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Callable, Iterable, Sequence
 
@@ -20,6 +22,8 @@ from .images import ImageInput, encode_input_image
 from .jobs import MAX_CONCURRENCY, ClientSettings, Job, ProgressEvent, RemoteRequest, RemoteResult
 from .keys import ApiKey, find_key
 from .wavespeed import WAVESPEED_URL, WaveSpeedProvider
+
+log = logging.getLogger(__name__)
 
 CALLER_TICK_S = 0.05  # how often the calling thread relays progress and checks for an interrupt
 
@@ -70,11 +74,12 @@ def _execute(provider, plan, key: ApiKey, uploads: list[str], request: RemoteReq
                                 abort=abort, secrets=key.secrets(), error_detail=provider.error_detail,
                                 key_hint=f"The key came from {key.source}."))
             for index, upload in enumerate(uploads)]
-    caller_aborted = False
+    caller_aborted, futures = False, []
     pool = ThreadPoolExecutor(max_workers=min(len(jobs), settings.max_concurrency), thread_name_prefix="redux-remote")
     try:
         futures = [pool.submit(_run_job, provider, job, request.model) for job in jobs]
         pending: set[Future] = set(futures)
+        stop_waiting_at = None
         while pending:
             done, pending = wait(pending, timeout=CALLER_TICK_S, return_when=FIRST_COMPLETED)
             _relay(events, on_progress)
@@ -83,11 +88,20 @@ def _execute(provider, plan, key: ApiKey, uploads: list[str], request: RemoteReq
             if not abort.is_set() and should_abort is not None and should_abort():
                 caller_aborted = True
                 abort.set()
+            if abort.is_set():
+                stop_waiting_at = stop_waiting_at or time.monotonic() + settings.cancel_budget_s
+                if time.monotonic() > stop_waiting_at:
+                    break  # a sync-mode request cannot be interrupted; do not hold the caller for it
     except BaseException:
-        abort.set()  # the caller raised (interrupt): cancel every job, then let the exception through
+        abort.set()  # the caller raised (interrupt): let every job send its cancel, then re-raise
+        wait(futures, timeout=settings.cancel_budget_s)
         raise
     finally:
-        pool.shutdown(wait=True)  # workers notice `abort`, send their cancels and return
+        stragglers = sum(not future.done() for future in futures)
+        if stragglers:
+            log.warning("%s: %d request(s) could not be interrupted (sync mode) and finish in the background",
+                        provider.name, stragglers)
+        pool.shutdown(wait=False, cancel_futures=True)
     _relay(events, on_progress)
     return _collect(futures, jobs, caller_aborted, provider.name)
 
@@ -108,14 +122,14 @@ def _run_job(provider, job: Job, model: str) -> RemoteResult:
 
 
 def _collect(futures: list[Future], jobs: list[Job], caller_aborted: bool, provider: str) -> list[RemoteResult]:
-    failures = [future.exception() for future in futures if future.exception() is not None]
-    if caller_aborted:
+    finished = [future for future in futures if future.done() and not future.cancelled()]
+    failures = [future.exception() for future in finished if future.exception() is not None]
+    if caller_aborted or (len(finished) < len(futures) and not failures):
         ids = ", ".join(job.request_id for job in jobs if job.request_id) or "none had been submitted"
         raise RemoteCancelledError(f"{provider}: interrupted; unfinished requests were cancelled (requests: {ids})",
                                    provider=provider)
     if failures:
-        primary = next((exc for exc in failures if not isinstance(exc, RemoteCancelledError)), failures[0])
-        raise primary
+        raise next((exc for exc in failures if not isinstance(exc, RemoteCancelledError)), failures[0])
     return [future.result() for future in futures]
 
 

@@ -110,18 +110,19 @@ class WaveSpeedProvider:
         finally:
             if not finished and request_id:
                 self._cancel(job, request_id)
+        if task.get("status") != "completed":
+            detail = wavespeed_error_detail(200, {"data": task}, "no reason given")
+            raise ProviderError(f"{self.name}: task {request_id} {task.get('status')}: {detail}", provider=self.name,
+                                request_id=request_id)
         job.report("downloading", request_id)
         return self._output(job, task, request_id, payload["seed"])
 
     def _wait_until_done(self, job: Job, task: dict, request_id: str | None) -> dict:
+        """Poll until the task completed or ended otherwise; returns its last state."""
         while True:
             state = task.get("status")
-            if state == "completed":
+            if state == "completed" or state in ENDED_STATES:
                 return task
-            if state in ENDED_STATES:
-                detail = wavespeed_error_detail(200, {"data": task}, "no reason given")
-                raise ProviderError(f"{self.name}: task {request_id} {state}: {detail}", provider=self.name,
-                                    request_id=request_id)
             if task.get("code") == SYNC_TIMEOUT_CODE:
                 log.info("%s: sync mode timed out on the server for task %s; polling instead", self.name, request_id)
             job.report("queued" if state == "created" else "running", request_id)

@@ -1,0 +1,105 @@
+"""Reference images and masks before SigLIP: any input format to RGB, masks, auto-crop, crop modes.
+
+A mask travels with its image through every crop, so it still covers the same pixels when it is resized to
+the Redux token grid.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import params
+
+PAD_GREY = (127, 127, 127)  # SigLIP normalises with mean 0.5: padding becomes ~0 input
+
+
+def to_pil_rgb(image) -> Image.Image:
+    """One image from PIL (any mode, 16-bit too), numpy (HW, HWC, CHW; uint8, uint16 or float 0..1) or a torch
+    tensor (HWC float 0..1 as in ComfyUI's IMAGE, or CHW). Transparent areas are composited onto white."""
+    if isinstance(image, torch.Tensor):
+        image = image.detach().to("cpu", torch.float32).numpy()
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(_to_uint8(image))
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"expected a PIL image, numpy array or torch tensor, got {type(image).__name__}")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float32)
+        scale = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(_to_uint8(array / scale))
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return image.convert("RGB")
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = array.transpose(1, 2, 0)  # CHW -> HWC
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3):
+        raise ValueError(f"image array must be HxW or HxWxC, got shape {array.shape}")
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.uint16:
+        array = array / 65535.0
+    return (np.clip(array.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def to_mask(mask, size: tuple[int, int]) -> np.ndarray:
+    """A mask (PIL, numpy or tensor; HW, or ComfyUI's [1,H,W]) as float32 HxW in 0..1 at the image's size."""
+    if isinstance(mask, torch.Tensor):
+        mask = mask.detach().to("cpu", torch.float32).numpy()
+    if isinstance(mask, Image.Image):
+        mask = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
+    mask = np.asarray(mask, dtype=np.float32)
+    if mask.ndim == 3 and mask.shape[0] == 1:
+        mask = mask[0]
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be HxW (or 1xHxW), got shape {mask.shape}")
+    if mask.shape[::-1] != size:  # resize to the image, as ComfyUI does when sizes differ
+        mask = np.asarray(Image.fromarray(mask).resize(size, Image.BILINEAR), dtype=np.float32)
+    return np.clip(mask, 0.0, 1.0)
+
+
+def autocrop_to_mask(image: Image.Image, mask: np.ndarray, margin: int) -> tuple[Image.Image, np.ndarray]:
+    """Crop image and mask to the mask's bounding box grown by `margin` pixels (clamped to the image)."""
+    rows, cols = np.nonzero(mask >= 0.5)
+    if rows.size == 0:
+        raise ValueError("the reference mask is empty (no pixel >= 0.5): nothing to crop to or keep")
+    top, bottom = max(0, rows.min() - margin), min(mask.shape[0], rows.max() + 1 + margin)
+    left, right = max(0, cols.min() - margin), min(mask.shape[1], cols.max() + 1 + margin)
+    return image.crop((left, top, right, bottom)), mask[top:bottom, left:right]
+
+
+def fit_square(image: Image.Image, mask: np.ndarray | None, crop: str):
+    """Fit to SigLIP's square input. center: the largest centred square (ComfyUI's default); squash: the
+    whole image, aspect not kept; pad: the whole image, aspect kept, grey bars that the mask marks as empty."""
+    params.check_choice("crop", crop, params.CROP_MODES)
+    w, h = image.size
+    if crop == "squash":
+        return image, mask
+    side = min(w, h) if crop == "center" else max(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    if crop == "center":
+        box = (left, top, left + side, top + side)
+        return image.crop(box), None if mask is None else mask[top:top + side, left:left + side]
+    canvas = Image.new("RGB", (side, side), PAD_GREY)
+    canvas.paste(image, (-left, -top))
+    full = np.zeros((side, side), dtype=np.float32)
+    full[-top:-top + h, -left:-left + w] = 1.0 if mask is None else mask
+    return canvas, full
+
+
+def prepare(image, mask=None, crop: str = "center", autocrop_margin: int | None = None):
+    """-> (square-ish PIL RGB image for SigLIP, float mask HxW or None)."""
+    pil = to_pil_rgb(image)
+    array = None if mask is None else to_mask(mask, pil.size)
+    if autocrop_margin is not None:
+        if array is None:
+            raise ValueError("autocrop_margin needs a mask: it crops the reference to the mask's bounding box")
+        params.AUTOCROP_MARGIN.validate(autocrop_margin)
+        pil, array = autocrop_to_mask(pil, array, autocrop_margin)
+    return fit_square(pil, array, crop)

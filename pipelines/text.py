@@ -1,0 +1,127 @@
+"""Optional text prompt for Redux restyling: FLUX's T5-XXL + CLIP-L, loaded locally, encoded by diffusers.
+
+Sources: a diffusers FLUX folder (text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/), or ComfyUI's
+`text_encoders` single files (clip_l.safetensors, t5xxl_*.safetensors) plus a local folder holding the two
+tokenizers (tokenizer/ and tokenizer_2/, as in a FLUX diffusers folder): tokenizers are never downloaded.
+Inside ComfyUI the prompt comes from its own CLIPTextEncode instead (TextConditioning.from_comfy).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .cache import CACHE, ModelCache, file_identity
+from .loading import CONFIG_DIR, LoadOptions, _folder_with, _require_folder, _wrap, load_transformers_file
+from .redux import TextConditioning
+from .weights import TensorIndex, WeightsError, expect_kind, read_index
+
+T5_HEAD_DIM = 64  # FLUX's T5-XXL: 64 heads of 64; the head count is read as inner width / 64
+CLIP_HEAD_DIM = 64  # CLIP-L: 12 heads of 64
+
+
+@dataclass(frozen=True)
+class TextEncoderSpec:
+    """clip / t5: a diffusers FLUX folder, a component folder, or a ComfyUI single file each.
+    tokenizers: a folder with tokenizer/ and tokenizer_2/ (default: the FLUX folder given as clip or t5)."""
+
+    clip: str
+    t5: str
+    tokenizers: str | None = None
+    options: LoadOptions = field(default_factory=LoadOptions)
+
+    def cache_key(self) -> tuple:
+        toks = None if self.tokenizers is None else file_identity(self.tokenizers)
+        return ("text", file_identity(self.clip), file_identity(self.t5), toks, self.options)
+
+
+class TextEncoders:
+    def __init__(self, spec: TextEncoderSpec, pipe, device: torch.device):
+        self.spec, self.pipe, self.device = spec, pipe, device
+
+    def release(self) -> None:
+        self.pipe = None
+
+
+def _t5_config(index: TensorIndex, prefix: str):
+    from transformers import T5Config
+
+    config = json.loads((CONFIG_DIR / "t5-xxl" / "config.json").read_text())
+    shapes = {k.removeprefix(prefix): v for k, v in index.shapes.items()}
+    q = shapes["encoder.block.0.layer.0.SelfAttention.q.weight"]
+    config.update(d_model=q[1], num_heads=q[0] // T5_HEAD_DIM, d_kv=T5_HEAD_DIM,
+                  d_ff=shapes["encoder.block.0.layer.1.DenseReluDense.wo.weight"][1],
+                  vocab_size=shapes["shared.weight"][0],
+                  num_layers=index.block_count(r"encoder\.block\.(\d+)\."))
+    config.pop("model_type")
+    return T5Config(**config)
+
+
+def _clip_config(index: TensorIndex, prefix: str):
+    from transformers import CLIPTextConfig
+
+    config = json.loads((CONFIG_DIR / "clip-l" / "config.json").read_text())
+    shapes = {k.removeprefix(prefix): v for k, v in index.shapes.items()}
+    vocab, width = shapes["embeddings.token_embedding.weight"]
+    config.update(hidden_size=width, vocab_size=vocab, num_attention_heads=max(1, width // CLIP_HEAD_DIM),
+                  intermediate_size=shapes["encoder.layers.0.mlp.fc1.weight"][0],
+                  max_position_embeddings=shapes["embeddings.position_embedding.weight"][0],
+                  num_hidden_layers=index.block_count(r"encoder\.layers\.(\d+)\."))
+    config.pop("model_type")
+    return CLIPTextConfig(**config)
+
+
+def _load_encoder(source: str, sub: str, model_class, make_config, prefix: str, dtype, what: str, tied=None):
+    path = Path(source)
+    if path.is_dir():
+        folder = _require_folder(path, sub, "config.json", what)
+        try:
+            return model_class.from_pretrained(folder, torch_dtype=dtype, local_files_only=True).eval()
+        except Exception as exc:
+            raise _wrap(folder, what, exc) from exc
+    index = read_index(path, "text_encoder")
+    expect_kind(index, "text_encoder")
+    return load_transformers_file(index, model_class, make_config, prefix, dtype, tied).eval()
+
+
+def _load_tokenizer(spec: TextEncoderSpec, sub: str, tokenizer_class):
+    candidates = [Path(p) for p in (spec.tokenizers, spec.clip, spec.t5) if p]
+    for base in candidates:
+        folder = _folder_with(base, sub, "tokenizer_config.json") if base.is_dir() else None
+        if folder is not None and (folder.name == sub or base == Path(spec.tokenizers or "")):
+            return tokenizer_class.from_pretrained(folder, local_files_only=True)
+    looked = ", ".join(str(b / sub) for b in candidates if b.is_dir()) or "nowhere (no folder given)"
+    raise WeightsError(f"no {sub}/ tokenizer found (looked in {looked}). Text encoders from single files need "
+                       f"the tokenizers of a FLUX diffusers folder: pass its path as tokenizers.")
+
+
+def _build(spec: TextEncoderSpec) -> TextEncoders:
+    from diffusers import FluxPipeline
+    from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
+
+    device, dtype = spec.options.torch_device(), spec.options.torch_dtype()
+    clip = _load_encoder(spec.clip, "text_encoder", CLIPTextModel, _clip_config, "text_model.", dtype,
+                         "the CLIP-L text encoder")
+    t5 = _load_encoder(spec.t5, "text_encoder_2", T5EncoderModel, _t5_config, "", dtype,
+                       "the T5-XXL text encoder", tied={"encoder.embed_tokens.weight": "shared.weight"})
+    pipe = FluxPipeline(scheduler=None, vae=None, transformer=None, text_encoder=clip.to(device),
+                        tokenizer=_load_tokenizer(spec, "tokenizer", AutoTokenizer), text_encoder_2=t5.to(device),
+                        tokenizer_2=_load_tokenizer(spec, "tokenizer_2", AutoTokenizer))
+    return TextEncoders(spec, pipe, device)
+
+
+def load_text_encoders(spec: TextEncoderSpec, cache: ModelCache = CACHE) -> TextEncoders:
+    return cache.get(spec.cache_key(), lambda: _build(spec))
+
+
+@torch.inference_mode()
+def encode_prompt(encoders: TextEncoders, prompt: str, max_sequence_length: int = 512) -> TextConditioning:
+    """T5 tokens [1, 512, 4096] and CLIP pooled [1, 768] for one prompt, as FluxPipeline computes them."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("prompt must be a non-empty string (leave the prompt out for a pure Redux variation)")
+    embeds, pooled, _ = encoders.pipe.encode_prompt(prompt=prompt, prompt_2=None, device=encoders.device,
+                                                    max_sequence_length=max_sequence_length)
+    return TextConditioning(embeds.float().cpu(), pooled.float().cpu())

@@ -1,0 +1,276 @@
+"""A small stand-in for ComfyUI's front end and executor, for tests (no ComfyUI installed).
+
+- `widget_slots(cls)`: the widgets the front end creates for a node class, in `widgets_values` order (an
+  INT named seed/noise_seed, or with control_after_generate, is followed by its control value; an
+  image_upload combo by the upload widget's value).
+- `validate_workflow(ui, classes)`: check a saved UI workflow against node definitions; returns problems.
+- `to_api(ui, classes)`: the API format that `POST /prompt` takes ({id: {class_type, inputs}}).
+- `execute(api, classes)`: validate like ComfyUI's server, then run the nodes that output nodes need.
+Built-in LoadImage / SaveImage / PreviewImage stand-ins read INPUT_DIR and write OUTPUT_DIR (set by tests).
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+INPUT_DIR: Path | None = None
+OUTPUT_DIR: Path | None = None
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+SEED_NAMES = {"seed", "noise_seed"}
+CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
+VIRTUAL_NODES = {"Note": 1, "MarkdownNote": 1}  # front-end only: never sent to the server; widget count
+
+
+# -- ComfyUI built-ins (same names, inputs and outputs as ComfyUI's own) ------------------------------------------
+
+class LoadImage:
+    CATEGORY, FUNCTION, RETURN_TYPES = "image", "load_image", ("IMAGE", "MASK")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        files = sorted(p.name for p in INPUT_DIR.iterdir() if p.is_file()) if INPUT_DIR else []
+        return {"required": {"image": (files, {"image_upload": True})}}
+
+    def load_image(self, image):
+        with Image.open(INPUT_DIR / image) as im:
+            rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
+        pixels = torch.from_numpy(rgba[..., :3].copy())[None]
+        mask = 1.0 - torch.from_numpy(rgba[..., 3].copy())[None]  # ComfyUI: mask = 1 - alpha
+        return pixels, mask
+
+
+class SaveImage:
+    CATEGORY, FUNCTION, RETURN_TYPES, OUTPUT_NODE = "image", "save_images", (), True
+    saved: list[Path] = []
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {"default": "ComfyUI"})}}
+
+    def save_images(self, images, filename_prefix="ComfyUI"):
+        results = []
+        for image in images:
+            path = OUTPUT_DIR / f"{filename_prefix}_{len(SaveImage.saved) + 1:05}_.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((image.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)).save(path)
+            SaveImage.saved.append(path)
+            results.append({"filename": path.name, "type": "output"})
+        return {"ui": {"images": results}}
+
+
+class PreviewImage:
+    CATEGORY, FUNCTION, RETURN_TYPES, OUTPUT_NODE = "image", "preview", (), True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",)}}
+
+    def preview(self, images):
+        return {"ui": {"images": [{"shape": list(images.shape), "type": "temp"}]}}
+
+
+BUILTINS = {"LoadImage": LoadImage, "SaveImage": SaveImage, "PreviewImage": PreviewImage}
+
+
+# -- node definitions --------------------------------------------------------------------------------------------
+
+def all_inputs(cls) -> dict:
+    spec = cls.INPUT_TYPES()
+    return {**spec.get("required", {}), **spec.get("optional", {})}
+
+
+def input_kind(entry) -> str:
+    """'COMBO' for a list of choices, else the type name."""
+    kind = entry[0]
+    return "COMBO" if isinstance(kind, (list, tuple)) else kind
+
+
+def is_widget(entry) -> bool:
+    options = entry[1] if len(entry) > 1 else {}
+    return input_kind(entry) in WIDGET_TYPES and not options.get("forceInput", False)
+
+
+def widget_slots(cls) -> list[tuple[str, str]]:
+    """[(input name, 'value' | 'control' | 'upload')] in widgets_values order."""
+    slots = []
+    for name, entry in all_inputs(cls).items():
+        if not is_widget(entry):
+            continue
+        options = entry[1] if len(entry) > 1 else {}
+        slots.append((name, "value"))
+        if input_kind(entry) == "INT" and (name in SEED_NAMES or options.get("control_after_generate")):
+            slots.append((name, "control"))
+        if options.get("image_upload"):
+            slots.append((name, "upload"))
+    return slots
+
+
+def check_value(name: str, entry, value) -> str | None:
+    """ComfyUI's server-side checks for one widget value; a message or None."""
+    kind, options = input_kind(entry), (entry[1] if len(entry) > 1 else {})
+    if kind == "COMBO":
+        return None if value in entry[0] else f"{name}={value!r} not in {list(entry[0])[:8]}"
+    if kind in ("INT", "FLOAT"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind == "INT" and value != int(value)):
+            return f"{name}={value!r} is not {kind}"
+        if "min" in options and value < options["min"] or "max" in options and value > options["max"]:
+            return f"{name}={value!r} outside {options.get('min')}..{options.get('max')}"
+    if kind == "STRING" and not isinstance(value, str):
+        return f"{name}={value!r} is not a string"
+    if kind == "BOOLEAN" and not isinstance(value, bool):
+        return f"{name}={value!r} is not a boolean"
+    return None
+
+
+# -- saved UI workflow -------------------------------------------------------------------------------------------
+
+def validate_workflow(ui: dict, classes: dict) -> list[str]:
+    problems = []
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    links = {link[0]: link for link in ui["links"]}
+    if max(nodes, default=0) > ui["last_node_id"] or max(links, default=0) > ui["last_link_id"]:
+        problems.append("last_node_id / last_link_id below the ids used")
+    for node in ui["nodes"]:
+        where = f"node {node['id']} ({node['type']})"
+        values = node.get("widgets_values", [])
+        if node["type"] in VIRTUAL_NODES:
+            if len(values) != VIRTUAL_NODES[node["type"]]:
+                problems.append(f"{where}: expected {VIRTUAL_NODES[node['type']]} widget value(s)")
+            continue
+        cls = classes.get(node["type"])
+        if cls is None:
+            problems.append(f"{where}: unknown node type")
+            continue
+        inputs = all_inputs(cls)
+        slots = widget_slots(cls)
+        if len(values) != len(slots):
+            problems.append(f"{where}: {len(values)} widget values, expected {len(slots)} {[s for s in slots]}")
+        else:
+            for (name, role), value in zip(slots, values):
+                if role == "value":
+                    message = check_value(name, inputs[name], value)
+                elif role == "control":
+                    message = None if value in CONTROL_VALUES else f"{name} control {value!r}"
+                else:
+                    message = None if value == "image" else f"{name} upload widget value {value!r}"
+                if message:
+                    problems.append(f"{where}: {message}")
+        declared = {i["name"]: i for i in node.get("inputs", [])}
+        for name, entry in inputs.items():
+            required = name in cls.INPUT_TYPES().get("required", {})
+            if not is_widget(entry) and required and declared.get(name, {}).get("link") is None:
+                problems.append(f"{where}: required input {name} is not connected")
+        for slot, item in enumerate(node.get("inputs", [])):
+            if item["name"] not in inputs:
+                problems.append(f"{where}: input {item['name']} is not declared by the node")
+            elif item.get("link") is not None and links.get(item["link"], [None] * 6)[3:5] != [node["id"], slot]:
+                problems.append(f"{where}: input {item['name']} names link {item['link']}, which ends elsewhere")
+        for slot, item in enumerate(node.get("outputs", [])):
+            if slot >= len(cls.RETURN_TYPES) or item["type"] != cls.RETURN_TYPES[slot]:
+                problems.append(f"{where}: output {slot} {item['type']} is not RETURN_TYPES[{slot}]")
+            for link_id in item.get("links") or []:
+                if links.get(link_id, [None] * 3)[1:3] != [node["id"], slot]:
+                    problems.append(f"{where}: output {slot} names link {link_id}, which starts elsewhere")
+    for link_id, source, out_slot, target, in_slot, kind in ui["links"]:
+        src, dst = nodes.get(source), nodes.get(target)
+        if src is None or dst is None or src["type"] not in classes or dst["type"] not in classes:
+            problems.append(f"link {link_id}: joins unknown or virtual nodes")
+            continue
+        produced = classes[src["type"]].RETURN_TYPES[out_slot]
+        target_input = dst["inputs"][in_slot]["name"]
+        wanted = input_kind(all_inputs(classes[dst["type"]])[target_input])
+        if not (produced == kind == wanted or wanted == "*"):
+            problems.append(f"link {link_id}: {src['type']} output {produced} -> {dst['type']}.{target_input} "
+                            f"{wanted} (link says {kind})")
+    return problems
+
+
+def to_api(ui: dict, classes: dict) -> dict:
+    """Saved UI format -> API format, as the front end's 'Queue' does. Virtual and muted nodes are left out."""
+    links = {link[0]: link for link in ui["links"]}
+    api = {}
+    for node in ui["nodes"]:
+        if node["type"] in VIRTUAL_NODES or node.get("mode", 0) == 2:
+            continue
+        if node.get("mode", 0) == 4:
+            raise NotImplementedError(f"node {node['id']} is bypassed; the test converter does not reroute")
+        inputs = {}
+        values = iter(node.get("widgets_values", []))
+        for name, role in widget_slots(classes[node["type"]]):
+            value = next(values)
+            if role == "value":
+                inputs[name] = value
+        for item in node.get("inputs", []):
+            if item.get("link") is not None:
+                _, source, slot, *_ = links[item["link"]]
+                inputs[item["name"]] = [str(source), slot]
+        api[str(node["id"])] = {"class_type": node["type"], "inputs": inputs,
+                                "_meta": {"title": node.get("title", node["type"])}}
+    return api
+
+
+# -- executor ----------------------------------------------------------------------------------------------------
+
+class PromptError(ValueError):
+    """What ComfyUI would reject at POST /prompt (before running anything)."""
+
+
+def _validate_api(api: dict, classes: dict) -> None:
+    for node_id, node in api.items():
+        cls = classes[node["class_type"]]
+        spec = cls.INPUT_TYPES()
+        custom = getattr(cls, "VALIDATE_INPUTS", None)
+        custom_args = set(inspect.signature(custom).parameters) if custom else set()
+        for name in spec.get("required", {}):
+            if name not in node["inputs"]:
+                raise PromptError(f"node {node_id}: required input {name} missing")
+        for name, value in node["inputs"].items():
+            entry = all_inputs(cls).get(name)
+            if entry is None:
+                raise PromptError(f"node {node_id}: unknown input {name}")
+            if isinstance(value, list):
+                produced = classes[api[value[0]]["class_type"]].RETURN_TYPES[value[1]]
+                if produced != input_kind(entry) and input_kind(entry) != "*":
+                    raise PromptError(f"node {node_id}: {name} wants {input_kind(entry)}, gets {produced}")
+            elif name not in custom_args and (message := check_value(name, entry, value)):
+                raise PromptError(f"node {node_id}: {message}")
+        if custom:  # like ComfyUI: widget values passed, linked inputs as None
+            given = {k: (None if isinstance(v, list) else v) for k, v in node["inputs"].items() if k in custom_args}
+            verdict = custom(**given)
+            if verdict is not True:
+                raise PromptError(f"node {node_id}: {verdict}")
+
+
+def execute(api: dict, classes: dict, skip_types: frozenset = frozenset()) -> dict:
+    """Run what the output nodes need. Nodes of `skip_types` and everything downstream are not run.
+
+    Returns {node id: outputs tuple, or the 'ui' dict of an output node}.
+    """
+    _validate_api(api, classes)
+    results: dict = {}
+    skipped: set = set()
+
+    def run(node_id: str):
+        if node_id in results or node_id in skipped:
+            return
+        node = api[node_id]
+        links = {k: v for k, v in node["inputs"].items() if isinstance(v, list)}
+        for source, _ in links.values():
+            run(source)
+        if node["class_type"] in skip_types or any(source in skipped for source, _ in links.values()):
+            skipped.add(node_id)
+            return
+        kwargs = {k: (results[v[0]][v[1]] if k in links else v) for k, v in node["inputs"].items()}
+        cls = classes[node["class_type"]]
+        out = getattr(cls(), cls.FUNCTION)(**kwargs)
+        results[node_id] = out["ui"] if isinstance(out, dict) and "ui" in out else out
+
+    for node_id, node in api.items():
+        if getattr(classes[node["class_type"]], "OUTPUT_NODE", False):
+            run(node_id)
+    return results

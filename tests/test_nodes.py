@@ -1,0 +1,382 @@
+"""The node contract (as ComfyUI reads it), the local nodes' behaviour, and the ComfyUI hooks (with fakes)."""
+
+import json
+import math
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+from packloader import PACK_NAME, pack, submodule
+
+params = submodule("pipelines.params")
+CACHE = submodule("pipelines.cache").CACHE
+WeightsError = submodule("pipelines.weights").WeightsError
+bridge = submodule("nodes.comfy_bridge")
+local = submodule("nodes.local")
+loaders = submodule("nodes.local_loaders")
+
+NODES = pack.NODE_CLASS_MAPPINGS
+LOCAL = local.NODE_CLASS_MAPPINGS
+GENERATE_PARAMS = ("image_size", "width", "height", "num_inference_steps", "guidance_scale", "seed", "num_images")
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def models_root(models):
+    """Outside ComfyUI the loaders list this folder (ComfyUI's models/ layout)."""
+    saved, bridge.MODELS_ROOT = bridge.MODELS_ROOT, models["root"]
+    yield models["root"]
+    bridge.MODELS_ROOT = saved
+
+
+def load_encoder(**kw):
+    args = dict(redux_model="flux1-redux-dev.safetensors", clip_vision="sigclip_vision_patch14_384.safetensors",
+                device="cpu", dtype="auto") | kw
+    return loaders.FluxReduxLoadEncoder().load(**args)[0]
+
+
+def load_model(transformer="flux1-dev.safetensors", **kw):
+    args = dict(transformer=transformer, vae="ae.safetensors", variant="auto", weight_dtype="default",
+                offload="none", vae_tiling="auto", device="cpu") | kw
+    return loaders.FluxReduxLoadModel().load(**args)[0]
+
+
+def photo(seed=0, h=48, w=64):
+    return torch.from_numpy(np.random.default_rng(seed).random((1, h, w, 3), dtype=np.float32))
+
+
+@pytest.fixture(scope="module")
+def cond():
+    return local.FluxReduxEncode().encode(load_encoder(), photo(), "center")[0]
+
+
+def run_generate(model, cond, **kw):
+    args = dict(image_size="custom", width=256, height=256, num_inference_steps=2, guidance_scale=3.5, seed=7,
+                num_images=1) | kw
+    images, info = local.FluxReduxGenerate().generate(model, cond, **args)
+    return images, json.loads(info)
+
+
+# -- the contract ComfyUI reads -------------------------------------------------------------------------------------
+
+def test_pack_loads_like_comfyui_without_comfyui():
+    assert not PACK_NAME.isidentifier() and sys.modules[PACK_NAME] is pack
+    assert "comfy" not in sys.modules and "folder_paths" not in sys.modules
+    assert not bridge.in_comfyui()
+    assert set(LOCAL) == {"FluxReduxLoadEncoder", "FluxReduxLoadModel", "FluxReduxEncode", "FluxReduxCombine",
+                          "FluxReduxGenerate", "FluxReduxUnload"}
+    assert set(LOCAL) <= set(NODES)
+    assert set(pack.NODE_DISPLAY_NAME_MAPPINGS) == set(NODES)
+
+
+@pytest.mark.parametrize("name", sorted(LOCAL))
+def test_node_contract(name):
+    cls = NODES[name]
+    spec = cls.INPUT_TYPES()
+    assert set(spec) <= {"required", "optional", "hidden"}
+    assert isinstance(cls.RETURN_TYPES, tuple) and len(cls.RETURN_NAMES) == len(cls.RETURN_TYPES)
+    assert len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES)
+    assert callable(getattr(cls, cls.FUNCTION))
+    assert cls.CATEGORY == "FLUX Redux/local" and len(cls.DESCRIPTION) > 40
+    assert pack.NODE_DISPLAY_NAME_MAPPINGS[name].endswith("(FLUX Redux)")
+    for section in ("required", "optional"):
+        for input_name, entry in spec.get(section, {}).items():
+            kind, options = entry[0], entry[1]
+            assert options.get("tooltip"), f"{name}.{input_name} has no tooltip"
+            if isinstance(kind, (list, tuple)):
+                assert "default" not in options or options["default"] in kind
+            elif kind in ("INT", "FLOAT"):
+                assert options["min"] <= options["default"] <= options["max"], f"{name}.{input_name}"
+                assert isinstance(options["default"], int if kind == "INT" else float)
+            elif kind not in WIDGET_TYPES:
+                assert kind.isupper() and kind in {"IMAGE"} | {t for c in NODES.values() for t in c.RETURN_TYPES}
+    arguments = set(spec.get("required", {})) | set(spec.get("optional", {}))
+    code = getattr(cls, cls.FUNCTION).__code__
+    assert set(code.co_varnames[1:code.co_argcount]) <= arguments  # every parameter is an input
+
+
+def test_custom_types_connect():
+    returns = {t for name in LOCAL for t in NODES[name].RETURN_TYPES}
+    assert {"REDUX_ENCODER", "FLUX_REDUX_MODEL", "REDUX_CONDITIONING"} <= returns
+    assert NODES["FluxReduxGenerate"].RETURN_TYPES == ("IMAGE", "STRING")
+
+
+def test_generate_inputs_are_the_seed_api_names_and_ranges():
+    required = NODES["FluxReduxGenerate"].INPUT_TYPES()["required"]
+    assert tuple(required)[2:] == GENERATE_PARAMS
+    assert list(required["image_size"][0]) == [*params.SIZE_PRESETS, "custom"]
+    for name, spec in (("width", params.WIDTH), ("height", params.HEIGHT), ("num_inference_steps", params.STEPS_LIMITS),
+                       ("guidance_scale", params.GUIDANCE), ("num_images", params.NUM_IMAGES)):
+        options = required[name][1]
+        assert (options["min"], options["max"], options["default"]) == (spec.minimum, spec.maximum, spec.default)
+    seed = required["seed"][1]
+    assert (seed["min"], seed["max"], seed["control_after_generate"]) == (0, 0xFFFFFFFFFFFFFFFF, True)
+    assert required["num_inference_steps"][1]["default"] == 28
+    remote = NODES.get("FluxReduxRemoteVariation")
+    if remote is not None:  # the remote node swaps in: same names, same widget kinds
+        remote_inputs = remote.INPUT_TYPES()["required"]
+        for name in GENERATE_PARAMS:
+            assert remote_inputs[name][0] == required[name][0], name
+
+
+# -- loaders --------------------------------------------------------------------------------------------------------
+
+def test_loader_lists_files_and_diffusers_folders():
+    model_inputs = NODES["FluxReduxLoadModel"].INPUT_TYPES()["required"]
+    assert model_inputs["transformer"][0] == ["flux1-dev.safetensors", "flux1-schnell.safetensors",
+                                              "diffusers/FLUX.1-dev"]  # diffusion_models + unet + diffusers
+    assert model_inputs["vae"][0] == ["ae.safetensors", "diffusers/FLUX.1-dev"]
+    assert model_inputs["weight_dtype"][0] == ("default", "bf16", "fp16", "fp32", "fp8")
+    encoder_inputs = NODES["FluxReduxLoadEncoder"].INPUT_TYPES()["required"]
+    assert encoder_inputs["redux_model"][0] == ["flux1-redux-dev.safetensors", "diffusers/FLUX.1-Redux-dev"]
+    assert encoder_inputs["clip_vision"][0] == ["sigclip_vision_patch14_384.safetensors",
+                                                "diffusers/FLUX.1-Redux-dev"]
+
+
+def test_models_root_from_environment(models, monkeypatch):
+    monkeypatch.setattr(bridge, "MODELS_ROOT", None)
+    monkeypatch.delenv(bridge.MODELS_ROOT_ENV, raising=False)
+    assert bridge.list_files("vae") == []
+    monkeypatch.setenv(bridge.MODELS_ROOT_ENV, str(models["root"]))
+    assert bridge.list_files("vae") == ["ae.safetensors"]
+
+
+def test_loaders_return_light_specs_and_options(models):
+    spec = load_model("flux1-schnell.safetensors", weight_dtype="fp8", offload="model", variant="schnell")
+    assert spec.transformer == str(models["files"]["schnell"]) and spec.variant == "schnell"
+    assert (spec.options.dtype, spec.options.weight_storage, spec.options.offload) == ("auto", "fp8", "model")
+    assert spec.options.device == "cpu" and hash(spec)
+    assert load_model(weight_dtype="bf16").options.dtype == "bf16"
+    encoder = load_encoder(redux_model="diffusers/FLUX.1-Redux-dev", clip_vision="diffusers/FLUX.1-Redux-dev")
+    assert encoder.redux == encoder.siglip == str(models["folders"]["redux_repo"])
+    assert load_model(device="auto").options.device == "auto"  # outside ComfyUI: the engine decides
+
+
+def test_loader_reports_wrong_file_and_missing_file(models, tmp_path, monkeypatch):
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "ae.safetensors").symlink_to(models["files"]["dev"])  # a transformer in the VAE slot
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "flux1-dev.safetensors").symlink_to(models["files"]["dev"])
+    monkeypatch.setattr(bridge, "MODELS_ROOT", tmp_path)
+    with pytest.raises(WeightsError, match="this slot expects the FLUX autoencoder"):
+        load_model()
+    monkeypatch.setattr(bridge, "MODELS_ROOT", models["root"])
+    with pytest.raises(FileNotFoundError, match="'nope.safetensors' not found in the vae folder"):
+        load_model(vae="nope.safetensors")
+
+
+@pytest.mark.parametrize("choice, expected", [("flux1-dev.safetensors", "dev"), ("flux1-schnell.safetensors", "schnell"),
+                                              ("diffusers/FLUX.1-dev", "dev")])
+def test_variant_known_before_loading(choice, expected):
+    loads = CACHE.loads
+    assert loaders.detect_variant(load_model(choice)) == expected
+    assert loaders.detect_variant(load_model(choice, variant="schnell")) == "schnell"
+    assert CACHE.loads == loads
+
+
+# -- encode, combine ------------------------------------------------------------------------------------------------
+
+def test_encode_batch_and_combine(cond):
+    encoder = load_encoder()
+    a, b = photo(1), photo(2)
+    one_a = local.FluxReduxEncode().encode(encoder, a, "center")[0]
+    one_b = local.FluxReduxEncode().encode(encoder, b, "squash")[0]
+    batch = local.FluxReduxEncode().encode(encoder, torch.cat([a, a]), "center")[0]
+    torch.testing.assert_close(batch.image_tokens, 2 * one_a.image_tokens)  # a batch is a sum, weight 1 each
+    blended = local.FluxReduxCombine().combine(one_a, 1.0, conditioning_2=one_b, weight_2=0.5, weight_3=9.0)[0]
+    torch.testing.assert_close(blended.image_tokens, one_a.image_tokens + 0.5 * one_b.image_tokens)
+    assert local.FluxReduxCombine().combine(one_a, 2.0)[0].weights == (2.0,)
+
+
+def test_encode_rejects_non_image():
+    with pytest.raises(ValueError, match="ComfyUI IMAGE"):
+        local.FluxReduxEncode().encode(load_encoder(), torch.zeros(2, 3), "center")
+
+
+# -- generate -------------------------------------------------------------------------------------------------------
+
+def test_generate_shapes_info_and_determinism(cond):
+    model = load_model()
+    images, info = run_generate(model, cond, num_images=2, width=256, height=320, seed=11)
+    assert images.shape == (2, 320, 256, 3) and images.dtype == torch.float32
+    assert 0 <= images.min() and images.max() <= 1
+    assert (info["seed"], info["width"], info["height"], info["num_inference_steps"]) == (11, 256, 320, 2)
+    assert info["variant"] == "dev" and info["guidance_scale"] == 3.5 and info["warnings"] == []
+    assert info["timings"]["total_s"] > 0
+    again, _ = run_generate(model, cond, num_images=2, width=256, height=320, seed=11)
+    assert torch.equal(images, again)
+    other, _ = run_generate(model, cond, num_images=2, width=256, height=320, seed=12)
+    assert not torch.allclose(images, other)
+
+
+def test_preset_size_ignores_width_and_height(cond, monkeypatch):
+    monkeypatch.setitem(params.SIZE_PRESETS, "square", (256, 256))  # keep the test fast; same code path
+    images, info = run_generate(load_model(), cond, image_size="square", width=4000, height=333, num_inference_steps=1)
+    assert images.shape == (1, 256, 256, 3) and (info["width"], info["height"]) == (256, 256)
+
+
+def test_schnell_clamps_steps_to_12_and_ignores_guidance(cond, caplog):
+    with caplog.at_level("WARNING"):
+        images, info = run_generate(load_model("flux1-schnell.safetensors"), cond, num_inference_steps=28,
+                                    guidance_scale=7.0)
+    assert info["variant"] == "schnell" and info["num_inference_steps"] == 12 and info["guidance_scale"] is None
+    assert any("clamped to 12" in w for w in info["warnings"]) and "clamped to 12" in caplog.text
+    assert any("guidance_scale ignored" in w for w in info["warnings"])
+    _, info = run_generate(load_model("flux1-schnell.safetensors"), cond, num_inference_steps=4)
+    assert info["num_inference_steps"] == 4 and not any("clamped" in w for w in info["warnings"])
+
+
+def test_variant_from_loader_overrides_weights(cond):
+    _, info = run_generate(load_model(variant="schnell"), cond, num_inference_steps=30)
+    assert info["variant"] == "schnell" and info["num_inference_steps"] == 12
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(num_inference_steps=51), "num_inference_steps=51"),
+    (dict(width=1000), "multiple of 16"),
+    (dict(height=128), "height=128"),
+    (dict(guidance_scale=25.0), "guidance_scale=25.0"),
+    (dict(num_images=5), "num_images=5"),
+    (dict(image_size="huge"), "image_size='huge'"),
+])
+def test_invalid_parameters_fail_before_any_model_work(cond, changes, message):
+    settings = dict(image_size="custom", width=256, height=256, num_inference_steps=2, guidance_scale=3.5, seed=1,
+                    num_images=1) | changes
+    required = NODES["FluxReduxGenerate"].INPUT_TYPES()["required"]
+    size_args = {k: settings[k] for k in ("image_size", "width", "height")}
+    verdict = local.FluxReduxGenerate.VALIDATE_INPUTS(**size_args)  # ComfyUI runs this when the prompt is queued
+    ranges_reject = any(not required[k][1]["min"] <= v <= required[k][1]["max"]  # ComfyUI's own check
+                        for k, v in changes.items() if k not in size_args)
+    assert (isinstance(verdict, str) and message in verdict) != ranges_reject  # exactly one of the two rejects
+    loads = CACHE.loads
+    model = load_model("flux1-schnell.safetensors", variant="dev")  # not cached yet under this spec
+    with pytest.raises(params.ParameterError, match=message.split("=")[0]):
+        local.FluxReduxGenerate().generate(model, cond, **settings)
+    assert CACHE.loads == loads
+
+
+def test_validate_inputs_accepts_linked_and_valid_values():
+    validate = local.FluxReduxGenerate.VALIDATE_INPUTS
+    assert validate() is True and validate("custom", None, 300) is True  # linked inputs arrive as None
+    assert validate("square_hd", 1000, 7) is True  # width and height are ignored for a preset
+    assert validate("custom", 4096, 256) is True and "height=4112" in validate("custom", 256, 4112)
+
+
+# -- ComfyUI hooks, with fake comfy modules ---------------------------------------------------------------------------
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.fixture
+def fake_comfy(monkeypatch, models):
+    """Minimal comfy.utils / comfy.model_management / folder_paths with the members the pack uses."""
+    state = types.SimpleNamespace(bars=[], interrupt_after=None, checks=0, loaded=[])
+
+    class ProgressBar:
+        def __init__(self, total):
+            self.total, self.calls = total, []
+            state.bars.append(self)
+
+        def update_absolute(self, value, total=None, preview=None):
+            self.calls.append((value, total, preview))
+
+    def throw_exception_if_processing_interrupted():
+        state.checks += 1
+        if state.interrupt_after is not None and state.checks > state.interrupt_after:
+            raise Interrupted
+
+    mm = types.SimpleNamespace(get_torch_device=lambda: torch.device("cpu"), current_loaded_models=state.loaded,
+                               throw_exception_if_processing_interrupted=throw_exception_if_processing_interrupted)
+    root = models["root"]
+    dirs = {k: [str(root / d) for d in v] for k, v in bridge.FALLBACK_FOLDERS.items()}
+    fp = types.SimpleNamespace(
+        get_folder_paths=lambda name: dirs[name],
+        get_filename_list=lambda name: sorted(p.name for d in dirs[name] for p in __import__("pathlib").Path(d).glob("*")
+                                              if p.is_file()),
+        get_full_path=lambda name, f: next((f"{d}/{f}" for d in dirs[name]
+                                            if __import__("os").path.isfile(f"{d}/{f}")), None))
+    comfy = types.ModuleType("comfy")
+    comfy.utils, comfy.model_management = types.SimpleNamespace(ProgressBar=ProgressBar), mm
+    for name, module in (("comfy", comfy), ("comfy.utils", comfy.utils), ("comfy.model_management", mm),
+                         ("folder_paths", fp)):
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(bridge, "MODELS_ROOT", None)
+    return state
+
+
+def test_in_comfyui_lists_and_devices_come_from_comfy(fake_comfy, models):
+    assert bridge.in_comfyui() and bridge.default_device() == "cpu"
+    assert load_model(device="auto").options.device == "cpu"  # ComfyUI's device, e.g. under --cpu
+    assert NODES["FluxReduxLoadModel"].INPUT_TYPES()["required"]["transformer"][0][-1] == "diffusers/FLUX.1-dev"
+    assert load_model("flux1-schnell.safetensors").transformer == str(models["files"]["schnell"])
+
+
+def test_progress_bar_and_interrupt_between_steps(fake_comfy, cond):
+    model = load_model()
+    run_generate(model, cond, num_inference_steps=3)
+    assert [c[:2] for c in fake_comfy.bars[-1].calls] == [(1, 3), (2, 3), (3, 3)]
+    fake_comfy.checks, fake_comfy.interrupt_after = 0, 2  # 1 check before sampling, then one per step
+    with pytest.raises(Interrupted):
+        run_generate(model, cond, num_inference_steps=5)
+    assert [c[0] for c in fake_comfy.bars[-1].calls] == [1, 2]
+
+
+def test_preview_unpacks_flux_latents(monkeypatch):
+    seen = []
+
+    class Previewer:
+        def decode_latent_to_preview_image(self, fmt, x0):
+            seen.append((fmt, tuple(x0.shape)))
+            return ("JPEG", "image", 512)
+
+    flux_format = types.SimpleNamespace(latent_channels=4)
+    monkeypatch.setitem(sys.modules, "latent_preview", types.SimpleNamespace(get_previewer=lambda d, f: Previewer()))
+    monkeypatch.setitem(sys.modules, "comfy.latent_formats", types.SimpleNamespace(Flux=lambda: flux_format))
+    monkeypatch.setitem(sys.modules, "comfy", types.ModuleType("comfy"))
+    preview = bridge.make_previewer(torch.device("cpu"), 4, 8, 256, 320)
+    packed = torch.arange(2 * 16 * 20 * 16, dtype=torch.float32).reshape(2, 16 * 20, 16)  # [B, h/2*w/2, C*4]
+    assert preview(packed) == ("JPEG", "image", 512) and seen == [("JPEG", (1, 4, 32, 40))]
+    assert bridge.make_previewer(torch.device("cpu"), 16, 8, 256, 320) is None  # not FLUX's channel count
+
+
+def free_memory_like_comfyui(mm, memory_required, device):
+    """What comfy.model_management.free_memory does with each entry (0.3.x), for the fake."""
+    unloaded = []
+    for i in range(len(mm.current_loaded_models) - 1, -1, -1):
+        entry = mm.current_loaded_models[i]
+        if entry.device == device and not entry.is_dead():
+            order = (-entry.model_offloaded_memory(), sys.getrefcount(entry.model), entry.model_memory(), i)
+            assert entry.model.model.__class__.__name__ and order
+            entry.currently_used = False
+            if entry.model_unload(memory_required):
+                unloaded.append(mm.current_loaded_models.pop(i))
+    return unloaded
+
+
+def test_comfyui_free_memory_unloads_the_cache(fake_comfy, cond):
+    model = load_model()
+    run_generate(model, cond, num_inference_steps=1)
+    local.FluxReduxEncode().encode(load_encoder(), photo(), "center")
+    entries = list(fake_comfy.loaded)
+    assert {e.label for e in entries} == {"FLUX.1 dev", "Redux encoder"}
+    assert all(e.model_memory() > 0 and not e.currently_used and e.real_model() is e for e in entries)
+    run_generate(model, cond, num_inference_steps=1)
+    assert len(fake_comfy.loaded) == 2  # registered once per cached model
+    assert len(free_memory_like_comfyui(sys.modules["comfy.model_management"], 1e30, torch.device("cpu"))) == 2
+    assert model.cache_key() not in CACHE and len(fake_comfy.loaded) == 0
+    loads = CACHE.loads
+    run_generate(model, cond, num_inference_steps=1)  # loads again from disk, on demand
+    assert CACHE.loads == loads + 1 and len(fake_comfy.loaded) == 1
+
+
+def test_unload_node_frees_everything(fake_comfy, cond):
+    run_generate(load_model(), cond, num_inference_steps=1)
+    assert len(CACHE) >= 1 and fake_comfy.loaded
+    images = torch.zeros(1, 8, 8, 3)
+    unload = NODES["FluxReduxUnload"]
+    assert unload.OUTPUT_NODE and math.isnan(unload.IS_CHANGED(images=images))
+    assert unload().unload(images)[0] is images
+    assert len(CACHE) == 0 and fake_comfy.loaded == []

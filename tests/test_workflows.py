@@ -1,0 +1,228 @@
+"""Every file in workflows/ against the node definitions, then converted to the API format and executed
+in-process with the tiny models (remote nodes are validated and converted, not run)."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from packloader import ROOT, pack, submodule
+
+import graph_runner as gr
+
+params = submodule("pipelines.params")
+bridge = submodule("nodes.comfy_bridge")
+local = submodule("nodes.local")
+
+WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+LOCAL_WORKFLOWS = ["local_dev_variation.json", "local_schnell_variation.json", "blend_two_references.json",
+                   "batch4_custom_size.json"]
+COMFY_BUILTINS_USED = {"LoadImage", "SaveImage", "PreviewImage", "PreviewAny", "Note", "MarkdownNote"}
+REMOTE_TYPES = frozenset(t for t in pack.NODE_CLASS_MAPPINGS if t not in local.NODE_CLASS_MAPPINGS)
+
+
+class PreviewAny:
+    """ComfyUI's 'Preview Any' (comfy_extras): shows any value as text."""
+    CATEGORY, FUNCTION, RETURN_TYPES, OUTPUT_NODE = "utils", "main", (), True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"source": ("*", {})}}
+
+    def main(self, source=None):
+        return {"ui": {"text": [source if isinstance(source, str) else json.dumps(source)]}}
+
+
+CLASSES = {**pack.NODE_CLASS_MAPPINGS, **gr.BUILTINS, "PreviewAny": PreviewAny}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def comfy_folders(models, tmp_path_factory):
+    """ComfyUI's input/ (with its example.png) and output/, and the tiny models as models/."""
+    inputs, outputs = tmp_path_factory.mktemp("input"), tmp_path_factory.mktemp("output")
+    pixels = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(inputs / "example.png")
+    saved = bridge.MODELS_ROOT, gr.INPUT_DIR, gr.OUTPUT_DIR
+    bridge.MODELS_ROOT, gr.INPUT_DIR, gr.OUTPUT_DIR = models["root"], inputs, outputs
+    yield
+    bridge.MODELS_ROOT, gr.INPUT_DIR, gr.OUTPUT_DIR = saved
+
+
+def load(name):
+    return json.loads((ROOT / "workflows" / name).read_text())
+
+
+def generate_nodes(api):
+    return {k: v for k, v in api.items() if v["class_type"] == "FluxReduxGenerate"}
+
+
+def shrink(api, steps=2):
+    """The same graph, cheaper: at most `steps` steps and sizes scaled so the short side is 256."""
+    api = copy.deepcopy(api)
+    for node in generate_nodes(api).values():
+        inputs = node["inputs"]
+        w, h = params.SIZE_PRESETS.get(inputs["image_size"], (inputs["width"], inputs["height"]))
+        scale = 256 / min(w, h)
+        inputs.update(image_size="custom", width=round(w * scale / 16) * 16, height=round(h * scale / 16) * 16,
+                      num_inference_steps=min(inputs["num_inference_steps"], steps))
+    return api
+
+
+def saved_since(count):
+    return gr.SaveImage.saved[count:]
+
+
+# -- static checks ------------------------------------------------------------------------------------------------
+
+def test_the_local_workflows_exist():
+    assert set(LOCAL_WORKFLOWS) <= {p.name for p in WORKFLOWS}
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflow_matches_node_definitions(path):
+    ui = json.loads(path.read_text())
+    assert {"last_node_id", "last_link_id", "nodes", "links", "version"} <= set(ui)
+    assert gr.validate_workflow(ui, CLASSES) == []
+    types = {n["type"] for n in ui["nodes"]}
+    assert types <= set(pack.NODE_CLASS_MAPPINGS) | COMFY_BUILTINS_USED
+    notes = [n["widgets_values"][0] for n in ui["nodes"] if n["type"] in ("Note", "MarkdownNote")]
+    assert notes, "each workflow has a Note saying which model files go where"
+    if path.name in LOCAL_WORKFLOWS:
+        for folder in ("style_models/", "clip_vision/", "vae/", "diffusion_models/"):
+            assert any(folder in note for note in notes), folder
+    api = gr.to_api(ui, CLASSES)
+    assert all(n["class_type"] not in ("Note", "MarkdownNote") for n in api.values())
+    assert any(n["class_type"] in ("SaveImage", "PreviewImage") for n in api.values())
+
+
+def test_basic_variation_is_six_nodes():
+    ui = load("local_dev_variation.json")
+    working = [n["type"] for n in ui["nodes"] if n["type"] not in ("Note", "MarkdownNote")]
+    assert len(working) <= 6 and {"LoadImage", "SaveImage", "FluxReduxGenerate"} <= set(working)
+
+
+def test_local_workflow_settings():
+    def generate(name):
+        return next(iter(generate_nodes(gr.to_api(load(name), CLASSES)).values()))["inputs"]
+
+    assert generate("local_dev_variation.json")["num_inference_steps"] == 28
+    assert generate("local_schnell_variation.json")["num_inference_steps"] == 4
+    batch = generate("batch4_custom_size.json")
+    assert (batch["num_images"], batch["image_size"]) == (4, "custom")
+    combine = [n for n in gr.to_api(load("blend_two_references.json"), CLASSES).values()
+               if n["class_type"] == "FluxReduxCombine"][0]["inputs"]
+    assert isinstance(combine["conditioning_2"], list) and combine["weight_1"] != combine["weight_2"]
+
+
+@pytest.mark.parametrize("mutate, problem", [
+    (lambda ui, g: g["widgets_values"].pop(6), "widget values"),  # the seed's control value missing
+    (lambda ui, g: g["widgets_values"].__setitem__(3, 99), "num_inference_steps=99 outside"),
+    (lambda ui, g: g["widgets_values"].__setitem__(6, "sometimes"), "control 'sometimes'"),
+    (lambda ui, g: g["widgets_values"].__setitem__(0, "square_xl"), "image_size='square_xl' not in"),
+    (lambda ui, g: ui["links"][-1].__setitem__(5, "LATENT"), "link says LATENT"),
+    (lambda ui, g: g.__setitem__("type", "FluxReduxGenerateV2"), "unknown node type"),
+    (lambda ui, g: g["inputs"][0].__setitem__("link", None), "required input model is not connected"),
+])
+def test_validator_catches_broken_workflows(mutate, problem):
+    ui = load("local_dev_variation.json")
+    generate = next(n for n in ui["nodes"] if n["type"] == "FluxReduxGenerate")
+    assert generate["widgets_values"][6] == "fixed"
+    mutate(ui, generate)
+    assert any(problem in p for p in gr.validate_workflow(ui, CLASSES)), gr.validate_workflow(ui, CLASSES)
+
+
+def test_api_format_of_the_basic_graph():
+    api = gr.to_api(load("local_dev_variation.json"), CLASSES)
+    gen_id, gen = next(iter(generate_nodes(api).items()))
+    assert set(gen["inputs"]) == {"model", "conditioning", "image_size", "width", "height", "num_inference_steps",
+                                  "guidance_scale", "seed", "num_images"}
+    assert "fixed" not in gen["inputs"].values() and gen["inputs"]["seed"] == 42
+    source, slot = gen["inputs"]["model"]
+    assert api[source]["class_type"] == "FluxReduxLoadModel" and slot == 0
+    save = next(n for n in api.values() if n["class_type"] == "SaveImage")
+    assert save["inputs"]["images"] == [gen_id, 0]
+
+
+# -- execution ----------------------------------------------------------------------------------------------------
+
+def test_schnell_workflow_runs_unchanged():
+    """Run as shipped: square_hd 1024x1024, 4 steps (the tiny model keeps it a few seconds on a CPU)."""
+    before = len(gr.SaveImage.saved)
+    results = gr.execute(gr.to_api(load("local_schnell_variation.json"), CLASSES), CLASSES)
+    gen_id = next(iter(generate_nodes(gr.to_api(load("local_schnell_variation.json"), CLASSES))))
+    images, info = results[gen_id]
+    assert images.shape == (1, 1024, 1024, 3)
+    info = json.loads(info)
+    assert (info["variant"], info["num_inference_steps"], info["seed"]) == ("schnell", 4, 42)
+    files = saved_since(before)
+    assert len(files) == 1 and Image.open(files[0]).size == (1024, 1024)
+    assert files[0].name.startswith("flux_redux_schnell_")
+
+
+@pytest.mark.parametrize("name, count", [("local_dev_variation.json", 1), ("blend_two_references.json", 1),
+                                         ("batch4_custom_size.json", 4)])
+def test_workflow_runs_and_saves(name, count):
+    api = shrink(gr.to_api(load(name), CLASSES))
+    (gen_id, gen), = generate_nodes(api).items()
+    width, height = gen["inputs"]["width"], gen["inputs"]["height"]
+    before = len(gr.SaveImage.saved)
+    results = gr.execute(api, CLASSES)
+    images, info = results[gen_id]
+    assert images.shape == (count, height, width, 3)
+    assert json.loads(info)["num_images"] == count
+    files = saved_since(before)
+    assert len(files) == count and all(Image.open(f).size == (width, height) for f in files)
+    previews = [r for k, r in results.items() if api[k]["class_type"] == "PreviewAny"]
+    assert all(json.loads(p["text"][0])["seed"] == gen["inputs"]["seed"] for p in previews)
+
+
+def test_batch_workflow_keeps_its_aspect():
+    api = gr.to_api(load("batch4_custom_size.json"), CLASSES)
+    inputs = next(iter(generate_nodes(api).values()))["inputs"]
+    small = next(iter(generate_nodes(shrink(api)).values()))["inputs"]
+    assert inputs["width"] / inputs["height"] == pytest.approx(small["width"] / small["height"], rel=0.05)
+
+
+def test_same_seed_same_images_other_seed_differs():
+    api = shrink(gr.to_api(load("local_dev_variation.json"), CLASSES), steps=1)
+    gen_id = next(iter(generate_nodes(api)))
+    first = gr.execute(api, CLASSES)[gen_id][0]
+    assert torch.equal(first, gr.execute(copy.deepcopy(api), CLASSES)[gen_id][0])
+    api[gen_id]["inputs"]["seed"] += 1
+    assert not torch.allclose(first, gr.execute(api, CLASSES)[gen_id][0])
+
+
+def test_blend_weights_change_the_result():
+    api = shrink(gr.to_api(load("blend_two_references.json"), CLASSES), steps=1)
+    gen_id = next(iter(generate_nodes(api)))
+    combine_id = next(k for k, v in api.items() if v["class_type"] == "FluxReduxCombine")
+    load_ids = [k for k, v in api.items() if v["class_type"] == "LoadImage"]
+    Image.new("RGB", (80, 60), (250, 20, 20)).save(gr.INPUT_DIR / "red.png")
+    api[load_ids[1]]["inputs"]["image"] = "red.png"
+    first = gr.execute(api, CLASSES)[gen_id][0]
+    api[combine_id]["inputs"]["weight_2"] = 3.0
+    assert not torch.allclose(first, gr.execute(api, CLASSES)[gen_id][0])
+
+
+@pytest.mark.parametrize("changes, message", [(dict(image_size="custom", width=1000), "multiple of 16"),
+                                              (dict(num_inference_steps=51), "num_inference_steps=51 outside"),
+                                              (dict(seed=-1), "seed=-1 outside")])
+def test_prompt_validation_rejects_bad_values_before_running(changes, message):
+    api = gr.to_api(load("local_dev_variation.json"), CLASSES)
+    next(iter(generate_nodes(api).values()))["inputs"].update(changes)
+    loads = submodule("pipelines.cache").CACHE.loads
+    with pytest.raises(gr.PromptError, match=message):
+        gr.execute(api, CLASSES)
+    assert submodule("pipelines.cache").CACHE.loads == loads
+
+
+@pytest.mark.parametrize("path", [p for p in WORKFLOWS if p.name not in LOCAL_WORKFLOWS], ids=lambda p: p.name)
+def test_other_workflows_run_up_to_remote_nodes(path):
+    """Remote workflows: everything but the remote node (and what depends on it) runs; no network."""
+    api = gr.to_api(json.loads(path.read_text()), CLASSES)
+    remote = [k for k, v in api.items() if v["class_type"] in REMOTE_TYPES]
+    assert remote
+    results = gr.execute(api, CLASSES, skip_types=REMOTE_TYPES)
+    assert not set(remote) & set(results)
