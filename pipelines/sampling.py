@@ -51,11 +51,24 @@ def _check_variant(model: FluxModel, gen: params.GenerationParams) -> None:
                                     f"for {model.variant}")
 
 
+def _img2img_pipe(model: FluxModel):
+    """diffusers' FLUX img2img pipeline over the same modules (no second copy of the weights)."""
+    from diffusers import FluxImg2ImgPipeline
+
+    if getattr(model, "_img2img", None) is None:
+        model._img2img = FluxImg2ImgPipeline(**{k: model.pipe.components[k] for k in (
+            "scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "transformer")})
+    return model._img2img
+
+
 def generate(model: FluxModel, conditioning: ReduxConditioning, gen: params.GenerationParams, *,
-             on_step: StepCallback | None = None, should_abort: Callable[[], bool] | None = None,
-             show_progress: bool = False) -> GenerationResult:
+             init_image=None, denoise: float = 1.0, on_step: StepCallback | None = None,
+             should_abort: Callable[[], bool] | None = None, show_progress: bool = False) -> GenerationResult:
     """Run one batched call for gen.num_images images. Same inputs and seed give the same images.
 
+    init_image starts from that picture instead of pure noise (img2img, resized to the output size);
+    denoise is how much of it is redrawn: 1.0 ignores it, low values stay close to it, and diffusers then
+    runs only round(steps * denoise) of the steps.
     on_step runs after each denoising step (it may raise to abort, as ComfyUI's interrupt does);
     should_abort is polled at the same point and raises GenerationAborted when true.
     """
@@ -63,6 +76,16 @@ def generate(model: FluxModel, conditioning: ReduxConditioning, gen: params.Gene
     if model.pipe is None:
         raise RuntimeError(f"{model!r} was unloaded; load it again")
     pipe = model.pipe
+    extra = {}
+    if init_image is not None:
+        from .references import to_pil_rgb
+
+        denoise = params.DENOISE.validate(denoise)
+        extra = {"image": to_pil_rgb(init_image).resize((gen.width, gen.height), Image.LANCZOS),
+                 "strength": denoise}
+        pipe = _img2img_pipe(model)
+    steps = gen.num_inference_steps
+    steps_run = steps - int(max(steps - steps * denoise, 0)) if extra else steps  # diffusers' own rule
     config = pipe.transformer.config
     prompt_embeds, pooled = conditioning.prompt_embeds(config.joint_attention_dim, config.pooled_projection_dim)
     seed = pick_seed(gen.seed)
@@ -75,9 +98,9 @@ def generate(model: FluxModel, conditioning: ReduxConditioning, gen: params.Gene
 
     def step_end(_pipe, step, _timestep, tensors):
         if on_step is not None:
-            on_step(step + 1, gen.num_inference_steps, tensors["latents"])
+            on_step(step + 1, steps_run, tensors["latents"])
         if should_abort is not None and should_abort():
-            raise GenerationAborted(f"stopped after step {step + 1} of {gen.num_inference_steps}")
+            raise GenerationAborted(f"stopped after step {step + 1} of {steps_run}")
         return tensors
 
     pipe.set_progress_bar_config(disable=not show_progress, leave=False)
@@ -87,9 +110,13 @@ def generate(model: FluxModel, conditioning: ReduxConditioning, gen: params.Gene
         output = pipe(prompt_embeds=prompt_embeds.to(model.dtype), pooled_prompt_embeds=pooled.to(model.dtype),
                       height=gen.height, width=gen.width, num_inference_steps=gen.num_inference_steps,
                       num_images_per_prompt=gen.num_images, generator=generator, output_type="pt",
-                      callback_on_step_end=step_end, **kwargs)
+                      callback_on_step_end=step_end, **kwargs, **extra)
     elapsed = time.perf_counter() - started
     images = output.images.float().cpu().permute(0, 2, 3, 1).contiguous()
-    metadata = dict(gen.as_dict(), seed=seed, model=model.variant,
+    if extra:
+        metadata_extra = {"img2img": True, "denoise": denoise, "steps_run": steps_run}
+    else:
+        metadata_extra = {}
+    metadata = dict(gen.as_dict(), **metadata_extra, seed=seed, model=model.variant,
                     timings={"total_s": round(elapsed, 3), "per_image_s": round(elapsed / gen.num_images, 3)})
     return GenerationResult(images, metadata)

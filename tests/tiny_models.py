@@ -217,8 +217,8 @@ def make_clip_text(seed: int = 20):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     _seeded(seed)
-    config = CLIPTextConfig(hidden_size=64, intermediate_size=37, num_hidden_layers=1, num_attention_heads=1,
-                            vocab_size=len(TEXT_WORDS), max_position_embeddings=77, projection_dim=64,
+    config = CLIPTextConfig(hidden_size=POOLED_WIDTH, intermediate_size=37, num_hidden_layers=1, num_attention_heads=1,
+                            vocab_size=len(TEXT_WORDS), max_position_embeddings=77, projection_dim=POOLED_WIDTH,
                             bos_token_id=0, eos_token_id=2, pad_token_id=1)  # FLUX's CLIP-L legacy ids
     return CLIPTextModel(config).eval()
 
