@@ -14,7 +14,7 @@ from pathlib import Path
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from . import params
+from . import cli_restyle, params
 from .loading import LoadOptions
 from .models import FluxModelSpec, ReduxEncoderSpec, load_flux_model, load_redux_encoder
 from .redux import encode
@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     v = sub.add_parser("variation", help="make variations of reference images",
                        formatter_class=_HelpFormatter)
-    v.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders of images")
+    v.add_argument("inputs", nargs="*", type=Path,
+                   help="reference images and/or folders of them: each gets its own variations (batch restyle)")
     v.add_argument("--model", choices=params.VARIANT_CHOICES, default="auto",
                    help="FLUX.1 variant; auto reads it from the transformer's weights")
     v.add_argument("--models-dir", type=Path, help="ComfyUI's models/ folder (searched for every file below)")
@@ -68,10 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--offload", choices=params.OFFLOAD_CHOICES, default="none",
                    help="model: whole models to GPU in turn; sequential: layer by layer (least VRAM, slowest)")
     v.add_argument("--vae-tiling", choices=params.VAE_TILING_CHOICES, default="auto")
+    cli_restyle.add_arguments(v)
     return p
 
 
-def collect_images(inputs: list[Path]) -> list[Path]:
+def collect_images(inputs: list[Path], refs_given: bool = False) -> list[Path | None]:
+    if not inputs:
+        if refs_given:
+            return [None]  # one job made of the --ref references alone
+        raise FileNotFoundError("no reference image: give image files or folders, or --ref IMG[:WEIGHT]")
     found = []
     for item in inputs:
         if item.is_dir():
@@ -109,29 +115,36 @@ def save_png(image: Image.Image, path: Path, metadata: dict) -> None:
 
 
 def run_variation(args) -> list[Path]:
-    images = collect_images(args.inputs)
+    jobs = collect_images(args.inputs, bool(args.ref))
+    cli_restyle.validate(args)
     sources = resolve_sources(args)
     options = LoadOptions(device=args.device, dtype=args.dtype, weight_storage=args.weight_storage,
                           offload=args.offload, vae_tiling=args.vae_tiling)
+
     def validated(variant: str) -> params.GenerationParams:
         return params.validate_generation(variant, args.size, args.width, args.height, args.steps, args.guidance,
                                           args.seed, args.num_images)
 
     if args.model != "auto":
         validated(args.model)  # fail before loading gigabytes
+    prompt = cli_restyle.load_prompt(args, options)
     flux = load_flux_model(FluxModelSpec(str(sources["transformer"]), str(sources["vae"]), args.model, options))
     gen = validated(flux.variant)
     encoder = load_redux_encoder(ReduxEncoderSpec(str(sources["redux"]), str(sources["siglip"]), options))
+    init = cli_restyle.init_image(args)
     args.out.mkdir(parents=True, exist_ok=True)
     written = []
-    for number, path in enumerate(images, 1):
-        log.info("[%d/%d] %s", number, len(images), path)
-        with Image.open(path) as reference:
-            conditioning = encode(encoder, reference, crop=args.crop)
-        result = generate(flux, conditioning, gen, show_progress=True)
-        meta = dict(result.metadata, reference=str(path), crop=args.crop)
+    for number, path in enumerate(jobs, 1):
+        name = path.stem if path else "blend"
+        log.info("[%d/%d] %s", number, len(jobs), path or "references: " + ", ".join(str(r.path) for r in args.ref))
+        conditioning = cli_restyle.conditioning_for(encoder, args, path, prompt)
+        result = generate(flux, conditioning, gen, init_image=init, denoise=args.denoise, show_progress=True)
+        meta = dict(result.metadata, reference=str(path) if path else None, crop=args.crop,
+                    refs=[[str(r.path), r.weight, str(r.mask) if r.mask else None] for r in args.ref],
+                    prompt=args.prompt, downsample=args.downsample, blend=args.blend,
+                    init_image=str(args.init_image) if args.init_image else None)
         for index, image in enumerate(result.pil_images()):
-            target = args.out / f"{path.stem}_seed{result.seed}_{index}.png"
+            target = args.out / f"{name}_seed{result.seed}_{index}.png"
             save_png(image, target, meta)
             written.append(target)
         log.info("seed %d, %.2f s per image -> %s", result.seed, result.metadata["timings"]["per_image_s"], args.out)
@@ -143,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         written = run_variation(args)
-    except (params.ParameterError, WeightsError, FileNotFoundError) as exc:
+    except (ValueError, WeightsError, FileNotFoundError) as exc:  # ParameterError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

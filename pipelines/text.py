@@ -117,6 +117,37 @@ def load_text_encoders(spec: TextEncoderSpec, cache: ModelCache = CACHE) -> Text
     return cache.get(spec.cache_key(), lambda: _build(spec))
 
 
+CLIP_FILES = ("clip_l.safetensors",)
+T5_FILES = ("t5xxl_fp16.safetensors", "t5xxl_fp8_e4m3fn.safetensors", "t5xxl_fp8_e4m3fn_scaled.safetensors")
+TOKENIZER_FOLDERS = ("FLUX.1-dev", "FLUX.1-schnell")
+
+
+def find_text_encoders(models_dir: str | Path, options: LoadOptions = LoadOptions()) -> TextEncoderSpec:
+    """ComfyUI layout: text_encoders/ (or clip/) single files, tokenizers from a diffusers FLUX folder;
+    or a whole diffusers FLUX folder with its text encoders."""
+    root = Path(models_dir)
+    looked: list[str] = []
+
+    def first(folders, names):
+        for folder in folders:
+            for name in names:
+                looked.append(str(root / folder / name))
+                if (root / folder / name).exists():
+                    return root / folder / name
+        return None
+
+    repo = first(["diffusers"], [f"{name}/text_encoder_2" for name in TOKENIZER_FOLDERS])
+    if repo is not None and (repo.parent / "text_encoder").is_dir():
+        return TextEncoderSpec(str(repo.parent), str(repo.parent), options=options)
+    clip, t5 = first(["text_encoders", "clip"], CLIP_FILES), first(["text_encoders", "clip"], T5_FILES)
+    tokenizers = first(["diffusers"], [f"{name}/tokenizer_2" for name in TOKENIZER_FOLDERS])
+    if clip is None or t5 is None or tokenizers is None:
+        raise WeightsError("a prompt needs FLUX's text encoders and their tokenizers; looked for:\n  "
+                           + "\n  ".join(looked) + "\n(the tokenizers are the tokenizer/ and tokenizer_2/ "
+                           "folders of a FLUX diffusers download; they are never downloaded by this pack)")
+    return TextEncoderSpec(str(clip), str(t5), str(tokenizers.parent), options)
+
+
 @torch.inference_mode()
 def encode_prompt(encoders: TextEncoders, prompt: str, max_sequence_length: int = 512) -> TextConditioning:
     """T5 tokens [1, 512, 4096] and CLIP pooled [1, 768] for one prompt, as FluxPipeline computes them."""

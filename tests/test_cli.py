@@ -74,3 +74,37 @@ def test_help_documents_ranges():
     for fragment in ("dev 1–50, default 28", "schnell 1–12", "1.0–20.0, default 3.5", "(1–4)", "square_hd",
                      "landscape_16_9", "256–4096, a multiple of 16"):
         assert fragment in text
+
+
+def test_restyle_flags_refs_mask_downsample_prompt_img2img(models, inputs, tmp_path):
+    import tiny_models as tm
+    text = tm.write_text_encoders(tmp_path / "text")
+    mask = tmp_path / "mask.png"
+    Image.new("L", (50, 70), 255).save(mask)
+    out = tmp_path / "out"
+    done = cli(
+        "variation", "--ref", f"{inputs / 'a.png'}:0.7", "--ref", f"{inputs / 'b.jpg'}:0.3:{mask}",
+        "--models-dir", models["root"], "--model", "dev", "--size", "custom", "--width", 256, "--height", 256,
+        "--steps", 2, "--seed", 9, "--downsample", 2, "--blend", "concat", "--crop", "pad",
+        "--prompt", "oil painting of a cat", "--text-encoders", text["folder"], "--prompt-scale", 0.5,
+        "--init-image", inputs / "a.png", "--denoise", 0.5, "--out", out)
+    assert done.returncode == 0, done.stderr
+    [png] = out.glob("blend_seed9_0.png")
+    with Image.open(png) as image:
+        meta = json.loads(image.text["flux_redux"])
+    assert meta["refs"][0][1] == 0.7 and meta["refs"][1][2] == str(mask)
+    assert (meta["prompt"], meta["downsample"], meta["blend"], meta["steps_run"]) == ("oil painting of a cat", 2.0,
+                                                                                      "concat", 1)
+
+
+def test_ref_parsing_and_restyle_errors(models, inputs):
+    from packloader import submodule
+    parse = submodule("pipelines.cli_restyle").parse_ref
+    assert parse("C:/refs/a.png:0.25").weight == 0.25 and parse("a.png").weight == 1.0
+    assert str(parse("a.png:2:m.png").mask) == "m.png"
+    done = cli("variation", inputs / "a.png", "--models-dir", models["root"], "--downsample", 12)
+    assert done.returncode == 2 and "downsample_factor=12.0 is not allowed: allowed range is 1.0–9.0" in done.stderr
+    done = cli("variation", inputs / "a.png", "--models-dir", models["root"], "--prompt", "cat")
+    assert done.returncode == 2 and "text encoders and their tokenizers" in done.stderr
+    done = cli("variation", "--models-dir", models["root"])
+    assert done.returncode == 2 and "no reference image" in done.stderr
