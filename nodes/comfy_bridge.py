@@ -132,6 +132,13 @@ def check_interrupt() -> None:
         mm.throw_exception_if_processing_interrupted()
 
 
+def interrupt_requested() -> bool:
+    """A `should_abort` for the remote client: raises ComfyUI's InterruptProcessingException on Cancel (the
+    client then cancels its jobs and re-raises it), else False."""
+    check_interrupt()
+    return False
+
+
 class Progress:
     """ComfyUI's ProgressBar when there is one; `updates` keeps (step, total, had_preview) for tests."""
 

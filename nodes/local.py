@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import logging
 
-import torch
-
 from ..pipelines import params
 from ..pipelines.models import FluxModelSpec, ReduxEncoderSpec, load_flux_model, load_redux_encoder
 from ..pipelines.params import ParameterError
@@ -24,17 +22,13 @@ from ..pipelines.cache import CACHE
 from ..pipelines.sampling import generate
 from . import comfy_bridge as bridge
 from . import local_loaders
-from .local_loaders import CATEGORY, detect_variant
+from .convert import images_from_comfy
+from .local_loaders import CATEGORY, model_variant
+from .widgets import apply_variant_rules, number_widget
 
 log = logging.getLogger(__name__)
 
 MAX_BLEND_INPUTS = 4
-
-
-def _number(spec: params.NumberSpec, tooltip: str, **extra) -> dict:
-    default = spec.minimum if spec.default is None else spec.default
-    return {"default": default, "min": spec.minimum, "max": spec.maximum, "step": spec.step, "tooltip": tooltip,
-            **extra}
 
 
 def _track(key, device, modules, label) -> None:
@@ -42,17 +36,6 @@ def _track(key, device, modules, label) -> None:
 
 
 # -- encode and blend --------------------------------------------------------------------------------------------
-
-def images_from_comfy(image: torch.Tensor) -> torch.Tensor:
-    """ComfyUI IMAGE [B,H,W,C] float 0..1 -> the same batch as the engine accepts it (RGB, CPU float32)."""
-    if not isinstance(image, torch.Tensor) or image.ndim not in (3, 4):
-        raise ValueError(f"expected a ComfyUI IMAGE tensor [batch, height, width, channels], got "
-                         f"{getattr(image, 'shape', type(image).__name__)}")
-    image = image if image.ndim == 4 else image[None]
-    if image.shape[-1] not in (3, 4):
-        raise ValueError(f"expected 3 (RGB) or 4 (RGBA) channels last, got shape {tuple(image.shape)}")
-    return image.detach().to("cpu", torch.float32)
-
 
 class FluxReduxEncode:
     CATEGORY = CATEGORY
@@ -93,7 +76,8 @@ class FluxReduxCombine:
 
     @classmethod
     def INPUT_TYPES(cls):
-        weight = lambda n: ("FLOAT", _number(params.REFERENCE_WEIGHT, f"Weight of conditioning_{n} in the blend."))
+        weight = lambda n: ("FLOAT", number_widget(params.REFERENCE_WEIGHT,
+                                                   f"Weight of conditioning_{n} in the blend."))
         optional = {}
         for n in range(2, MAX_BLEND_INPUTS + 1):
             optional[f"conditioning_{n}"] = ("REDUX_CONDITIONING", {"tooltip": f"Reference {n} (optional)."})
@@ -115,16 +99,7 @@ class FluxReduxCombine:
 def plan_generation(variant: str, image_size, width, height, num_inference_steps, guidance_scale, seed,
                     num_images) -> tuple[params.GenerationParams, list[str]]:
     """Validated parameters for `variant`, and the warnings to report (the schnell rules)."""
-    warnings = []
-    spec = params.variant_spec(variant)
-    if spec.guidance is None:
-        guidance_scale = None  # the widget always carries a value; schnell has no guidance input
-        warnings.append(f"guidance_scale ignored: FLUX.1 {variant} has no guidance input")
-    limit = spec.steps.maximum
-    if isinstance(num_inference_steps, int) and num_inference_steps > limit and variant == "schnell":
-        warnings.append(f"num_inference_steps {num_inference_steps} clamped to {limit}, the most FLUX.1 schnell "
-                        f"takes (4 is its usual setting)")
-        num_inference_steps = limit
+    num_inference_steps, guidance_scale, warnings = apply_variant_rules(variant, num_inference_steps, guidance_scale)
     width, height = (width, height) if image_size == params.CUSTOM_SIZE else (None, None)
     gen = params.validate_generation(variant, image_size, width, height, num_inference_steps, guidance_scale,
                                      seed, num_images)
@@ -166,17 +141,18 @@ class FluxReduxGenerate:
             "image_size": (params.IMAGE_SIZE_CHOICES, {"default": params.DEFAULT_IMAGE_SIZE, "tooltip": (
                 "Output size: " + ", ".join(f"{k} {w}x{h}" for k, (w, h) in params.SIZE_PRESETS.items())
                 + "; custom uses width and height.")}),
-            "width": ("INT", _number(params.WIDTH, "Output width when image_size is custom; a multiple of 16.")),
-            "height": ("INT", _number(params.HEIGHT, "Output height when image_size is custom; a multiple of 16.")),
-            "num_inference_steps": ("INT", _number(params.STEPS_LIMITS, (
+            "width": ("INT", number_widget(params.WIDTH, "Output width when image_size is custom; a multiple of 16.")),
+            "height": ("INT", number_widget(params.HEIGHT,
+                                            "Output height when image_size is custom; a multiple of 16.")),
+            "num_inference_steps": ("INT", number_widget(params.STEPS_LIMITS, (
                 "Denoising steps. dev: 1-50 (28 usual). schnell: 1-12 (4 usual); above 12 is clamped to 12 "
                 "with a warning."))),
-            "guidance_scale": ("FLOAT", _number(params.GUIDANCE, (
+            "guidance_scale": ("FLOAT", number_widget(params.GUIDANCE, (
                 "Distilled guidance (dev only): higher follows the references more closely. Ignored for "
                 "schnell."), round=0.01)),
-            "seed": ("INT", _number(params.SEED, "Seed of the noise; the same seed gives the same images.",
-                                    control_after_generate=True)),
-            "num_images": ("INT", _number(params.NUM_IMAGES, "Images generated in one batched call (1-4).")),
+            "seed": ("INT", number_widget(params.SEED, "Seed of the noise; the same seed gives the same images.",
+                                          control_after_generate=True)),
+            "num_images": ("INT", number_widget(params.NUM_IMAGES, "Images generated in one batched call (1-4).")),
         }}
 
     @classmethod
@@ -192,7 +168,7 @@ class FluxReduxGenerate:
     def generate(self, model: FluxModelSpec, conditioning: ReduxConditioning, image_size, width, height,
                  num_inference_steps, guidance_scale, seed, num_images):
         settings = (image_size, width, height, num_inference_steps, guidance_scale, seed, num_images)
-        gen, warnings = plan_generation(detect_variant(model), *settings)  # before any model work
+        gen, warnings = plan_generation(model_variant(model), *settings)  # before any model work
         bridge.check_interrupt()
         flux = load_flux_model(model)
         _track(model.cache_key(), flux.device, (flux.pipe.transformer, flux.pipe.vae), f"FLUX.1 {flux.variant}")

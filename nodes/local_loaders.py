@@ -8,13 +8,12 @@ a slot is reported at the loader node, before any model work.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..pipelines import params
 from ..pipelines.loading import LoadOptions
 from ..pipelines.models import FluxModelSpec, ReduxEncoderSpec
-from ..pipelines.weights import expect_kind, read_index, transformer_layout
+from ..pipelines.weights import detect_variant, expect_kind, read_index
 from . import comfy_bridge as bridge
 
 CATEGORY = "FLUX Redux/local"
@@ -38,17 +37,11 @@ def check_file(path: str, kind: str) -> None:
         expect_kind(read_index(path, kind), kind)
 
 
-def detect_variant(spec: FluxModelSpec) -> str:
-    """dev or schnell without loading the model: the loader's choice, else the weights' own answer
-    (guidance embedding present = dev), read from the file header or the diffusers config."""
+def model_variant(spec: FluxModelSpec) -> str:
+    """dev or schnell without loading the model: the loader's choice, else the weights' own answer."""
     if spec.variant != "auto":
         return params.variant_spec(spec.variant).name
-    path = Path(spec.transformer)
-    if path.is_dir():
-        config = path / "transformer" / "config.json"
-        config = config if config.is_file() else path / "config.json"
-        return "dev" if json.loads(config.read_text()).get("guidance_embeds") else "schnell"
-    return transformer_layout(read_index(path, "flux_transformer")).variant
+    return detect_variant(spec.transformer)
 
 
 class FluxReduxLoadEncoder:

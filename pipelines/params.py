@@ -115,6 +115,12 @@ DENOISE = NumberSpec("denoise", 0.01, 1.0, 0.75, step=0.01, integer=False,
 WAVESPEED_SIDE = NumberSpec("size", 256, 1536, 1024, step=SIZE_MULTIPLE, help="WaveSpeed side length W or H")
 WAVESPEED_SEED = NumberSpec("seed", -1, 2**31 - 1, -1, help="WaveSpeed seed; -1 = random")
 WAVESPEED_OUTPUT_FORMATS: tuple[str, ...] = ("jpeg", "png", "webp")
+WAVESPEED_WIDTH, WAVESPEED_HEIGHT = (  # WAVESPEED_SIDE's range, named as the widgets so errors name them
+    NumberSpec(side, WAVESPEED_SIDE.minimum, WAVESPEED_SIDE.maximum, WAVESPEED_SIDE.default, step=WAVESPEED_SIDE.step,
+               help=f"WaveSpeed custom {side} in pixels, a multiple of 16") for side in ("width", "height"))
+
+# Remote-only knob: how many input images run as parallel jobs (WaveSpeed's lowest tier allows 3 tasks).
+MAX_CONCURRENCY = NumberSpec("max_concurrency", 1, 8, 2, help="input images sent as parallel jobs")
 
 
 def variant_spec(variant: str) -> VariantSpec:

@@ -6,6 +6,7 @@ classified in milliseconds and a wrong file in a slot is reported before any rea
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +128,17 @@ def transformer_layout(index: TensorIndex) -> TransformerLayout:
         singles = index.block_count(r"(?:^|\.)single_transformer_blocks\.(\d+)\.")
         guidance = any("guidance_embedder" in k for k in index.keys)
     return TransformerLayout(bfl, layers, singles, guidance)
+
+
+def detect_variant(path: str | Path) -> str:
+    """'dev' or 'schnell' without loading anything (a guidance embedding means dev): from a single file's
+    header, or from a diffusers folder's transformer config (the model folder or its transformer/ folder)."""
+    path = Path(path)
+    if not path.is_dir():
+        return transformer_layout(read_index(path, "flux_transformer")).variant
+    config = path / "transformer" / "config.json"
+    config = config if config.is_file() else path / "config.json"
+    return "dev" if json.loads(config.read_text()).get("guidance_embeds") else "schnell"
 
 
 # ComfyUI folder layout: the slots and the file names users have, in order of preference.

@@ -171,8 +171,8 @@ def test_loader_reports_wrong_file_and_missing_file(models, tmp_path, monkeypatc
                                               ("diffusers/FLUX.1-dev", "dev")])
 def test_variant_known_before_loading(choice, expected):
     loads = CACHE.loads
-    assert loaders.detect_variant(load_model(choice)) == expected
-    assert loaders.detect_variant(load_model(choice, variant="schnell")) == "schnell"
+    assert loaders.model_variant(load_model(choice)) == expected
+    assert loaders.model_variant(load_model(choice, variant="schnell")) == "schnell"
     assert CACHE.loads == loads
 
 

@@ -18,6 +18,7 @@ from packloader import pack, submodule
 pytest_plugins = ["fakes.fixtures"]  # fal_fake, wavespeed_fake, custom_fake
 
 node_module = submodule("nodes.remote")
+convert = submodule("nodes.convert")
 Node = node_module.FluxReduxRemoteVariation
 ROOT = Path(__file__).resolve().parent.parent
 WIDGET_ORDER = ["provider", "model", "base_url", "image_size", "width", "height", "num_inference_steps",
@@ -144,9 +145,9 @@ def test_interrupt_cancels_the_queued_job_and_raises_comfys_exception(run_node, 
 
 def test_tensor_pil_round_trip():
     tensor = torch.rand(2, 5, 7, 3)
-    pictures = node_module.image_batch_to_pils(tensor)
+    pictures = convert.image_batch_to_pils(tensor)
     assert [picture.size for picture in pictures] == [(7, 5)] * 2
-    back = node_module.pils_to_image_batch(pictures)
+    back = convert.pils_to_image_batch(pictures)
     assert back.shape == tensor.shape and torch.allclose(back, tensor, atol=1 / 255)
 
 

@@ -4,13 +4,14 @@ No ComfyUI import here; the node in nodes/remote.py adapts this API. Entry point
 `run_remote_variation(images, RemoteRequest(...), settings=ClientSettings(...), on_progress=..., should_abort=...)`.
 """
 
+from ..params import MAX_CONCURRENCY
 from .custom import CustomProvider
 from .errors import (DownloadError, KeyRejectedError, MissingKeyError, ProviderError, RemoteCancelledError,
                      RemoteError, RemoteTimeoutError, ServiceUnavailableError)
 from .fal import FAL_MODELS, FalProvider
 from .http import Deadline, HttpClient, RetryPolicy, Timeouts
 from .images import ImageTooLargeError, encode_input_image
-from .jobs import MAX_CONCURRENCY, PROGRESS_STATES, ClientSettings, ProgressEvent, RemoteRequest, RemoteResult
+from .jobs import PROGRESS_STATES, ClientSettings, ProgressEvent, RemoteRequest, RemoteResult
 from .keys import KEY_FILE_NAME, KEY_SOURCES, ApiKey, find_key
 from .runner import PROVIDER_NAMES, PROVIDERS, make_provider, run_remote_variation
 from .wavespeed import WAVESPEED_MODELS, WaveSpeedProvider

@@ -13,17 +13,13 @@ from typing import Any, Mapping
 
 from PIL import Image
 
-from ..params import DEFAULT_IMAGE_SIZE, NumberSpec, ParameterError
+from ..params import DEFAULT_IMAGE_SIZE, MAX_CONCURRENCY, ParameterError
 from .errors import ProviderError
 from .http import Deadline, HttpClient, RetryPolicy, Timeouts
 from .images import (DEFAULT_MAX_DOWNLOAD_BYTES, DEFAULT_MAX_UPLOAD_BYTES, decode_base64, decode_image,
                      parse_data_uri)
 
 log = logging.getLogger(__name__)
-
-
-# Remote-only knob: how many input images run as parallel jobs (WaveSpeed's lowest tier allows 3 tasks).
-MAX_CONCURRENCY = NumberSpec("max_concurrency", 1, 8, 2, help="input images sent as parallel jobs")
 
 
 @dataclass(frozen=True)
@@ -56,7 +52,7 @@ class ClientSettings:
     deadline_s: float = 900.0
     timeouts: Timeouts = Timeouts()
     retry: RetryPolicy = RetryPolicy()
-    max_concurrency: int = 2
+    max_concurrency: int = MAX_CONCURRENCY.default
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES
     cancel_budget_s: float = 15.0  # a cancel gets its own small deadline: it runs after the main one expired

@@ -13,13 +13,13 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from ..params import ParameterError
+from ..params import MAX_CONCURRENCY, ParameterError
 from .custom import CustomProvider
 from .errors import RemoteCancelledError
 from .fal import FAL_QUEUE_URL, FAL_RUN_URL, FalProvider
 from .http import Deadline, HttpClient
 from .images import ImageInput, encode_input_image
-from .jobs import MAX_CONCURRENCY, ClientSettings, Job, ProgressEvent, RemoteRequest, RemoteResult
+from .jobs import ClientSettings, Job, ProgressEvent, RemoteRequest, RemoteResult
 from .keys import ApiKey, find_key
 from .wavespeed import WAVESPEED_URL, WaveSpeedProvider
 

@@ -9,14 +9,13 @@ data.urls.get.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from typing import Any
 from urllib.parse import quote
 
-from ..params import (VARIANTS, WAVESPEED_OUTPUT_FORMATS, WAVESPEED_SEED, WAVESPEED_SIDE, ParameterError,
-                      check_choice, resolve_size, validate_generation)
+from ..params import (VARIANTS, WAVESPEED_HEIGHT, WAVESPEED_OUTPUT_FORMATS, WAVESPEED_SEED, WAVESPEED_WIDTH,
+                      ParameterError, check_choice, resolve_size, validate_generation)
 from .errors import KeyRejectedError, ProviderError
 from .jobs import Job, JobOutput, Plan, RemoteRequest, is_finite_number, require_bool
 
@@ -24,8 +23,6 @@ log = logging.getLogger(__name__)
 
 WAVESPEED_URL = "https://api.wavespeed.ai"
 WAVESPEED_MODELS = {"dev": "wavespeed-ai/flux-redux-dev"}
-WAVESPEED_WIDTH = dataclasses.replace(WAVESPEED_SIDE, name="width")
-WAVESPEED_HEIGHT = dataclasses.replace(WAVESPEED_SIDE, name="height")
 ENDED_STATES = frozenset({"failed", "cancelled", "timeout", "deleted"})
 SYNC_TIMEOUT_CODE = 5004
 TASK_ERROR_CODES = {

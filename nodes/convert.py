@@ -1,0 +1,44 @@
+"""ComfyUI IMAGE tensors <-> what the engine and the remote client take: the one converter for every node.
+
+ComfyUI's IMAGE is a float tensor [batch, height, width, channels] in 0..1, channels last (3, or 4 with alpha).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..pipelines.references import to_pil_rgb
+
+log = logging.getLogger(__name__)
+
+
+def images_from_comfy(image: torch.Tensor) -> torch.Tensor:
+    """ComfyUI IMAGE [B,H,W,C] float 0..1 -> the same batch as the engine accepts it (RGB, CPU float32)."""
+    if not isinstance(image, torch.Tensor) or image.ndim not in (3, 4):
+        raise ValueError(f"expected a ComfyUI IMAGE tensor [batch, height, width, channels], got "
+                         f"{getattr(image, 'shape', type(image).__name__)}")
+    image = image if image.ndim == 4 else image[None]
+    if image.shape[-1] not in (3, 4):
+        raise ValueError(f"expected 3 (RGB) or 4 (RGBA) channels last, got shape {tuple(image.shape)}")
+    return image.detach().to("cpu", torch.float32)
+
+
+def image_batch_to_pils(images: torch.Tensor) -> list[Image.Image]:
+    """ComfyUI IMAGE -> one RGB PIL image per batch entry (an alpha channel is dropped)."""
+    return [to_pil_rgb(frame[..., :3]) for frame in images_from_comfy(images)]
+
+
+def pils_to_image_batch(pictures: list[Image.Image]) -> torch.Tensor:
+    """RGB PIL images -> ComfyUI IMAGE. Sizes should match (same request); a stray one is resized to the first."""
+    size = pictures[0].size
+    arrays = []
+    for picture in pictures:
+        if picture.size != size:
+            log.warning("remote output of %s resized to %s to fit the batch", picture.size, size)
+            picture = picture.resize(size, Image.LANCZOS)
+        arrays.append(np.asarray(picture.convert("RGB"), dtype=np.float32) / 255.0)
+    return torch.from_numpy(np.stack(arrays))
