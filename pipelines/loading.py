@@ -53,7 +53,7 @@ class LoadOptions:
         return torch.float32
 
 
-def _folder_with(path: Path, sub: str, marker: str) -> Path | None:
+def folder_with(path: Path, sub: str, marker: str) -> Path | None:
     """A diffusers component folder: `path` itself, or `path/sub` inside a whole repo folder."""
     for candidate in (path / sub, path):
         if (candidate / marker).is_file():
@@ -62,7 +62,7 @@ def _folder_with(path: Path, sub: str, marker: str) -> Path | None:
 
 
 def _require_folder(path: Path, sub: str, marker: str, what: str) -> Path:
-    folder = _folder_with(path, sub, marker)
+    folder = folder_with(path, sub, marker)
     if folder is None:
         raise WeightsError(f"{path}: not a diffusers folder for {what} (no {marker} in it or in {path / sub}).")
     return folder
@@ -70,6 +70,15 @@ def _require_folder(path: Path, sub: str, marker: str, what: str) -> Path:
 
 def _wrap(path: Path, what: str, exc: Exception) -> WeightsError:
     return WeightsError(f"{path}: could not load {what}: {type(exc).__name__}: {exc}")
+
+
+def from_folder(path: Path, sub: str, model_class, dtype: torch.dtype, what: str):
+    """A diffusers/transformers component from a whole repo folder (`path/sub`) or the component folder."""
+    folder = _require_folder(path, sub, "config.json", what)
+    try:
+        return model_class.from_pretrained(folder, torch_dtype=dtype, local_files_only=True).eval()
+    except Exception as exc:
+        raise _wrap(folder, what, exc) from exc
 
 
 # -- FLUX transformer ---------------------------------------------------------------------------------------
@@ -103,11 +112,7 @@ def load_transformer(source: str | Path, dtype: torch.dtype):
     path = Path(source)
     what = "the FLUX transformer"
     if path.is_dir():
-        folder = _require_folder(path, "transformer", "config.json", what)
-        try:
-            model = FluxTransformer2DModel.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
-        except Exception as exc:
-            raise _wrap(folder, what, exc) from exc
+        model = from_folder(path, "transformer", FluxTransformer2DModel, dtype, what)
     else:
         index = read_index(path, "flux_transformer")
         expect_kind(index, "flux_transformer")
@@ -147,11 +152,7 @@ def load_vae(source: str | Path, dtype: torch.dtype):
     path = Path(source)
     what = "the FLUX VAE"
     if path.is_dir():
-        folder = _require_folder(path, "vae", "config.json", what)
-        try:
-            return AutoencoderKL.from_pretrained(folder, torch_dtype=dtype, local_files_only=True).eval()
-        except Exception as exc:
-            raise _wrap(folder, what, exc) from exc
+        return from_folder(path, "vae", AutoencoderKL, dtype, what)
     index = read_index(path, "vae")
     expect_kind(index, "vae")
     try:
@@ -239,12 +240,8 @@ def load_siglip(source: str | Path, dtype: torch.dtype):
     path = Path(source)
     what = "the SigLIP vision encoder"
     if path.is_dir():
-        folder = _require_folder(path, "image_encoder", "config.json", what)
-        try:
-            model = SiglipVisionModel.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
-        except Exception as exc:
-            raise _wrap(folder, what, exc) from exc
-        processor_dir = _folder_with(path, "feature_extractor", "preprocessor_config.json")
+        model = from_folder(path, "image_encoder", SiglipVisionModel, dtype, what)
+        processor_dir = folder_with(path, "feature_extractor", "preprocessor_config.json")
     else:
         index = read_index(path, "siglip")
         expect_kind(index, "siglip")
@@ -262,11 +259,7 @@ def load_redux_projector(source: str | Path, dtype: torch.dtype):
     path = Path(source)
     what = "the Redux projector"
     if path.is_dir():
-        folder = _require_folder(path, "image_embedder", "config.json", what)
-        try:
-            return ReduxImageEncoder.from_pretrained(folder, torch_dtype=dtype, local_files_only=True).eval()
-        except Exception as exc:
-            raise _wrap(folder, what, exc) from exc
+        return from_folder(path, "image_embedder", ReduxImageEncoder, dtype, what)
     index = read_index(path, "redux")
     expect_kind(index, "redux")
     up, down = index.shapes["redux_up.weight"], index.shapes["redux_down.weight"]

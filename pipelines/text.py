@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .cache import CACHE, ModelCache, file_identity
-from .loading import CONFIG_DIR, LoadOptions, _folder_with, _require_folder, _wrap, load_transformers_file
+from .loading import CONFIG_DIR, LoadOptions, folder_with, from_folder, load_transformers_file
 from .redux import TextConditioning
 from .weights import TensorIndex, WeightsError, expect_kind, read_index
 
@@ -77,11 +77,7 @@ def _clip_config(index: TensorIndex, prefix: str):
 def _load_encoder(source: str, sub: str, model_class, make_config, prefix: str, dtype, what: str, tied=None):
     path = Path(source)
     if path.is_dir():
-        folder = _require_folder(path, sub, "config.json", what)
-        try:
-            return model_class.from_pretrained(folder, torch_dtype=dtype, local_files_only=True).eval()
-        except Exception as exc:
-            raise _wrap(folder, what, exc) from exc
+        return from_folder(path, sub, model_class, dtype, what)
     index = read_index(path, "text_encoder")
     expect_kind(index, "text_encoder")
     return load_transformers_file(index, model_class, make_config, prefix, dtype, tied).eval()
@@ -90,7 +86,7 @@ def _load_encoder(source: str, sub: str, model_class, make_config, prefix: str, 
 def _load_tokenizer(spec: TextEncoderSpec, sub: str, tokenizer_class):
     candidates = [Path(p) for p in (spec.tokenizers, spec.clip, spec.t5) if p]
     for base in candidates:
-        folder = _folder_with(base, sub, "tokenizer_config.json") if base.is_dir() else None
+        folder = folder_with(base, sub, "tokenizer_config.json") if base.is_dir() else None
         if folder is not None and (folder.name == sub or base == Path(spec.tokenizers or "")):
             return tokenizer_class.from_pretrained(folder, local_files_only=True)
     looked = ", ".join(str(b / sub) for b in candidates if b.is_dir()) or "nowhere (no folder given)"
