@@ -13,7 +13,7 @@ from pathlib import Path
 from ..pipelines import params
 from ..pipelines.loading import LoadOptions
 from ..pipelines.models import FluxModelSpec, ReduxEncoderSpec
-from ..pipelines.weights import detect_variant, expect_kind, read_index
+from ..pipelines.weights import detect_variant, read_index
 from . import comfy_bridge as bridge
 
 CATEGORY = "FLUX Redux/local"
@@ -34,7 +34,7 @@ def device_option(device: str) -> str:
 def check_file(path: str, kind: str) -> None:
     """Header check of a single file (a diffusers folder is checked when it loads)."""
     if not Path(path).is_dir():
-        expect_kind(read_index(path, kind), kind)
+        read_index(path, kind)  # also checks the file holds `kind`
 
 
 def model_variant(spec: FluxModelSpec) -> str:

@@ -16,7 +16,7 @@ import torch
 from accelerate import init_empty_weights
 
 from . import params
-from .weights import TensorIndex, WeightsError, expect_kind, read_index, refuse_pickle, transformer_layout
+from .weights import TensorIndex, WeightsError, read_index, refuse_pickle, transformer_layout
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -115,7 +115,6 @@ def load_transformer(source: str | Path, dtype: torch.dtype):
         model = from_folder(path, "transformer", FluxTransformer2DModel, dtype, what)
     else:
         index = read_index(path, "flux_transformer")
-        expect_kind(index, "flux_transformer")
         overrides = _transformer_overrides(index)
         try:
             model = FluxTransformer2DModel.from_single_file(
@@ -154,7 +153,6 @@ def load_vae(source: str | Path, dtype: torch.dtype):
     if path.is_dir():
         return from_folder(path, "vae", AutoencoderKL, dtype, what)
     index = read_index(path, "vae")
-    expect_kind(index, "vae")
     try:
         return AutoencoderKL.from_single_file(str(path), config=str(CONFIG_DIR / "vae"), local_files_only=True,
                                               torch_dtype=dtype, **_vae_overrides(index)).eval()
@@ -244,7 +242,6 @@ def load_siglip(source: str | Path, dtype: torch.dtype):
         processor_dir = folder_with(path, "feature_extractor", "preprocessor_config.json")
     else:
         index = read_index(path, "siglip")
-        expect_kind(index, "siglip")
         model = load_transformers_file(index, SiglipVisionModel, _siglip_config_from_file, "vision_model.", dtype)
         processor_dir = None
     size = model.config.image_size
@@ -261,7 +258,6 @@ def load_redux_projector(source: str | Path, dtype: torch.dtype):
     if path.is_dir():
         return from_folder(path, "image_embedder", ReduxImageEncoder, dtype, what)
     index = read_index(path, "redux")
-    expect_kind(index, "redux")
     up, down = index.shapes["redux_up.weight"], index.shapes["redux_down.weight"]
     with init_empty_weights():  # parameters on meta, buffers real
         model = ReduxImageEncoder(redux_dim=up[1], txt_in_features=down[0])

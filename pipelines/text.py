@@ -17,7 +17,7 @@ import torch
 from .cache import CACHE, ModelCache, file_identity
 from .loading import CONFIG_DIR, LoadOptions, folder_with, from_folder, load_transformers_file
 from .redux import TextConditioning
-from .weights import TensorIndex, WeightsError, expect_kind, read_index
+from .weights import TensorIndex, WeightsError, read_index
 
 T5_HEAD_DIM = 64  # FLUX's T5-XXL: 64 heads of 64; the head count is read as inner width / 64
 CLIP_HEAD_DIM = 64  # CLIP-L: 12 heads of 64
@@ -79,7 +79,6 @@ def _load_encoder(source: str, sub: str, model_class, make_config, prefix: str, 
     if path.is_dir():
         return from_folder(path, sub, model_class, dtype, what)
     index = read_index(path, "text_encoder")
-    expect_kind(index, "text_encoder")
     return load_transformers_file(index, model_class, make_config, prefix, dtype, tied).eval()
 
 

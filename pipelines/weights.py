@@ -58,7 +58,7 @@ def refuse_pickle(path: Path) -> None:
 
 
 def read_index(path: str | Path, expected: str) -> TensorIndex:
-    """Open a safetensors header; `expected` (a KIND_NAMES key) is named in every error."""
+    """Open a safetensors header and check it holds `expected` (a KIND_NAMES key), named in every error."""
     path = Path(path)
     want = KIND_NAMES[expected]
     if not path.exists():
@@ -76,7 +76,9 @@ def read_index(path: str | Path, expected: str) -> TensorIndex:
     except Exception as exc:  # safetensors raises several types for bad headers
         raise WeightsError(f"{path}: not a readable safetensors file ({exc}). The download may be truncated or "
                            f"the file may be another format; expected {want}.") from exc
-    return TensorIndex(path, shapes, dtypes)
+    index = TensorIndex(path, shapes, dtypes)
+    expect_kind(index, expected)
+    return index
 
 
 def classify(index: TensorIndex) -> str | None:
