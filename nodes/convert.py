@@ -42,3 +42,17 @@ def pils_to_image_batch(pictures: list[Image.Image]) -> torch.Tensor:
             picture = picture.resize(size, Image.LANCZOS)
         arrays.append(np.asarray(picture.convert("RGB"), dtype=np.float32) / 255.0)
     return torch.from_numpy(np.stack(arrays))
+
+
+def masks_from_comfy(mask: torch.Tensor, count: int) -> list[torch.Tensor]:
+    """ComfyUI MASK [B,H,W] (or [H,W]) float 0..1 -> one HxW CPU float32 mask per reference image.
+
+    One mask serves every image of the batch; otherwise there must be one mask per image."""
+    if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3):
+        raise ValueError(f"expected a ComfyUI MASK tensor [batch, height, width], got "
+                         f"{getattr(mask, 'shape', type(mask).__name__)}")
+    mask = (mask if mask.ndim == 3 else mask[None]).detach().to("cpu", torch.float32)
+    if mask.shape[0] not in (1, count):
+        raise ValueError(f"got {count} reference image(s) but {mask.shape[0]} masks: connect one mask for all "
+                         f"images, or one mask per image")
+    return list(mask.expand(count, -1, -1)) if mask.shape[0] == 1 else list(mask)

@@ -29,10 +29,22 @@ from .widgets import apply_variant_rules, number_widget
 log = logging.getLogger(__name__)
 
 MAX_BLEND_INPUTS = 4
+CROP_TOOLTIP = ("How the image is fitted to SigLIP's square input. center: the largest centred square (ComfyUI's "
+                "default); squash: the whole image, aspect not kept; pad: the whole image, aspect kept, grey bars "
+                "whose tokens are dropped.")
+CONDITIONING_TOOLTIP = "From Redux Encode (or its advanced version), Redux Combine or Redux + Prompt."
 
 
-def _track(key, device, modules, label) -> None:
+def track_loaded(key, device, modules, label) -> None:
+    """Register a cached model with ComfyUI's memory management (so 'free memory' unloads it)."""
     bridge.track_in_comfy_memory(key, device, bridge.module_bytes(*modules), label)
+
+
+def load_encoder(spec: ReduxEncoderSpec):
+    """The Redux encoder from the shared cache, registered with ComfyUI's memory management."""
+    encoder = load_redux_encoder(spec)
+    track_loaded(spec.cache_key(), encoder.device, (encoder.vision, encoder.projector), "Redux encoder")
+    return encoder
 
 
 # -- encode and blend --------------------------------------------------------------------------------------------
@@ -52,17 +64,13 @@ class FluxReduxEncode:
         return {"required": {
             "redux_encoder": ("REDUX_ENCODER", {"tooltip": "From Load Redux Encoder."}),
             "image": ("IMAGE", {"tooltip": "Reference image(s); every image of a batch is blended in."}),
-            "crop": (params.CROP_MODES, {"default": "center", "tooltip": (
-                "How the image is fitted to SigLIP's square input. center: the largest centred square "
-                "(ComfyUI's default); squash: the whole image, aspect not kept.")}),
+            "crop": (params.CROP_MODES, {"default": "center", "tooltip": CROP_TOOLTIP}),
         }}
 
     def encode(self, redux_encoder: ReduxEncoderSpec, image, crop):
         params.check_choice("crop", crop, params.CROP_MODES)
         images = images_from_comfy(image)
-        encoder = load_redux_encoder(redux_encoder)
-        _track(redux_encoder.cache_key(), encoder.device, (encoder.vision, encoder.projector), "Redux encoder")
-        return (encode(encoder, images, crop=crop),)
+        return (encode(load_encoder(redux_encoder), images, crop=crop),)
 
 
 class FluxReduxCombine:
@@ -71,8 +79,10 @@ class FluxReduxCombine:
     RETURN_TYPES = ("REDUX_CONDITIONING",)
     RETURN_NAMES = ("conditioning",)
     OUTPUT_TOOLTIPS = ("The weighted blend of the connected conditionings.",)
-    DESCRIPTION = ("Blend up to four Redux conditionings (multi-image blending): a weighted sum of their image "
-                   "tokens. Unconnected inputs are skipped; weight 0 leaves an input out.")
+    DESCRIPTION = ("Blend up to four Redux conditionings (multi-image blending). blend sum: a weighted sum of "
+                   "their image tokens (diffusers' Redux; needs equal token counts); concat: their tokens one after "
+                   "another (ComfyUI's chained Apply Style Model; any counts). Unconnected inputs are skipped; "
+                   "weight 0 leaves an input out. A prompt from Redux + Prompt is kept (the first one found).")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -82,16 +92,19 @@ class FluxReduxCombine:
         for n in range(2, MAX_BLEND_INPUTS + 1):
             optional[f"conditioning_{n}"] = ("REDUX_CONDITIONING", {"tooltip": f"Reference {n} (optional)."})
             optional[f"weight_{n}"] = weight(n)
+        optional["blend"] = (params.BLEND_MODES, {"default": "sum", "tooltip": (  # last: older saved graphs still load
+            "sum: add the weighted tokens (diffusers' Redux; inputs must have the same token count); concat: put "
+            "them one after another (ComfyUI's chained Apply Style Model; any downsampling or masks).")})
         return {"required": {"conditioning_1": ("REDUX_CONDITIONING", {"tooltip": "Reference 1."}),
                              "weight_1": weight(1)},
                 "optional": optional}
 
-    def combine(self, conditioning_1: ReduxConditioning, weight_1: float, **more):
+    def combine(self, conditioning_1: ReduxConditioning, weight_1: float, blend: str = "sum", **more):
         items = [(conditioning_1, weight_1)]
         for n in range(2, MAX_BLEND_INPUTS + 1):
             if more.get(f"conditioning_{n}") is not None:
                 items.append((more[f"conditioning_{n}"], more.get(f"weight_{n}", params.REFERENCE_WEIGHT.default)))
-        return (ReduxConditioning.combine(items),)
+        return (ReduxConditioning.combine(items, blend),)
 
 
 # -- generate ----------------------------------------------------------------------------------------------------
@@ -137,7 +150,7 @@ class FluxReduxGenerate:
     def INPUT_TYPES(cls):
         return {"required": {
             "model": ("FLUX_REDUX_MODEL", {"tooltip": "From Load FLUX Model."}),
-            "conditioning": ("REDUX_CONDITIONING", {"tooltip": "From Redux Encode or Redux Combine."}),
+            "conditioning": ("REDUX_CONDITIONING", {"tooltip": CONDITIONING_TOOLTIP}),
             "image_size": (params.IMAGE_SIZE_CHOICES, {"default": params.DEFAULT_IMAGE_SIZE, "tooltip": (
                 "Output size: " + ", ".join(f"{k} {w}x{h}" for k, (w, h) in params.SIZE_PRESETS.items())
                 + "; custom uses width and height.")}),
@@ -168,26 +181,32 @@ class FluxReduxGenerate:
     def generate(self, model: FluxModelSpec, conditioning: ReduxConditioning, image_size, width, height,
                  num_inference_steps, guidance_scale, seed, num_images):
         settings = (image_size, width, height, num_inference_steps, guidance_scale, seed, num_images)
-        gen, warnings = plan_generation(model_variant(model), *settings)  # before any model work
+        return run_generation(model, conditioning, settings)
+
+
+def run_generation(model: FluxModelSpec, conditioning: ReduxConditioning, settings: tuple, **img2img):
+    """(images, info JSON) for the generate nodes; settings = the GENERATE widgets in order. Validation comes
+    before any model work; img2img is `init_image=` and `denoise=`, passed to the engine."""
+    gen, warnings = plan_generation(model_variant(model), *settings)
+    bridge.check_interrupt()
+    flux = load_flux_model(model)
+    track_loaded(model.cache_key(), flux.device, (flux.pipe.transformer, flux.pipe.vae), f"FLUX.1 {flux.variant}")
+    if flux.variant != gen.variant:  # only if the weights disagree with their header/config
+        gen, warnings = plan_generation(flux.variant, *settings)
+    for warning in warnings:
+        log.warning("FLUX Redux Generate: %s", warning)
+
+    progress = bridge.Progress(gen.num_inference_steps)
+    preview = bridge.make_previewer(flux.device, flux.pipe.vae.config.latent_channels, flux.pipe.vae_scale_factor,
+                                    gen.height, gen.width)
+
+    def on_step(step, total, latents):
+        progress.update(step, total, preview(latents) if preview is not None else None)
         bridge.check_interrupt()
-        flux = load_flux_model(model)
-        _track(model.cache_key(), flux.device, (flux.pipe.transformer, flux.pipe.vae), f"FLUX.1 {flux.variant}")
-        if flux.variant != gen.variant:  # only if the weights disagree with their header/config
-            gen, warnings = plan_generation(flux.variant, *settings)
-        for warning in warnings:
-            log.warning("FLUX Redux Generate: %s", warning)
 
-        progress = bridge.Progress(gen.num_inference_steps)
-        preview = bridge.make_previewer(flux.device, flux.pipe.vae.config.latent_channels, flux.pipe.vae_scale_factor,
-                                        gen.height, gen.width)
-
-        def on_step(step, total, latents):
-            progress.update(step, total, preview(latents) if preview is not None else None)
-            bridge.check_interrupt()
-
-        result = generate(flux, conditioning, gen, on_step=on_step)
-        info = dict(result.metadata, warnings=warnings)
-        return (result.images, json.dumps(info))
+    result = generate(flux, conditioning, gen, on_step=on_step, **img2img)
+    info = dict(result.metadata, warnings=warnings)
+    return (result.images, json.dumps(info))
 
 
 class FluxReduxUnload:

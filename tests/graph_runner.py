@@ -6,7 +6,9 @@
 - `validate_workflow(ui, classes)`: check a saved UI workflow against node definitions; returns problems.
 - `to_api(ui, classes)`: the API format that `POST /prompt` takes ({id: {class_type, inputs}}).
 - `execute(api, classes)`: validate like ComfyUI's server, then run the nodes that output nodes need.
-Built-in LoadImage / SaveImage / PreviewImage stand-ins read INPUT_DIR and write OUTPUT_DIR (set by tests).
+Built-in LoadImage / SaveImage / PreviewImage stand-ins read INPUT_DIR and write OUTPUT_DIR (set by tests);
+DualCLIPLoader (type flux) / CLIPTextEncode stand-ins load the tiny CLIP + T5 files of TEXT_ENCODERS_DIR
+(tiny_models.write_text_encoders) and return a ComfyUI-shaped CONDITIONING.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from PIL import Image
 
 INPUT_DIR: Path | None = None
 OUTPUT_DIR: Path | None = None
+TEXT_ENCODERS_DIR: Path | None = None
+T5_MIN_TOKENS = 256  # ComfyUI pads FLUX's T5 prompt to at least 256 tokens
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 SEED_NAMES = {"seed", "noise_seed"}
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
@@ -38,10 +42,12 @@ class LoadImage:
 
     def load_image(self, image):
         with Image.open(INPUT_DIR / image) as im:
+            alpha = "A" in im.getbands() or "transparency" in im.info
             rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
         pixels = torch.from_numpy(rgba[..., :3].copy())[None]
-        mask = 1.0 - torch.from_numpy(rgba[..., 3].copy())[None]  # ComfyUI: mask = 1 - alpha
-        return pixels, mask
+        if not alpha:  # ComfyUI: an empty 64x64 mask when the image has no alpha
+            return pixels, torch.zeros(1, 64, 64)
+        return pixels, 1.0 - torch.from_numpy(rgba[..., 3].copy())[None]  # ComfyUI: mask = 1 - alpha
 
 
 class SaveImage:
@@ -74,7 +80,61 @@ class PreviewImage:
         return {"ui": {"images": [{"shape": list(images.shape), "type": "temp"}]}}
 
 
-BUILTINS = {"LoadImage": LoadImage, "SaveImage": SaveImage, "PreviewImage": PreviewImage}
+class TinyFluxClip:
+    """What DualCLIPLoader (type flux) gives CLIPTextEncode: CLIP-L and T5 with their tokenizers (tiny here)."""
+
+    def __init__(self, files: list[Path]):
+        from safetensors.torch import load_file
+
+        import tiny_models as tm
+
+        self.clip, self.t5 = tm.make_clip_text(seed=0), tm.make_t5(seed=0)
+        self.clip_tokens, self.t5_tokens = tm.make_tokenizer(77), tm.make_tokenizer(512)
+        for path in files:  # like ComfyUI, tell the two apart by their keys
+            state = load_file(str(path))
+            if any(k.startswith("text_model.") for k in state):
+                self.clip.load_state_dict({k.removeprefix("text_model."): v for k, v in state.items()})
+            else:
+                self.t5.load_state_dict(state, strict=False)  # the file leaves out the tied embed_tokens
+
+    @torch.no_grad()
+    def encode(self, text: str) -> list:
+        ids = lambda tok, n: tok(text, padding="max_length", max_length=n, truncation=True,  # noqa: E731
+                                 return_tensors="pt").input_ids
+        tokens = self.t5(ids(self.t5_tokens, T5_MIN_TOKENS)).last_hidden_state
+        pooled = self.clip(ids(self.clip_tokens, 77)).pooler_output
+        return [[tokens, {"pooled_output": pooled}]]
+
+
+class DualCLIPLoader:
+    CATEGORY, FUNCTION, RETURN_TYPES = "advanced/loaders", "load_clip", ("CLIP",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        files = sorted(p.name for p in TEXT_ENCODERS_DIR.iterdir()) if TEXT_ENCODERS_DIR else []
+        return {"required": {"clip_name1": (files,), "clip_name2": (files,),
+                             "type": (["sdxl", "sd3", "flux", "hunyuan_video", "hidream"],)},
+                "optional": {"device": (["default", "cpu"], {"advanced": True})}}
+
+    def load_clip(self, clip_name1, clip_name2, type, device="default"):
+        if type != "flux":
+            raise NotImplementedError(f"the test stand-in loads type flux only, not {type}")
+        return (TinyFluxClip([TEXT_ENCODERS_DIR / clip_name1, TEXT_ENCODERS_DIR / clip_name2]),)
+
+
+class CLIPTextEncode:
+    CATEGORY, FUNCTION, RETURN_TYPES = "conditioning", "encode", ("CONDITIONING",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"text": ("STRING", {"multiline": True, "dynamicPrompts": True}), "clip": ("CLIP",)}}
+
+    def encode(self, clip, text):
+        return (clip.encode(text),)
+
+
+BUILTINS = {"LoadImage": LoadImage, "SaveImage": SaveImage, "PreviewImage": PreviewImage,
+            "DualCLIPLoader": DualCLIPLoader, "CLIPTextEncode": CLIPTextEncode}
 
 
 # -- node definitions --------------------------------------------------------------------------------------------

@@ -11,16 +11,22 @@ from PIL import Image
 from packloader import ROOT, pack, submodule
 
 import graph_runner as gr
+import tiny_models
 
 params = submodule("pipelines.params")
 bridge = submodule("nodes.comfy_bridge")
 local = submodule("nodes.local")
+restyle = submodule("nodes.restyle")
 
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 LOCAL_WORKFLOWS = ["local_dev_variation.json", "local_schnell_variation.json", "blend_two_references.json",
                    "batch4_custom_size.json"]
-COMFY_BUILTINS_USED = {"LoadImage", "SaveImage", "PreviewImage", "PreviewAny", "Note", "MarkdownNote"}
-REMOTE_TYPES = frozenset(t for t in pack.NODE_CLASS_MAPPINGS if t not in local.NODE_CLASS_MAPPINGS)
+RESTYLE_WORKFLOWS = ["restyle_with_prompt.json", "style_transfer_img2img.json", "masked_reference.json"]
+COMFY_BUILTINS_USED = {"LoadImage", "SaveImage", "PreviewImage", "PreviewAny", "Note", "MarkdownNote",
+                       "DualCLIPLoader", "CLIPTextEncode"}
+LOCAL_TYPES = {**local.NODE_CLASS_MAPPINGS, **restyle.NODE_CLASS_MAPPINGS}
+REMOTE_TYPES = frozenset(t for t in pack.NODE_CLASS_MAPPINGS if t not in LOCAL_TYPES)
+GENERATE_TYPES = ("FluxReduxGenerate", "FluxReduxGenerateImg2Img")
 
 
 class PreviewAny:
@@ -40,14 +46,17 @@ CLASSES = {**pack.NODE_CLASS_MAPPINGS, **gr.BUILTINS, "PreviewAny": PreviewAny}
 
 @pytest.fixture(scope="module", autouse=True)
 def comfy_folders(models, tmp_path_factory):
-    """ComfyUI's input/ (with its example.png) and output/, and the tiny models as models/."""
+    """ComfyUI's input/ (with its example.png) and output/, the tiny models as models/ and tiny text encoders
+    as models/text_encoders (for the DualCLIPLoader stand-in)."""
     inputs, outputs = tmp_path_factory.mktemp("input"), tmp_path_factory.mktemp("output")
     pixels = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(inputs / "example.png")
-    saved = bridge.MODELS_ROOT, gr.INPUT_DIR, gr.OUTPUT_DIR
+    text_encoders = tiny_models.write_text_encoders(tmp_path_factory.mktemp("text"))["clip_file"].parent
+    saved = bridge.MODELS_ROOT, gr.INPUT_DIR, gr.OUTPUT_DIR, gr.TEXT_ENCODERS_DIR
     bridge.MODELS_ROOT, gr.INPUT_DIR, gr.OUTPUT_DIR = models["root"], inputs, outputs
+    gr.TEXT_ENCODERS_DIR = text_encoders
     yield
-    bridge.MODELS_ROOT, gr.INPUT_DIR, gr.OUTPUT_DIR = saved
+    bridge.MODELS_ROOT, gr.INPUT_DIR, gr.OUTPUT_DIR, gr.TEXT_ENCODERS_DIR = saved
 
 
 def load(name):
@@ -55,7 +64,7 @@ def load(name):
 
 
 def generate_nodes(api):
-    return {k: v for k, v in api.items() if v["class_type"] == "FluxReduxGenerate"}
+    return {k: v for k, v in api.items() if v["class_type"] in GENERATE_TYPES}
 
 
 def shrink(api, steps=2):
@@ -77,7 +86,7 @@ def saved_since(count):
 # -- static checks ------------------------------------------------------------------------------------------------
 
 def test_the_local_workflows_exist():
-    assert set(LOCAL_WORKFLOWS) <= {p.name for p in WORKFLOWS}
+    assert set(LOCAL_WORKFLOWS + RESTYLE_WORKFLOWS) <= {p.name for p in WORKFLOWS}
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
@@ -89,9 +98,11 @@ def test_workflow_matches_node_definitions(path):
     assert types <= set(pack.NODE_CLASS_MAPPINGS) | COMFY_BUILTINS_USED
     notes = [n["widgets_values"][0] for n in ui["nodes"] if n["type"] in ("Note", "MarkdownNote")]
     assert notes, "each workflow has a Note saying which model files go where"
-    if path.name in LOCAL_WORKFLOWS:
+    if path.name in LOCAL_WORKFLOWS + RESTYLE_WORKFLOWS:
         for folder in ("style_models/", "clip_vision/", "vae/", "diffusion_models/"):
             assert any(folder in note for note in notes), folder
+    if "DualCLIPLoader" in types:
+        assert any("text_encoders/t5xxl" in note and "text_encoders/clip_l" in note for note in notes)
     api = gr.to_api(ui, CLASSES)
     assert all(n["class_type"] not in ("Note", "MarkdownNote") for n in api.values())
     assert any(n["class_type"] in ("SaveImage", "PreviewImage") for n in api.values())
@@ -114,6 +125,7 @@ def test_local_workflow_settings():
     combine = [n for n in gr.to_api(load("blend_two_references.json"), CLASSES).values()
                if n["class_type"] == "FluxReduxCombine"][0]["inputs"]
     assert isinstance(combine["conditioning_2"], list) and combine["weight_1"] != combine["weight_2"]
+    assert combine["blend"] == "sum"
 
 
 @pytest.mark.parametrize("mutate, problem", [
@@ -218,7 +230,8 @@ def test_prompt_validation_rejects_bad_values_before_running(changes, message):
     assert submodule("pipelines.cache").CACHE.loads == loads
 
 
-@pytest.mark.parametrize("path", [p for p in WORKFLOWS if p.name not in LOCAL_WORKFLOWS], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [p for p in WORKFLOWS if p.name not in LOCAL_WORKFLOWS + RESTYLE_WORKFLOWS],
+                         ids=lambda p: p.name)
 def test_other_workflows_run_up_to_remote_nodes(path):
     """Remote workflows: everything but the remote node (and what depends on it) runs; no network."""
     api = gr.to_api(json.loads(path.read_text()), CLASSES)
@@ -226,3 +239,59 @@ def test_other_workflows_run_up_to_remote_nodes(path):
     assert remote
     results = gr.execute(api, CLASSES, skip_types=REMOTE_TYPES)
     assert not set(remote) & set(results)
+
+
+# -- restyle workflows ------------------------------------------------------------------------------------------------
+
+def node_of(api, kind):
+    return next((k, v) for k, v in api.items() if v["class_type"] == kind)
+
+
+def run_graph(api):
+    before = len(gr.SaveImage.saved)
+    return gr.execute(api, CLASSES), saved_since(before)
+
+
+def test_restyle_with_prompt_workflow_runs():
+    """DualCLIPLoader + CLIPTextEncode (stand-ins with the tiny T5 and CLIP-L) feed Redux + Prompt."""
+    api = shrink(gr.to_api(load("restyle_with_prompt.json"), CLASSES))
+    (_, gen), = generate_nodes(api).items()
+    prompt_id, prompt = node_of(api, "FluxReduxPrompt")
+    assert api[prompt["inputs"]["prompt"][0]]["class_type"] == "CLIPTextEncode"
+    results, files = run_graph(api)
+    cond = results[prompt_id][0]
+    assert cond.text.embeds.shape == (1, gr.T5_MIN_TOKENS, tiny_models.JOINT_WIDTH)
+    assert cond.text.pooled.shape == (1, tiny_models.POOLED_WIDTH)
+    assert cond.token_count == 1  # the tiny 4x4 grid downsampled by 3 (27x27 -> 9x9 for FLUX)
+    size = (gen["inputs"]["width"], gen["inputs"]["height"])
+    assert len(files) == 1 and Image.open(files[0]).size == size
+
+
+def test_style_transfer_workflow_keeps_the_photo_aspect(monkeypatch):
+    monkeypatch.setattr(restyle, "MATCH_PIXELS", 384 * 288)  # about 1 MP as shipped; same code path
+    api = gr.to_api(load("style_transfer_img2img.json"), CLASSES)
+    (gen_id, gen), = generate_nodes(api).items()
+    assert (gen["inputs"]["image_size"], gen["inputs"]["denoise"]) == ("match_init_image", 0.75)
+    gen["inputs"]["num_inference_steps"] = 4
+    results, files = run_graph(api)
+    images, info = results[gen_id]
+    assert images.shape == (1, 288, 384, 3)  # example.png is 128x96: its 4:3 aspect is kept
+    info = json.loads(info)
+    assert (info["img2img"], info["denoise"], info["steps_run"]) == (True, 0.75, 3)
+    assert len(files) == 1
+
+
+def test_masked_reference_workflow_uses_the_painted_mask():
+    rgba = np.random.default_rng(1).integers(0, 256, (96, 128, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    rgba[16:80, 8:72, 3] = 0  # painted in the Mask Editor: transparent, so LoadImage's MASK is 1 there
+    Image.fromarray(rgba, "RGBA").save(gr.INPUT_DIR / "painted.png")
+    api = shrink(gr.to_api(load("masked_reference.json"), CLASSES))
+    load_id, loader = node_of(api, "LoadImage")
+    encode_id, encode = node_of(api, "FluxReduxEncodeAdvanced")
+    assert encode["inputs"]["mask"] == [load_id, 1] and encode["inputs"]["autocrop"] is True
+    with pytest.raises(ValueError, match="mask 1 is empty .* Mask Editor"):  # as shipped: nothing painted yet
+        gr.execute(api, CLASSES)
+    loader["inputs"]["image"] = "painted.png"
+    results, files = run_graph(api)
+    assert 0 < results[encode_id][0].token_count < 16 and len(files) == 1  # pad bars' tokens are dropped

@@ -1,0 +1,187 @@
+"""Restyle nodes: Redux Encode (advanced), Redux + Prompt, Redux Generate img2img.
+
+They add the restyle controls of the engine (strength, token-grid downsampling, masks, crop modes, auto-crop,
+prompt mixing with ComfyUI's own CLIPTextEncode output, img2img) to the local graph. Like the other nodes they
+only declare, convert and validate (before any model work); the work is in ..pipelines.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from ..pipelines import params
+from ..pipelines.models import FluxModelSpec, ReduxEncoderSpec
+from ..pipelines.redux import ReduxConditioning, TextConditioning, encode
+from .convert import image_batch_to_pils, images_from_comfy, masks_from_comfy
+from . import local
+from .local import FluxReduxEncode, FluxReduxGenerate, run_generation
+from .widgets import number_widget
+
+CATEGORY = "FLUX Redux/restyle"
+STRENGTH = replace(params.REFERENCE_WEIGHT, name="strength")
+MATCH_INIT = "match_init_image"
+IMG2IMG_SIZE_CHOICES = (MATCH_INIT, *params.IMAGE_SIZE_CHOICES)
+MATCH_PIXELS = 1024 * 1024  # match_init_image: about one megapixel, FLUX's native size
+
+
+class FluxReduxEncodeAdvanced:
+    CATEGORY = CATEGORY
+    FUNCTION = "encode"
+    RETURN_TYPES = ("REDUX_CONDITIONING",)
+    RETURN_NAMES = ("conditioning",)
+    OUTPUT_TOOLTIPS = ("Redux image tokens: connect to Redux + Prompt, Redux Combine or a Redux Generate node.",)
+    DESCRIPTION = ("Encode a reference with the restyle controls: strength multiplies its tokens, downsampling "
+                   "shrinks the 27x27 token grid so the reference copies less and a prompt says more, a mask keeps "
+                   "only the tokens it covers (optionally after auto-cropping to the mask), and crop pad keeps the "
+                   "whole image at its aspect. With every control at its default it equals Redux Encode.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        inputs = dict(FluxReduxEncode.INPUT_TYPES()["required"])  # redux_encoder, image, crop
+        inputs["image"] = ("IMAGE", {"tooltip": "Reference image(s); the images of a batch are summed, each with "
+                                                "this strength."})
+        return {"required": {
+            **inputs,
+            "strength": ("FLOAT", number_widget(STRENGTH, (
+                "Multiplies this reference's Redux tokens: below 1 loosens its hold on the result, above 1 "
+                "tightens it, 0 leaves it out."))),
+            "downsample_factor": ("FLOAT", number_widget(params.DOWNSAMPLE_FACTOR, (
+                "Shrinks the 27x27 grid of Redux tokens by this factor (3 gives 9x9 = 81 tokens), so the reference "
+                "dictates less detail and a prompt has more say; 1 keeps every token."))),
+            "downsample_mode": (params.DOWNSAMPLE_MODES, {"default": "area", "tooltip": (
+                "How tokens are merged when downsampling: area averages them (smoothest), bilinear and bicubic "
+                "interpolate, nearest keeps one of each group.")}),
+            "autocrop": ("BOOLEAN", {"default": False, "tooltip": (
+                "Crop the reference to the mask's bounding box (plus autocrop_margin) before encoding, so the "
+                "masked subject fills SigLIP's view; needs a mask.")}),
+            "autocrop_margin": ("INT", number_widget(params.AUTOCROP_MARGIN, (
+                "Pixels kept around the mask's bounding box when autocrop is on."))),
+        }, "optional": {
+            "mask": ("MASK", {"tooltip": (
+                "Only the Redux tokens this mask covers (1 = keep) count; it is resized to the image and follows "
+                "the crop. LoadImage's MASK is the area painted in its Mask Editor.")}),
+        }}
+
+    def encode(self, redux_encoder: ReduxEncoderSpec, image, crop, strength, downsample_factor, downsample_mode,
+               autocrop, autocrop_margin, mask=None):
+        params.check_choice("crop", crop, params.CROP_MODES)  # everything is checked before the encoder loads
+        params.check_choice("downsample_mode", downsample_mode, params.DOWNSAMPLE_MODES)
+        params.DOWNSAMPLE_FACTOR.validate(downsample_factor)
+        strength = STRENGTH.validate(strength)
+        images = images_from_comfy(image)
+        masks = None if mask is None else masks_from_comfy(mask, len(images))
+        if autocrop:
+            if masks is None:
+                raise ValueError("autocrop needs a mask: connect a MASK (e.g. LoadImage's, painted in its Mask "
+                                 "Editor) or turn autocrop off")
+            params.AUTOCROP_MARGIN.validate(autocrop_margin)
+        for n, m in enumerate(masks or [], 1):
+            if float(m.max()) < 0.5:
+                raise ValueError(f"mask {n} is empty (no value >= 0.5), so no Redux token would be kept. LoadImage "
+                                 "gives an empty mask when nothing was painted: open the reference in the Mask "
+                                 "Editor and paint the part to keep, or disconnect the mask")
+        return (encode(local.load_encoder(redux_encoder), images, [strength] * len(images), crop, masks=masks,
+                       downsample_factor=downsample_factor, downsample_mode=downsample_mode,
+                       autocrop_margin=autocrop_margin if autocrop else None),)
+
+
+class FluxReduxPrompt:
+    CATEGORY = CATEGORY
+    FUNCTION = "apply"
+    RETURN_TYPES = ("REDUX_CONDITIONING",)
+    RETURN_NAMES = ("conditioning",)
+    OUTPUT_TOOLTIPS = ("The Redux conditioning with the prompt put before its image tokens.",)
+    DESCRIPTION = ("Mix a text prompt into the Redux conditioning: the prompt's T5 tokens come first and the Redux "
+                   "image tokens follow (as diffusers' Redux pipeline does), each with its own scale. The prompt is "
+                   "ComfyUI's CLIPTextEncode output with a FLUX DualCLIPLoader (t5xxl + clip_l), so no second T5 "
+                   "is loaded. Put it after Redux Combine to prompt a blend; a later prompt replaces an earlier one.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "conditioning": ("REDUX_CONDITIONING", {"tooltip": "From Redux Encode (advanced) or Redux Combine."}),
+            "prompt_scale": ("FLOAT", number_widget(params.PROMPT_SCALE, (
+                "Multiplies the prompt's T5 tokens: 0 silences the text, higher values let it steer more against "
+                "the image tokens."))),
+            "pooled_scale": ("FLOAT", number_widget(params.POOLED_SCALE, (
+                "Multiplies the prompt's pooled CLIP-L vector (FLUX's global summary of the text); 0 leaves it "
+                "out, as Redux alone does."))),
+        }, "optional": {
+            "prompt": ("CONDITIONING", {"tooltip": (
+                "From CLIPTextEncode fed by DualCLIPLoader with type flux (t5xxl + clip_l); unconnected, the "
+                "conditioning passes through unchanged.")}),
+        }}
+
+    def apply(self, conditioning: ReduxConditioning, prompt_scale, pooled_scale, prompt=None):
+        params.PROMPT_SCALE.validate(prompt_scale)
+        params.POOLED_SCALE.validate(pooled_scale)
+        if prompt is None:
+            return (conditioning,)
+        text = TextConditioning.from_comfy(prompt)
+        if text.embeds.shape[-1] != conditioning.width:
+            raise ValueError(f"the prompt CONDITIONING is {text.embeds.shape[-1]} wide but the Redux tokens are "
+                             f"{conditioning.width} wide: encode the prompt with DualCLIPLoader type flux (t5xxl + "
+                             "clip_l) and CLIPTextEncode; SD 1.5 or SDXL text conditionings do not fit FLUX")
+        return (conditioning.with_prompt(text, prompt_scale, pooled_scale),)
+
+
+def match_size(width: int, height: int, pixels: int | None = None) -> tuple[int, int]:
+    """An output size with the aspect of width x height, about `pixels` in area, sides multiples of 16."""
+    scale = math.sqrt((pixels or MATCH_PIXELS) / (width * height))
+    side = lambda v, spec: int(min(spec.maximum, max(spec.minimum, round(v * scale / 16) * 16)))  # noqa: E731
+    return side(width, params.WIDTH), side(height, params.HEIGHT)
+
+
+class FluxReduxGenerateImg2Img:
+    CATEGORY = CATEGORY
+    FUNCTION = "generate"
+    RETURN_TYPES = ("IMAGE", "STRING")
+    RETURN_NAMES = ("images", "info")
+    OUTPUT_TOOLTIPS = FluxReduxGenerate.OUTPUT_TOOLTIPS
+    DESCRIPTION = ("Restyle a picture: start from init_image instead of pure noise and redraw it toward the Redux "
+                   "conditioning (diffusers' FLUX img2img, same embeddings as Redux Generate). denoise sets how "
+                   "much is redrawn. The other widgets are Redux Generate's, with the same rules; image_size "
+                   "match_init_image keeps the picture's aspect ratio.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        inputs = dict(FluxReduxGenerate.INPUT_TYPES()["required"])
+        inputs["image_size"] = (IMG2IMG_SIZE_CHOICES, {"default": MATCH_INIT, "tooltip": (
+            "match_init_image: the init image's aspect ratio at about one megapixel (sides multiples of 16); the "
+            "presets and custom are as in Redux Generate.")})
+        inputs["init_image"] = ("IMAGE", {"tooltip": "The picture to restyle (one image); it is resized to the "
+                                                     "output size."})
+        inputs["denoise"] = ("FLOAT", number_widget(params.DENOISE, (
+            "How much of init_image is redrawn: 1.0 ignores it, about 0.3 keeps its layout and colours; only "
+            "steps x denoise of the steps run."), round=0.01))
+        return {"required": inputs}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, image_size=None, width=None, height=None):
+        return image_size == MATCH_INIT or FluxReduxGenerate.VALIDATE_INPUTS(image_size, width, height)
+
+    def generate(self, model: FluxModelSpec, conditioning: ReduxConditioning, image_size, width, height,
+                 num_inference_steps, guidance_scale, seed, num_images, init_image, denoise):
+        denoise = params.DENOISE.validate(denoise)
+        pictures = image_batch_to_pils(init_image)
+        if len(pictures) != 1:
+            raise ValueError(f"init_image is a batch of {len(pictures)} images; this node restyles one: pick one "
+                             "with ImageFromBatch, or queue one run per image")
+        params.check_choice("image_size", image_size, IMG2IMG_SIZE_CHOICES)
+        if image_size == MATCH_INIT:
+            image_size, (width, height) = params.CUSTOM_SIZE, match_size(*pictures[0].size)
+        settings = (image_size, width, height, num_inference_steps, guidance_scale, seed, num_images)
+        return run_generation(model, conditioning, settings, init_image=pictures[0], denoise=denoise)
+
+
+NODE_CLASS_MAPPINGS = {
+    "FluxReduxEncodeAdvanced": FluxReduxEncodeAdvanced,
+    "FluxReduxPrompt": FluxReduxPrompt,
+    "FluxReduxGenerateImg2Img": FluxReduxGenerateImg2Img,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "FluxReduxEncodeAdvanced": "Redux Encode Advanced (FLUX Redux)",
+    "FluxReduxPrompt": "Redux + Prompt (FLUX Redux)",
+    "FluxReduxGenerateImg2Img": "Redux Generate img2img (FLUX Redux)",
+}
