@@ -11,13 +11,15 @@ from .cache import CACHE, ModelCache
 from .loading import LoadOptions
 from .models import FluxModel, FluxModelSpec, ReduxEncoder, ReduxEncoderSpec, load_flux_model, load_redux_encoder
 from .params import GenerationParams, ParameterError, resolve_size, validate_generation
-from .redux import ReduxConditioning, encode
+from .redux import ReduxConditioning, TextConditioning, encode
 from .sampling import GenerationAborted, GenerationResult, generate
+from .text import TextEncoderSpec, encode_prompt, load_text_encoders
 from .weights import FoundWeights, WeightsError, find_weights
 
 __all__ = [
     "CACHE", "ModelCache", "LoadOptions", "FluxModel", "FluxModelSpec", "ReduxEncoder", "ReduxEncoderSpec",
     "load_flux_model", "load_redux_encoder", "GenerationParams", "ParameterError", "resolve_size",
-    "validate_generation", "ReduxConditioning", "encode", "GenerationAborted", "GenerationResult", "generate",
+    "validate_generation", "ReduxConditioning", "TextConditioning", "encode", "TextEncoderSpec", "encode_prompt",
+    "load_text_encoders", "GenerationAborted", "GenerationResult", "generate",
     "FoundWeights", "WeightsError", "find_weights",
 ]
