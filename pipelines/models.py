@@ -39,6 +39,24 @@ class ReduxEncoderSpec:
         return ("redux", file_identity(self.redux), file_identity(self.siglip), self.options)
 
 
+def module_device(module: torch.nn.Module) -> torch.device:
+    """Where `module` computes right now: an offload hook's execution device, else where its weights are.
+
+    Read at call time, never remembered from load time: ComfyUI's memory manager may move modules later.
+    """
+    from diffusers.hooks.group_offloading import _get_group_onload_device
+
+    for sub in module.modules():
+        hook_device = getattr(getattr(sub, "_hf_hook", None), "execution_device", None)
+        if hook_device is not None:
+            return torch.device(hook_device)
+    try:
+        return torch.device(_get_group_onload_device(module))
+    except ValueError:
+        pass
+    return next(module.parameters()).device
+
+
 class FluxModel:
     """A FluxPipeline without text encoders, plus what the engine needs to know about it."""
 
@@ -48,6 +66,16 @@ class FluxModel:
     @property
     def transformer_config(self):
         return self.pipe.transformer.config
+
+    @property
+    def execution_device(self) -> torch.device:
+        """The device diffusers runs the denoising loop on now (offload hooks included)."""
+        return self.pipe._execution_device
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The transformer's compute dtype (fp8 storage reports its compute dtype)."""
+        return self.pipe.transformer.dtype
 
     def release(self) -> None:
         """Detach offload hooks and drop the modules so their memory can be freed."""
@@ -74,6 +102,10 @@ class ReduxEncoder:
     def token_width(self) -> int:
         return self.projector.config.txt_in_features
 
+    @property
+    def execution_device(self) -> torch.device:
+        return module_device(self.vision)
+
     def release(self) -> None:
         self.vision = self.projector = None
 
@@ -97,13 +129,24 @@ def _build_flux(spec: FluxModelSpec) -> FluxModel:
     if offload != "none" and device.type == "cpu":
         log.warning("offload=%s ignored: the model already runs on the CPU", offload)
         offload = "none"
+    place_pipeline(pipe, offload, device)
+    return FluxModel(spec, pipe, variant, device, dtype)
+
+
+def place_pipeline(pipe, offload: str, device: torch.device) -> None:
+    """Put the pipeline's modules on `device`, or install diffusers' offload hooks that move them there.
+
+    group: transformer blocks one at a time, the next one copied ahead on a CUDA stream while one computes.
+    """
     if offload == "model":
         pipe.enable_model_cpu_offload(device=device)
+    elif offload == "group":
+        pipe.enable_group_offload(onload_device=device, offload_type="block_level", num_blocks_per_group=1,
+                                  use_stream=device.type == "cuda")
     elif offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
     else:
         pipe.to(device)
-    return FluxModel(spec, pipe, variant, device, dtype)
 
 
 def _build_redux(spec: ReduxEncoderSpec) -> ReduxEncoder:

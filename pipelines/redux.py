@@ -177,8 +177,11 @@ def image_tokens(encoder: ReduxEncoder, images, crop: str = "center", masks=None
         raise ValueError("no reference image given")
     prepared = [prepare(im, m, crop, autocrop_margin) for im, m in zip(singles, _split_masks(masks, len(singles)))]
     pixels = encoder.processor(images=[p for p, _ in prepared], return_tensors="pt")["pixel_values"]
-    features = encoder.vision(pixel_values=pixels.to(encoder.device, encoder.dtype)).last_hidden_state
-    return encoder.projector(features).image_embeds.float().cpu(), [m for _, m in prepared]
+    device = encoder.execution_device  # now, not at load: modules may have moved since
+    features = encoder.vision(pixel_values=pixels.to(device, encoder.vision.dtype)).last_hidden_state
+    projector_dtype = next(encoder.projector.parameters()).dtype
+    tokens = encoder.projector(features.to(projector_dtype)).image_embeds
+    return tokens.float().cpu(), [m for _, m in prepared]
 
 
 def encode(encoder: ReduxEncoder, images, weights: Sequence[float] | None = None, crop: str = "center", *,

@@ -107,7 +107,8 @@ def generate(model: FluxModel, conditioning: ReduxConditioning, gen: params.Gene
     kwargs = {} if gen.guidance_scale is None else {"guidance_scale": gen.guidance_scale}
     started = time.perf_counter()
     with torch.inference_mode():
-        output = pipe(prompt_embeds=prompt_embeds.to(model.dtype), pooled_prompt_embeds=pooled.to(model.dtype),
+        device, dtype = model.execution_device, model.compute_dtype  # now, not at load: modules may have moved
+        output = pipe(prompt_embeds=prompt_embeds.to(device, dtype), pooled_prompt_embeds=pooled.to(device, dtype),
                       height=gen.height, width=gen.width, num_inference_steps=gen.num_inference_steps,
                       num_images_per_prompt=gen.num_images, generator=generator, output_type="pt",
                       callback_on_step_end=step_end, **kwargs, **extra)

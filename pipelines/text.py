@@ -42,6 +42,11 @@ class TextEncoders:
     def __init__(self, spec: TextEncoderSpec, pipe, device: torch.device):
         self.spec, self.pipe, self.device = spec, pipe, device
 
+    @property
+    def execution_device(self) -> torch.device:
+        """Where the encoders compute now (read at call time: modules may have moved since loading)."""
+        return self.pipe._execution_device
+
     def release(self) -> None:
         self.pipe = None
 
@@ -148,6 +153,6 @@ def encode_prompt(encoders: TextEncoders, prompt: str, max_sequence_length: int 
     """T5 tokens [1, 512, 4096] and CLIP pooled [1, 768] for one prompt, as FluxPipeline computes them."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("prompt must be a non-empty string (leave the prompt out for a pure Redux variation)")
-    embeds, pooled, _ = encoders.pipe.encode_prompt(prompt=prompt, prompt_2=None, device=encoders.device,
+    embeds, pooled, _ = encoders.pipe.encode_prompt(prompt=prompt, prompt_2=None, device=encoders.execution_device,
                                                     max_sequence_length=max_sequence_length)
     return TextConditioning(embeds.float().cpu(), pooled.float().cpu())
