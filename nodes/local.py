@@ -204,7 +204,7 @@ def run_generation(model: FluxModelSpec, conditioning: ReduxConditioning, settin
         progress.update(step, total, preview(latents) if preview is not None else None)
         bridge.check_interrupt()
 
-    result = generate(flux, conditioning, gen, on_step=on_step, **img2img)
+    result = generate(flux, conditioning, gen, on_step=on_step, vae_tiling=model.options.vae_tiling, **img2img)
     info = dict(result.metadata, warnings=warnings)
     return (result.images, json.dumps(info))
 

@@ -102,9 +102,11 @@ class FluxReduxLoadModel:
             "weight_dtype": (WEIGHT_DTYPE_CHOICES, {"default": "default", "tooltip": (
                 "default: bf16 on CUDA, fp32 on CPU. bf16/fp16/fp32: that compute dtype. fp8: transformer "
                 "weights stored in float8 (about half the VRAM), computed in the default dtype.")}),
-            "offload": (params.OFFLOAD_CHOICES, {"default": "none", "tooltip": (
-                "none: all on the GPU. model: whole sub-models move to the GPU in turn (less VRAM). "
-                "sequential: layer by layer (least VRAM, slowest). Ignored on CPU.")}),
+            "offload": (params.OFFLOAD_CHOICES, {"default": "auto", "tooltip": (
+                "auto: fit the card from the file sizes and free VRAM (all on the GPU, else fp8 weights, else "
+                "group, else sequential; the choice is in the log and in info). none: all on the GPU. model: "
+                "whole sub-models in turn. group: blocks streamed in ahead of use. sequential: layer by layer "
+                "(least VRAM, slowest). Ignored on CPU.")}),
             "vae_tiling": (params.VAE_TILING_CHOICES, {"default": "auto", "tooltip": (
                 "Decode in tiles to save memory. auto: on above 2048x2048 pixels.")}),
             "device": (DEVICE_CHOICES, {"default": "auto", "tooltip": DEVICE_TOOLTIP}),

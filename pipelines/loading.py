@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,13 +24,17 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """How to place a model: device, compute dtype, fp8 weight storage, offload, VAE tiling."""
+    """How to place a model: device, compute dtype, fp8 weight storage, offload (auto: fit the card).
+
+    vae_tiling is only the default for generate()'s own argument: it changes no weights, so it is left out of
+    equality and hashing, and a model cached under other tiling is reused as it is.
+    """
 
     device: str = "auto"
     dtype: str = "auto"
     weight_storage: str = "default"
-    offload: str = "none"
-    vae_tiling: str = "auto"
+    offload: str = "auto"
+    vae_tiling: str = field(default="auto", compare=False)
 
     def __post_init__(self):
         params.check_choice("dtype", self.dtype, params.DTYPE_CHOICES)
@@ -51,6 +55,14 @@ class LoadOptions:
         if self.torch_device().type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
+
+
+def vae_dtype(compute: torch.dtype) -> torch.dtype:
+    """FLUX's VAE overflows in fp16: where fp16 is the compute dtype (no bf16 on the card) it runs in fp32."""
+    return torch.float32 if compute == torch.float16 else compute
+
+
+PROJECTOR_DTYPE = torch.float32  # the Redux projector is small (0.13 GB in bf16); fp32 keeps its tokens exact
 
 
 def folder_with(path: Path, sub: str, marker: str) -> Path | None:
@@ -197,7 +209,9 @@ def load_transformers_file(index: TensorIndex, model_class, make_config, prefix:
     if missing:
         raise WeightsError(f"{index.path}: lacks {len(missing)} of the tensors {model_class.__name__} needs "
                            f"(first: {missing[0]}); is it the right file for this slot?")
-    model.load_state_dict({k: tensors[k].to(dtype) for k in expected}, strict=True, assign=True)
+    keep = getattr(model_class, "_keep_in_fp32_modules", None) or []  # T5's `wo`: fp16 overflows without it
+    cast = {k: tensors[k].to(torch.float32 if any(f".{m}." in f".{k}" for m in keep) else dtype) for k in expected}
+    model.load_state_dict(cast, strict=True, assign=True)
     return model
 
 

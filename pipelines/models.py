@@ -10,8 +10,10 @@ import torch
 
 from . import params
 from .cache import CACHE, ModelCache, file_identity
-from .loading import (LoadOptions, load_redux_projector, load_scheduler, load_siglip, load_transformer,
-                      load_vae)
+from .loading import (PROJECTOR_DTYPE, LoadOptions, load_redux_projector, load_scheduler, load_siglip,
+                      load_transformer, load_vae, vae_dtype)
+from .placement import Placement, decide
+from .weights import file_params, transformer_footprint
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +59,28 @@ def module_device(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
-class FluxModel:
-    """A FluxPipeline without text encoders, plus what the engine needs to know about it."""
+def modules_bytes(modules) -> int:
+    """Bytes of every parameter and buffer (wherever they are: GPU, CPU, or quantized in GGUF blocks)."""
+    seen, total = set(), 0
+    for module in modules:
+        for tensor in (*module.parameters(), *module.buffers()):
+            if id(tensor) not in seen:
+                seen.add(id(tensor))
+                total += tensor.numel() * tensor.element_size()
+    return total
 
-    def __init__(self, spec: FluxModelSpec, pipe, variant: str, device: torch.device, dtype: torch.dtype):
+
+class FluxModel:
+    """A FluxPipeline without text encoders, plus what the engine needs to know about it.
+
+    Adapters use modules(), latent_channels and vae_scale_factor instead of reaching into the pipeline.
+    """
+
+    def __init__(self, spec: FluxModelSpec, pipe, variant: str, device: torch.device, dtype: torch.dtype,
+                 placement: Placement | None = None):
         self.spec, self.pipe, self.variant, self.device, self.dtype = spec, pipe, variant, device, dtype
+        self.placement = placement or Placement("none", spec.options.weight_storage, "placed by the caller")
+        self._img2img = None
 
     @property
     def transformer_config(self):
@@ -77,11 +96,34 @@ class FluxModel:
         """The transformer's compute dtype (fp8 storage reports its compute dtype)."""
         return self.pipe.transformer.dtype
 
+    @property
+    def latent_channels(self) -> int:
+        return self.pipe.vae.config.latent_channels
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return self.pipe.vae_scale_factor
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"transformer": self.pipe.transformer, "vae": self.pipe.vae}
+
+    def memory_bytes(self) -> int:
+        return modules_bytes(self.modules().values()) if self.pipe is not None else 0
+
+    def img2img_pipe(self):
+        """diffusers' FLUX img2img pipeline over the same modules (no second copy of the weights)."""
+        from diffusers import FluxImg2ImgPipeline
+
+        if self._img2img is None:
+            self._img2img = FluxImg2ImgPipeline(**{k: self.pipe.components[k] for k in (
+                "scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "transformer")})
+        return self._img2img
+
     def release(self) -> None:
-        """Detach offload hooks and drop the modules so their memory can be freed."""
+        """Detach offload hooks and drop every pipeline over the modules, so their memory can be freed."""
         if self.pipe is not None:
             self.pipe.remove_all_hooks()
-            self.pipe = None
+        self.pipe = self._img2img = None
 
     def __repr__(self) -> str:
         return f"FluxModel({self.variant}, {Path(self.spec.transformer).name}, {self.device}, {self.dtype})"
@@ -106,8 +148,42 @@ class ReduxEncoder:
     def execution_device(self) -> torch.device:
         return module_device(self.vision)
 
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"vision": self.vision, "projector": self.projector}
+
+    def memory_bytes(self) -> int:
+        return modules_bytes(self.modules().values()) if self.vision is not None else 0
+
     def release(self) -> None:
         self.vision = self.projector = None
+
+
+def resolve_placement(spec: FluxModelSpec, device: torch.device, dtype: torch.dtype) -> Placement:
+    """The user's explicit choice, or (auto) the decision for these files on this card's free VRAM."""
+    opts = spec.options
+    if opts.offload != "auto":
+        offload = opts.offload
+        if offload != "none" and device.type != "cuda":
+            log.warning("offload=%s ignored: it needs a CUDA device, the model runs on %s", offload, device)
+            offload = "none"
+        return Placement(offload, opts.weight_storage, "chosen in the options")
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    vae = file_params(spec.vae) * vae_dtype(dtype).itemsize
+    return decide(transformer_footprint(spec.transformer), vae, free, dtype.itemsize, opts.weight_storage)
+
+
+def match_vae_io(vae: torch.nn.Module, compute: torch.dtype) -> None:
+    """A VAE kept in another dtype than the transformer (fp32 next to fp16) casts what it is handed, and the
+    encoder hands its latents back in the compute dtype, so diffusers' pipelines need not know."""
+    vae_dtype_ = vae.dtype
+
+    def cast_in(_module, args, kwargs):
+        cast = lambda t: t.to(vae_dtype_) if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa: E731
+        return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
+
+    for part in (vae.encoder, vae.decoder):
+        part.register_forward_pre_hook(cast_in, with_kwargs=True)
+    vae.encoder.register_forward_hook(lambda _m, _a, out: out.to(compute))
 
 
 def _build_flux(spec: FluxModelSpec) -> FluxModel:
@@ -115,22 +191,23 @@ def _build_flux(spec: FluxModelSpec) -> FluxModel:
 
     opts = spec.options
     device, dtype = opts.torch_device(), opts.torch_dtype()
+    placement = resolve_placement(spec, device, dtype)
+    log.info("FLUX placement for %s: %s", Path(spec.transformer).name, placement.describe())
     transformer, detected = load_transformer(spec.transformer, dtype)
     variant = detected if spec.variant == "auto" else params.variant_spec(spec.variant).name
     if variant != detected:
         log.warning("variant %s requested for %s, whose weights look like %s: using %s parameter ranges and "
                     "scheduler", variant, spec.transformer, detected, variant)
-    vae = load_vae(spec.vae, dtype)
-    if opts.weight_storage == "fp8":
+    vae = load_vae(spec.vae, vae_dtype(dtype))
+    if vae.dtype != dtype:
+        match_vae_io(vae, dtype)
+    if placement.weight_storage == "fp8":
         transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
     pipe = FluxPipeline(scheduler=load_scheduler(variant), vae=vae, text_encoder=None, tokenizer=None,
                         text_encoder_2=None, tokenizer_2=None, transformer=transformer)
-    offload = opts.offload
-    if offload != "none" and device.type == "cpu":
-        log.warning("offload=%s ignored: the model already runs on the CPU", offload)
-        offload = "none"
-    place_pipeline(pipe, offload, device)
-    return FluxModel(spec, pipe, variant, device, dtype)
+    place_pipeline(pipe, placement.offload, device)
+    # Speed options (compile, caches, attention backends) go here: after placement, before the first call.
+    return FluxModel(spec, pipe, variant, device, dtype, placement)
 
 
 def place_pipeline(pipe, offload: str, device: torch.device) -> None:
@@ -153,7 +230,7 @@ def _build_redux(spec: ReduxEncoderSpec) -> ReduxEncoder:
     opts = spec.options
     device, dtype = opts.torch_device(), opts.torch_dtype()
     vision, processor = load_siglip(spec.siglip, dtype)
-    projector = load_redux_projector(spec.redux, dtype)
+    projector = load_redux_projector(spec.redux, PROJECTOR_DTYPE)
     if projector.config.redux_dim != vision.config.hidden_size:
         raise ValueError(f"Redux projector {spec.redux} takes {projector.config.redux_dim}-wide SigLIP features "
                          f"but {spec.siglip} produces {vision.config.hidden_size}: pair flux1-redux-dev with "

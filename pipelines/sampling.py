@@ -51,19 +51,10 @@ def _check_variant(model: FluxModel, gen: params.GenerationParams) -> None:
                                     f"for {model.variant}")
 
 
-def _img2img_pipe(model: FluxModel):
-    """diffusers' FLUX img2img pipeline over the same modules (no second copy of the weights)."""
-    from diffusers import FluxImg2ImgPipeline
-
-    if getattr(model, "_img2img", None) is None:
-        model._img2img = FluxImg2ImgPipeline(**{k: model.pipe.components[k] for k in (
-            "scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "transformer")})
-    return model._img2img
-
-
 def generate(model: FluxModel, conditioning: ReduxConditioning, gen: params.GenerationParams, *,
              init_image=None, denoise: float = 1.0, on_step: StepCallback | None = None,
-             should_abort: Callable[[], bool] | None = None, show_progress: bool = False) -> GenerationResult:
+             should_abort: Callable[[], bool] | None = None, show_progress: bool = False,
+             vae_tiling: str | None = None) -> GenerationResult:
     """Run one batched call for gen.num_images images. Same inputs and seed give the same images.
 
     init_image starts from that picture instead of pure noise (img2img, resized to the output size);
@@ -71,6 +62,7 @@ def generate(model: FluxModel, conditioning: ReduxConditioning, gen: params.Gene
     runs only round(steps * denoise) of the steps.
     on_step runs after each denoising step (it may raise to abort, as ComfyUI's interrupt does);
     should_abort is polled at the same point and raises GenerationAborted when true.
+    vae_tiling (auto/on/off) decodes in tiles; None takes the model's load options' default.
     """
     _check_variant(model, gen)
     if model.pipe is None:
@@ -83,14 +75,15 @@ def generate(model: FluxModel, conditioning: ReduxConditioning, gen: params.Gene
         denoise = params.DENOISE.validate(denoise)
         extra = {"image": to_pil_rgb(init_image).resize((gen.width, gen.height), Image.LANCZOS),
                  "strength": denoise}
-        pipe = _img2img_pipe(model)
+        pipe = model.img2img_pipe()
     steps = gen.num_inference_steps
     steps_run = steps - int(max(steps - steps * denoise, 0)) if extra else steps  # diffusers' own rule
     config = pipe.transformer.config
     prompt_embeds, pooled = conditioning.prompt_embeds(config.joint_attention_dim, config.pooled_projection_dim)
     seed = pick_seed(gen.seed)
     generator = torch.Generator("cpu").manual_seed(seed)  # CPU noise: the same images on any device
-    tiling = model.spec.options.vae_tiling
+    tiling = params.check_choice("vae_tiling", model.spec.options.vae_tiling if vae_tiling is None else vae_tiling,
+                                 params.VAE_TILING_CHOICES)
     if tiling == "on" or (tiling == "auto" and gen.width * gen.height > params.VAE_TILING_AUTO_PIXELS):
         pipe.vae.enable_tiling()
     else:
@@ -119,5 +112,6 @@ def generate(model: FluxModel, conditioning: ReduxConditioning, gen: params.Gene
     else:
         metadata_extra = {}
     metadata = dict(gen.as_dict(), **metadata_extra, seed=seed, model=model.variant,
+                    placement=model.placement.describe(), vae_tiling=tiling,
                     timings={"total_s": round(elapsed, 3), "per_image_s": round(elapsed / gen.num_images, 3)})
     return GenerationResult(images, metadata)

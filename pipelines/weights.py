@@ -7,11 +7,14 @@ classified in milliseconds and a wrong file in a slot is reported before any rea
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from safetensors import safe_open
+
+from .placement import Footprint
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 
@@ -81,6 +84,14 @@ def read_index(path: str | Path, expected: str) -> TensorIndex:
     return index
 
 
+def read_any_index(path: Path) -> TensorIndex:
+    """A safetensors header whatever it holds (for sizes; slots check the kind with read_index)."""
+    with safe_open(str(path), framework="pt") as f:
+        slices = {key: f.get_slice(key) for key in f.keys()}
+        return TensorIndex(Path(path), {k: tuple(s.get_shape()) for k, s in slices.items()},
+                           {k: s.get_dtype() for k, s in slices.items()})
+
+
 def classify(index: TensorIndex) -> str | None:
     """Return the KIND_NAMES key this file holds, or None."""
     keys = index.keys
@@ -130,6 +141,42 @@ def transformer_layout(index: TensorIndex) -> TransformerLayout:
         singles = index.block_count(r"(?:^|\.)single_transformer_blocks\.(\d+)\.")
         guidance = any("guidance_embedder" in k for k in index.keys)
     return TransformerLayout(bfl, layers, singles, guidance)
+
+
+DTYPE_BYTES = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
+               "I8": 1, "U8": 1, "BOOL": 1}
+CHECKPOINT_PREFIX = "model.diffusion_model."  # ComfyUI all-in-one checkpoints keep the transformer here
+
+
+def _index_footprint(index: TensorIndex, keys) -> tuple[int, int]:
+    params = sum(math.prod(index.shapes[k]) for k in keys)
+    return params, sum(math.prod(index.shapes[k]) * DTYPE_BYTES.get(index.dtypes.get(k, "F32"), 4) for k in keys)
+
+
+def transformer_footprint(path: str | Path) -> Footprint:
+    """Parameter count, bytes and block count of a FLUX transformer, from headers only (nothing loaded)."""
+    path = Path(path)
+    if path.is_dir():
+        folder = path / "transformer" if (path / "transformer").is_dir() else path
+        params = stored = 0
+        for file in sorted(folder.glob("*.safetensors")):
+            index = read_any_index(file)
+            p, b = _index_footprint(index, index.keys)
+            params, stored = params + p, stored + b
+        config = json.loads((folder / "config.json").read_text())
+        return Footprint(params, stored, False, config.get("num_layers", 19) + config.get("num_single_layers", 38))
+    index = read_index(path, "flux_transformer")
+    layout = transformer_layout(index)
+    keys = [k for k in index.keys if k.startswith(CHECKPOINT_PREFIX)] or index.keys
+    params, stored = _index_footprint(index, keys)
+    return Footprint(params, stored, False, layout.num_layers + layout.num_single_layers)
+
+
+def file_params(path: str | Path) -> int:
+    """Parameter count of a safetensors file or a diffusers component folder (headers only)."""
+    path = Path(path)
+    files = sorted(path.rglob("*.safetensors")) if path.is_dir() else [path]
+    return sum(_index_footprint(index, index.keys)[0] for index in map(read_any_index, files))
 
 
 def detect_variant(path: str | Path) -> str:

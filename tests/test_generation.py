@@ -153,7 +153,20 @@ def test_vae_tiling_switches_on(models, cond):
     assert not model.pipe.vae.use_tiling  # auto: only above 2048x2048
 
 
-@pytest.mark.parametrize("mode", ["model", "sequential"])
+def test_vae_tiling_is_a_run_time_switch_not_a_second_model(models, cond):
+    cache = ModelCache()
+    tiled, plain = flux(models, cache=cache, vae_tiling="on"), flux(models, cache=cache, vae_tiling="off")
+    assert tiled is plain and cache.loads == 1  # tiling changes no weights: one cached model
+    gen = params.validate_generation("dev", "custom", 256, 256, num_inference_steps=1, seed=2)
+    result = sampling.generate(plain, cond, gen, vae_tiling="on")
+    assert plain.pipe.vae.use_tiling and result.metadata["vae_tiling"] == "on"
+    sampling.generate(plain, cond, gen, vae_tiling="off")
+    assert not plain.pipe.vae.use_tiling
+    with pytest.raises(params.ParameterError, match="vae_tiling='sometimes'"):
+        sampling.generate(plain, cond, gen, vae_tiling="sometimes")
+
+
+@pytest.mark.parametrize("mode", ["model", "group", "sequential"])
 def test_offload_is_ignored_on_cpu_with_a_warning(models, cond, mode, caplog):
     base = run(flux(models), cond).images
     with caplog.at_level("WARNING"):

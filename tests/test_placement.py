@@ -1,0 +1,129 @@
+"""`auto` placement: the pure decision for common cards and file formats, and its inputs read from headers."""
+
+import pytest
+import torch
+from packloader import submodule
+
+import tiny_models as tm
+
+placement = submodule("pipelines.placement")
+weights = submodule("pipelines.weights")
+models_mod = submodule("pipelines.models")
+loading = submodule("pipelines.loading")
+sampling = submodule("pipelines.sampling")
+params = submodule("pipelines.params")
+ModelCache = submodule("pipelines.cache").ModelCache
+
+GB = 10**9
+FLUX_PARAMS = 11_901_408_320  # FLUX.1 dev transformer (19 double + 38 single blocks, width 3072)
+VAE_BYTES = 168 * 10**6  # 84 M parameters in bf16
+FILES = {  # what each file's header says: (parameters, bytes on disk, stays quantized in memory)
+    "bf16": placement.Footprint(FLUX_PARAMS, FLUX_PARAMS * 2),
+    "fp8": placement.Footprint(FLUX_PARAMS, FLUX_PARAMS),
+    "gguf-Q8_0": placement.Footprint(FLUX_PARAMS, 12_700_000_000, quantized=True),
+    "gguf-Q4_K_S": placement.Footprint(FLUX_PARAMS, 6_800_000_000, quantized=True),
+}
+# free VRAM on a card of N GB: the CUDA context and the desktop take about half a gigabyte
+CARDS = {6: 5.5, 8: 7.5, 12: 11.5, 16: 15.5, 24: 23.5, 48: 47.5, 80: 79.0}
+EXPECTED = {  # card -> file -> (offload, weight storage)
+    80: {"bf16": ("none", "default"), "fp8": ("none", "default"), "gguf-Q8_0": ("none", "default"),
+         "gguf-Q4_K_S": ("none", "default")},
+    48: {"bf16": ("none", "default"), "fp8": ("none", "default"), "gguf-Q8_0": ("none", "default"),
+         "gguf-Q4_K_S": ("none", "default")},
+    24: {"bf16": ("none", "fp8"), "fp8": ("none", "fp8"), "gguf-Q8_0": ("none", "default"),
+         "gguf-Q4_K_S": ("none", "default")},
+    16: {"bf16": ("none", "fp8"), "fp8": ("none", "fp8"), "gguf-Q8_0": ("group", "default"),
+         "gguf-Q4_K_S": ("none", "default")},
+    12: {"bf16": ("group", "default"), "fp8": ("group", "default"), "gguf-Q8_0": ("group", "default"),
+         "gguf-Q4_K_S": ("none", "default")},
+    8: {"bf16": ("group", "default"), "fp8": ("group", "default"), "gguf-Q8_0": ("group", "default"),
+        "gguf-Q4_K_S": ("group", "default")},
+    6: {"bf16": ("group", "default"), "fp8": ("group", "default"), "gguf-Q8_0": ("group", "default"),
+        "gguf-Q4_K_S": ("group", "default")},
+}
+
+
+@pytest.mark.parametrize("file", sorted(FILES))
+@pytest.mark.parametrize("card", sorted(CARDS))
+def test_auto_placement_for_common_cards(card, file):
+    decision = placement.decide(FILES[file], VAE_BYTES, int(CARDS[card] * GB))
+    assert (decision.offload, decision.weight_storage) == EXPECTED[card][file]
+    assert f"{CARDS[card]:.1f} GB free" in decision.reason and "\n" not in decision.reason
+
+
+def test_tiny_card_falls_back_to_sequential():
+    decision = placement.decide(FILES["bf16"], VAE_BYTES, 3 * GB)
+    assert decision.offload == "sequential" and "layer by layer" in decision.reason
+
+
+def test_fp8_asked_for_is_kept_and_fp32_needs_more_room():
+    asked = placement.decide(FILES["bf16"], VAE_BYTES, 48 * GB, weight_storage="fp8")
+    assert (asked.offload, asked.weight_storage) == ("none", "fp8") and "asked for" in asked.reason
+    streamed = placement.decide(FILES["bf16"], VAE_BYTES, 8 * GB, weight_storage="fp8")
+    assert (streamed.offload, streamed.weight_storage) == ("group", "fp8")
+    fp32 = placement.decide(FILES["bf16"], VAE_BYTES, 47 * GB, bytes_per_param=4)
+    assert (fp32.offload, fp32.weight_storage) == ("none", "fp8")  # 47.6 GB of fp32 weights do not fit
+
+
+def test_no_cuda_device_means_no_offload():
+    decision = placement.decide(FILES["bf16"], VAE_BYTES, None)
+    assert (decision.offload, decision.weight_storage) == ("none", "default") and "no CUDA" in decision.reason
+
+
+def test_footprint_is_read_from_headers(models):
+    source = models["sources"]["dev"]
+    count = sum(p.numel() for p in source.parameters())
+    for path in (models["files"]["dev"], models["folders"]["flux_dev"]):
+        footprint = weights.transformer_footprint(path)
+        assert (footprint.params, footprint.file_bytes, footprint.blocks) == (count, count * 4, 2)
+    vae = models["sources"]["vae"]
+    assert weights.file_params(models["files"]["vae"]) == sum(p.numel() for p in vae.state_dict().values())
+
+
+def test_auto_on_cpu_is_logged_and_reported_in_info(models, caplog):
+    spec = models_mod.FluxModelSpec(str(models["files"]["dev"]), str(models["files"]["vae"]),
+                                    options=loading.LoadOptions(device="cpu"))
+    assert spec.options.offload == "auto"
+    with caplog.at_level("INFO"):
+        flux = models_mod.load_flux_model(spec, ModelCache())
+    assert "FLUX placement for flux1-dev.safetensors: none: no CUDA device" in caplog.text
+    encoder = models_mod.load_redux_encoder(models_mod.ReduxEncoderSpec(str(models["files"]["redux"]),
+                                                                        str(models["files"]["siglip"])), ModelCache())
+    cond = submodule("pipelines.redux").encode(encoder, torch.rand(32, 32, 3))
+    result = sampling.generate(flux, cond, params.validate_generation("dev", "custom", 256, 256,
+                                                                      num_inference_steps=1, seed=1))
+    assert result.metadata["placement"].startswith("none: no CUDA device")
+
+
+def test_component_dtypes():
+    assert loading.vae_dtype(torch.float16) == torch.float32  # FLUX's VAE overflows in fp16
+    assert loading.vae_dtype(torch.bfloat16) == torch.bfloat16
+
+
+def test_fp16_compute_keeps_vae_in_fp32_and_still_runs(models):
+    spec = models_mod.FluxModelSpec(str(models["files"]["dev"]), str(models["files"]["vae"]),
+                                    options=loading.LoadOptions(device="cpu", dtype="fp16"))
+    flux = models_mod.load_flux_model(spec, ModelCache())
+    assert flux.pipe.transformer.dtype == torch.float16 and flux.pipe.vae.dtype == torch.float32
+    encoder = models_mod.load_redux_encoder(models_mod.ReduxEncoderSpec(str(models["files"]["redux"]),
+                                                                        str(models["files"]["siglip"])), ModelCache())
+    cond = submodule("pipelines.redux").encode(encoder, torch.rand(32, 32, 3))
+    gen = params.validate_generation("dev", "custom", 256, 256, num_inference_steps=1, seed=1)
+    for extra in ({}, {"init_image": torch.rand(64, 64, 3), "denoise": 0.5}):
+        images = sampling.generate(flux, cond, gen, **extra).images
+        assert images.dtype == torch.float32 and torch.isfinite(images).all()
+
+
+def test_redux_projector_stays_fp32_and_t5_keeps_its_fp32_layers(models, tmp_path):
+    encoder = models_mod.load_redux_encoder(models_mod.ReduxEncoderSpec(
+        str(models["files"]["redux"]), str(models["files"]["siglip"]), loading.LoadOptions(dtype="bf16")),
+        ModelCache())
+    assert encoder.vision.dtype == torch.bfloat16 and encoder.projector.redux_up.weight.dtype == torch.float32
+    files = tm.write_text_encoders(tmp_path)
+    text = submodule("pipelines.text")
+    encoders = text.load_text_encoders(text.TextEncoderSpec(
+        str(files["clip_file"]), str(files["t5_file"]), str(files["folder"]), loading.LoadOptions(dtype="fp16")),
+        ModelCache())
+    t5 = encoders.pipe.text_encoder_2
+    assert t5.encoder.block[0].layer[1].DenseReluDense.wo.weight.dtype == torch.float32
+    assert t5.encoder.block[0].layer[1].DenseReluDense.wi_0.weight.dtype == torch.float16
