@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -28,10 +29,31 @@ def file_identity(path: str | Path) -> tuple:
     return (str(p), st.st_size, st.st_mtime_ns)
 
 
+def default_budget() -> int:
+    """Bytes of weights the cache may hold: FLUX_REDUX_CACHE_GB if set, else half the machine's RAM."""
+    if os.environ.get("FLUX_REDUX_CACHE_GB"):
+        return int(float(os.environ["FLUX_REDUX_CACHE_GB"]) * 2**30)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        return 32 * 2**30
+
+
+def item_bytes(item: Any) -> int:
+    memory_bytes = getattr(item, "memory_bytes", None)
+    return memory_bytes() if memory_bytes is not None else 0
+
+
 class ModelCache:
-    def __init__(self) -> None:
+    """Least recently used models first out once their weights together exceed `max_bytes`.
+
+    The entry just loaded always stays, even alone over the budget (it is about to be used).
+    """
+
+    def __init__(self, max_bytes: int | None = None) -> None:
         self._items: OrderedDict[Hashable, Any] = OrderedDict()
         self._lock = threading.RLock()
+        self.max_bytes = default_budget() if max_bytes is None else max_bytes
         self.loads = 0  # how many times a factory ran (tests and benchmarks read it)
 
     def get(self, key: Hashable, factory: Callable[[], Any]) -> Any:
@@ -42,7 +64,18 @@ class ModelCache:
             value = factory()
             self.loads += 1
             self._items[key] = value
+            self._evict_over_budget()
             return value
+
+    @property
+    def bytes(self) -> int:
+        return sum(item_bytes(item) for item in self._items.values())
+
+    def _evict_over_budget(self) -> None:
+        while len(self._items) > 1 and self.bytes > self.max_bytes:
+            oldest = next(iter(self._items))
+            log.info("model cache over %.1f GB: unloading the least recently used model", self.max_bytes / 1e9)
+            self.unload(oldest)
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._items

@@ -16,6 +16,7 @@ import torch
 
 from .cache import CACHE, ModelCache, file_identity
 from .loading import CONFIG_DIR, LoadOptions, folder_with, from_folder, load_transformers_file
+from .models import modules_bytes
 from .redux import TextConditioning
 from .weights import TensorIndex, WeightsError, read_index
 
@@ -46,6 +47,11 @@ class TextEncoders:
     def execution_device(self) -> torch.device:
         """Where the encoders compute now (read at call time: modules may have moved since loading)."""
         return self.pipe._execution_device
+
+    def memory_bytes(self) -> int:
+        if self.pipe is None:
+            return 0
+        return modules_bytes((self.pipe.text_encoder, self.pipe.text_encoder_2))
 
     def release(self) -> None:
         self.pipe = None
