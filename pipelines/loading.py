@@ -16,7 +16,7 @@ import torch
 from accelerate import init_empty_weights
 
 from . import params
-from .weights import TensorIndex, WeightsError, read_index, refuse_pickle, transformer_layout
+from .weights import TensorIndex, WeightsError, load_state, read_index, refuse_pickle, transformer_layout
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -128,13 +128,22 @@ def load_transformer(source: str | Path, dtype: torch.dtype):
     else:
         index = read_index(path, "flux_transformer")
         overrides = _transformer_overrides(index)
+        if index.is_gguf:  # stays quantized in memory, dequantized layer by layer as it computes
+            from diffusers import GGUFQuantizationConfig
+            overrides["quantization_config"] = GGUFQuantizationConfig(compute_dtype=dtype)
         try:
             model = FluxTransformer2DModel.from_single_file(
-                str(path), config=str(CONFIG_DIR / "transformer"), local_files_only=True, torch_dtype=dtype,
-                **overrides)
+                _single_file_source(index), config=str(CONFIG_DIR / "transformer"), local_files_only=True,
+                torch_dtype=dtype, **overrides)
         except Exception as exc:
             raise _wrap(path, what, exc) from exc
     return model.eval(), ("dev" if model.config.guidance_embeds else "schnell")
+
+
+def _single_file_source(index: TensorIndex):
+    """What diffusers' from_single_file gets: the path, or the tensors themselves where the file holds more
+    than this component (all-in-one checkpoint) or needs its fp8 scales applied first."""
+    return load_state(index) if index.prefix or index.scaled else str(index.path)
 
 
 # -- VAE ------------------------------------------------------------------------------------------------------
@@ -166,8 +175,8 @@ def load_vae(source: str | Path, dtype: torch.dtype):
         return from_folder(path, "vae", AutoencoderKL, dtype, what)
     index = read_index(path, "vae")
     try:
-        return AutoencoderKL.from_single_file(str(path), config=str(CONFIG_DIR / "vae"), local_files_only=True,
-                                              torch_dtype=dtype, **_vae_overrides(index)).eval()
+        return AutoencoderKL.from_single_file(_single_file_source(index), config=str(CONFIG_DIR / "vae"),
+                                              local_files_only=True, torch_dtype=dtype, **_vae_overrides(index)).eval()
     except Exception as exc:
         raise _wrap(path, what, exc) from exc
 
@@ -181,25 +190,19 @@ def load_scheduler(variant: str):
 
 # -- Redux: SigLIP vision tower + projector ------------------------------------------------------------------
 
-def _load_tensors(index: TensorIndex) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(index.path))
-
-
 def load_transformers_file(index: TensorIndex, model_class, make_config, prefix: str, dtype: torch.dtype,
                            tied: dict[str, str] | None = None):
     """A transformers model from a ComfyUI single file: the shipped config adapted by
     `make_config(index, prefix)`, weights assigned without a random init. ComfyUI's files carry a prefix
     (`vision_model.`, `text_model.`) that transformers 5 state dicts lack and 4.x ones have; both work.
     `tied` names weights that may be absent because they share storage with another (T5's embeddings)."""
-    if not all(k.startswith(prefix) for k in index.keys):
+    if not all(k.startswith(prefix) for k in index.keys if k != "scaled_fp8"):  # the marker has no prefix
         prefix = ""
     config = make_config(index, prefix)
     with init_empty_weights():  # parameters on meta, buffers real
         model = model_class(config)
     expected = set(model.state_dict())
-    tensors = {k.removeprefix(prefix): v for k, v in _load_tensors(index).items()}
+    tensors = {k.removeprefix(prefix): v for k, v in load_state(index).items()}
     inner = prefix if prefix and not set(tensors) & expected else ""
     tensors = {f"{inner}{k}": v for k, v in tensors.items()}  # transformers 4.x keeps the prefix
     for target, source in (tied or {}).items():
@@ -276,7 +279,7 @@ def load_redux_projector(source: str | Path, dtype: torch.dtype):
     with init_empty_weights():  # parameters on meta, buffers real
         model = ReduxImageEncoder(redux_dim=up[1], txt_in_features=down[0])
     try:
-        model.load_state_dict({k: v.to(dtype) for k, v in _load_tensors(index).items()}, strict=True, assign=True)
+        model.load_state_dict({k: v.to(dtype) for k, v in load_state(index).items()}, strict=True, assign=True)
     except RuntimeError as exc:
         raise _wrap(path, what, exc) from exc
     return model.eval()

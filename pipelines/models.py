@@ -201,6 +201,10 @@ def _build_flux(spec: FluxModelSpec) -> FluxModel:
     vae = load_vae(spec.vae, vae_dtype(dtype))
     if vae.dtype != dtype:
         match_vae_io(vae, dtype)
+    if placement.weight_storage == "fp8" and Path(spec.transformer).suffix.lower() == ".gguf":
+        log.warning("weight_storage=fp8 ignored for %s: GGUF weights stay in their own quantized format",
+                    spec.transformer)
+        placement = Placement(placement.offload, "default", placement.reason)
     if placement.weight_storage == "fp8":
         transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
     pipe = FluxPipeline(scheduler=load_scheduler(variant), vae=vae, text_encoder=None, tokenizer=None,

@@ -7,6 +7,7 @@ classified in milliseconds and a wrong file in a slot is reported before any rea
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from pathlib import Path
 from safetensors import safe_open
 
 from .placement import Footprint
+
+log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 
@@ -34,15 +37,30 @@ class WeightsError(RuntimeError):
 
 @dataclass
 class TensorIndex:
-    """Keys, shapes and dtypes of a safetensors file, read from its header only."""
+    """Keys, shapes and dtypes of a safetensors or GGUF file, read from its header only.
+
+    prefix: the keys carry it in the file (one component of a ComfyUI all-in-one checkpoint; stripped here).
+    nbytes: bytes of each tensor in the file (GGUF blocks are smaller than their element count says).
+    """
 
     path: Path
     shapes: dict[str, tuple[int, ...]]
     dtypes: dict[str, str] = field(default_factory=dict)
+    prefix: str = ""
+    nbytes: dict[str, int] = field(default_factory=dict)
 
     @property
     def keys(self) -> set[str]:
         return set(self.shapes)
+
+    @property
+    def is_gguf(self) -> bool:
+        return self.path.suffix.lower() == ".gguf"
+
+    @property
+    def scaled(self) -> bool:
+        """ComfyUI's scaled fp8: a `scaled_fp8` marker and a `scale_weight` per layer."""
+        return any(k == "scaled_fp8" or k.endswith(".scale_weight") for k in self.shapes)
 
     def has_prefix(self, prefix: str) -> bool:
         return any(k.startswith(prefix) for k in self.shapes)
@@ -52,6 +70,12 @@ class TensorIndex:
         numbers = {int(m.group(1)) for k in self.shapes if (m := re.search(pattern, k))}
         return max(numbers) + 1 if numbers else 0
 
+    def component(self, prefix: str) -> "TensorIndex":
+        """The keys under `prefix`, without it (e.g. `vae.` of an all-in-one checkpoint)."""
+        def strip(d):
+            return {k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix)}
+        return TensorIndex(self.path, strip(self.shapes), strip(self.dtypes), self.prefix + prefix, strip(self.nbytes))
+
 
 def refuse_pickle(path: Path) -> None:
     if path.suffix.lower() in PICKLE_SUFFIXES:
@@ -60,36 +84,88 @@ def refuse_pickle(path: Path) -> None:
             "code. Use the .safetensors release of this model, or a diffusers folder.")
 
 
+def read_header(path: Path) -> TensorIndex:
+    """A safetensors or GGUF header, whatever it holds. Raises the format library's own errors."""
+    path = Path(path)
+    if path.suffix.lower() == ".gguf":
+        from gguf import GGUFReader
+
+        tensors = GGUFReader(str(path)).tensors  # memory-mapped: only the header is read
+        return TensorIndex(path, {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in tensors},
+                           {t.name: t.tensor_type.name for t in tensors},
+                           nbytes={t.name: int(t.n_bytes) for t in tensors})
+    with safe_open(str(path), framework="pt") as f:
+        slices = {key: f.get_slice(key) for key in f.keys()}
+        shapes = {k: tuple(s.get_shape()) for k, s in slices.items()}
+        dtypes = {k: s.get_dtype() for k, s in slices.items()}
+    return TensorIndex(path, shapes, dtypes,
+                       nbytes={k: math.prod(v) * DTYPE_BYTES.get(dtypes[k], 4) for k, v in shapes.items()})
+
+
+read_any_index = read_header
+
+CHECKPOINT_PARTS = {"flux_transformer": "model.diffusion_model.", "vae": "vae."}  # ComfyUI all-in-one files
+
+
+def is_checkpoint(index: TensorIndex) -> bool:
+    return index.has_prefix(CHECKPOINT_PARTS["flux_transformer"]) and index.has_prefix(CHECKPOINT_PARTS["vae"])
+
+
 def read_index(path: str | Path, expected: str) -> TensorIndex:
-    """Open a safetensors header and check it holds `expected` (a KIND_NAMES key), named in every error."""
+    """Open a header and check it holds `expected` (a KIND_NAMES key), named in every error. From an
+    all-in-one checkpoint, the part for that slot."""
     path = Path(path)
     want = KIND_NAMES[expected]
     if not path.exists():
         raise WeightsError(f"{path}: file not found (expected {want}).")
     if path.is_dir():
-        raise WeightsError(f"{path} is a folder; expected a .safetensors file with {want}.")
+        raise WeightsError(f"{path} is a folder; expected a .safetensors or .gguf file with {want}.")
     refuse_pickle(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            shapes, dtypes = {}, {}
-            for key in f.keys():
-                sl = f.get_slice(key)
-                shapes[key] = tuple(sl.get_shape())
-                dtypes[key] = sl.get_dtype()
-    except Exception as exc:  # safetensors raises several types for bad headers
-        raise WeightsError(f"{path}: not a readable safetensors file ({exc}). The download may be truncated or "
-                           f"the file may be another format; expected {want}.") from exc
-    index = TensorIndex(path, shapes, dtypes)
+        index = read_header(path)
+    except Exception as exc:  # safetensors and gguf raise several types for bad headers
+        kind = "GGUF" if path.suffix.lower() == ".gguf" else "safetensors"
+        raise WeightsError(f"{path}: not a readable {kind} file ({exc}). The download may be truncated or the "
+                           f"file may be another format; expected {want}.") from exc
+    if is_checkpoint(index) and expected in CHECKPOINT_PARTS:
+        index = index.component(CHECKPOINT_PARTS[expected])
     expect_kind(index, expected)
+    check_quant_layout(index)
     return index
 
 
-def read_any_index(path: Path) -> TensorIndex:
-    """A safetensors header whatever it holds (for sizes; slots check the kind with read_index)."""
-    with safe_open(str(path), framework="pt") as f:
-        slices = {key: f.get_slice(key) for key in f.keys()}
-        return TensorIndex(Path(path), {k: tuple(s.get_shape()) for k, s in slices.items()},
-                           {k: s.get_dtype() for k, s in slices.items()})
+# Other quantized layouts (ComfyUI's newer mixed formats, ModelOpt): not dequantized here, so refused by name.
+UNSUPPORTED_QUANT_SUFFIXES = (".weight_scale", ".weight_scale_2", ".input_scale", ".comfy_quant")
+
+
+def check_quant_layout(index: TensorIndex) -> None:
+    """Refuse, from the header, weights whose scales this pack would otherwise drop."""
+    odd = sorted(k for k in index.keys if k.endswith(UNSUPPORTED_QUANT_SUFFIXES))
+    if odd:
+        raise WeightsError(f"{index.path}: quantized with scales this pack cannot apply (e.g. {odd[0]}); use the "
+                           "bf16/fp16, plain fp8, ComfyUI scaled fp8 or GGUF release of this model.")
+
+
+def load_state(index: TensorIndex) -> dict:
+    """The index's tensors (only its part of a checkpoint, without the prefix), scaled fp8 dequantized."""
+    check_quant_layout(index)
+    with safe_open(str(index.path), framework="pt") as f:
+        tensors = {k: f.get_tensor(index.prefix + k) for k in index.keys}
+    return dequantize_scaled(index, tensors) if index.scaled else tensors
+
+
+def dequantize_scaled(index: TensorIndex, tensors: dict) -> dict:
+    """weight * scale_weight in float32 for every scaled layer. The marker and the input scales go: they only
+    serve fp8 matmuls, and these weights are no longer fp8."""
+    for key in [k for k in tensors if k.endswith(".scale_weight")]:
+        base = key[: -len("scale_weight")] + "weight"
+        scale, weight = tensors.pop(key).float(), tensors.get(base)
+        if weight is None or (scale.numel() > 1 and scale.shape[0] != weight.shape[0]):
+            raise WeightsError(f"{index.path}: {key} matches no weight it could scale; the file is not in "
+                               "ComfyUI's scaled fp8 layout.")
+        scale = scale.reshape(-1, *[1] * (weight.ndim - 1)) if scale.numel() > 1 else scale.reshape(())
+        tensors[base] = weight.float() * scale
+    return {k: v for k, v in tensors.items() if k != "scaled_fp8" and not k.endswith(".scale_input")}
 
 
 def classify(index: TensorIndex) -> str | None:
@@ -145,12 +221,11 @@ def transformer_layout(index: TensorIndex) -> TransformerLayout:
 
 DTYPE_BYTES = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
                "I8": 1, "U8": 1, "BOOL": 1}
-CHECKPOINT_PREFIX = "model.diffusion_model."  # ComfyUI all-in-one checkpoints keep the transformer here
+SCALE_SUFFIXES = ("scaled_fp8", ".scale_weight", ".scale_input")
 
 
 def _index_footprint(index: TensorIndex, keys) -> tuple[int, int]:
-    params = sum(math.prod(index.shapes[k]) for k in keys)
-    return params, sum(math.prod(index.shapes[k]) * DTYPE_BYTES.get(index.dtypes.get(k, "F32"), 4) for k in keys)
+    return sum(math.prod(index.shapes[k]) for k in keys), sum(index.nbytes[k] for k in keys)
 
 
 def transformer_footprint(path: str | Path) -> Footprint:
@@ -167,9 +242,8 @@ def transformer_footprint(path: str | Path) -> Footprint:
         return Footprint(params, stored, False, config.get("num_layers", 19) + config.get("num_single_layers", 38))
     index = read_index(path, "flux_transformer")
     layout = transformer_layout(index)
-    keys = [k for k in index.keys if k.startswith(CHECKPOINT_PREFIX)] or index.keys
-    params, stored = _index_footprint(index, keys)
-    return Footprint(params, stored, False, layout.num_layers + layout.num_single_layers)
+    params, stored = _index_footprint(index, [k for k in index.keys if not k.endswith(SCALE_SUFFIXES)])
+    return Footprint(params, stored, index.is_gguf, layout.num_layers + layout.num_single_layers)
 
 
 def file_params(path: str | Path) -> int:
@@ -204,21 +278,58 @@ COMFY_LOCATIONS = {
 DIFFUSERS_FOLDERS = {"dev": ("FLUX.1-dev",), "schnell": ("FLUX.1-schnell",), "redux": ("FLUX.1-Redux-dev",)}
 
 
+TRANSFORMER_FOLDERS = ("diffusion_models", "unet", "checkpoints")  # searched by header, any file name
+WEIGHT_SUFFIXES = (".safetensors", ".sft", ".gguf")
+
+
 @dataclass
 class FoundWeights:
     """Where each component comes from: a single file, or a diffusers folder (with its subfolder)."""
 
-    transformer: Path
-    vae: Path
-    redux: Path
-    siglip: Path
+    transformer: Path | None
+    vae: Path | None
+    redux: Path | None
+    siglip: Path | None
 
-    def as_dict(self) -> dict[str, str]:
-        return {k: str(v) for k, v in self.__dict__.items()}
+    def as_dict(self) -> dict[str, str | None]:
+        return {k: None if v is None else str(v) for k, v in self.__dict__.items()}
 
 
-def find_weights(models_dir: str | Path, variant: str) -> FoundWeights:
-    """Look in a ComfyUI `models` folder (single files first, then `diffusers/` folders).
+def transformer_candidates(root: Path, variant: str) -> list[Path]:
+    """Every FLUX transformer of `variant` in diffusion_models/, unet/ and checkpoints/, told by its header
+    (milliseconds a file), whatever its name; files that are something else are passed over."""
+    found = []
+    for folder in TRANSFORMER_FOLDERS:
+        base = root / folder
+        files = sorted(p for p in base.rglob("*") if p.suffix.lower() in WEIGHT_SUFFIXES) if base.is_dir() else []
+        for path in files:
+            try:
+                if transformer_layout(read_index(path, "flux_transformer")).variant == variant:
+                    found.append(path)
+            except WeightsError:
+                continue
+    return found
+
+
+def pick_transformer(root: Path, variant: str) -> Path | None:
+    candidates = transformer_candidates(root, variant)
+    if len(candidates) > 1:
+        log.warning("several FLUX.1 %s transformers in %s: %s; using %s (pass the file explicitly to choose)",
+                    variant, root, ", ".join(str(p.relative_to(root)) for p in candidates), candidates[0].name)
+    return candidates[0] if candidates else None
+
+
+def checkpoint_vae(path: Path | None) -> Path | None:
+    """An all-in-one checkpoint carries its own VAE."""
+    if path is None or path.is_dir() or path.suffix.lower() == ".gguf":
+        return None
+    return path if is_checkpoint(read_header(path)) else None
+
+
+def find_weights(models_dir: str | Path, variant: str, skip: tuple[str, ...] = ()) -> FoundWeights:
+    """Look in a ComfyUI `models` folder: the usual file names first, then any FLUX transformer file found by
+    its header (diffusion_models/, unet/, checkpoints/), then `diffusers/` folders. Slots in `skip` (given
+    explicitly by the caller) are not looked for and come back as None.
 
     Raises WeightsError listing every place looked at, so the user knows where to put what.
     """
@@ -245,13 +356,20 @@ def find_weights(models_dir: str | Path, variant: str) -> FoundWeights:
                 return candidate
         return None
 
-    found = {
-        "transformer": single(f"transformer-{variant}") or folder(variant, "transformer"),
-        "vae": single("vae") or folder(variant, "vae"),
-        "redux": single("redux") or folder("redux", "image_embedder"),
-        "siglip": single("siglip") or folder("redux", "image_encoder"),
+    def any_transformer() -> Path | None:
+        looked.append(f"any FLUX.1 {variant} file in " + ", ".join(f"{root / f}/" for f in TRANSFORMER_FOLDERS))
+        return pick_transformer(root, variant)
+
+    searches = {
+        "transformer": lambda: single(f"transformer-{variant}") or any_transformer() or folder(variant, "transformer"),
+        "vae": lambda: single("vae") or checkpoint_vae(found.get("transformer")) or folder(variant, "vae"),
+        "redux": lambda: single("redux") or folder("redux", "image_embedder"),
+        "siglip": lambda: single("siglip") or folder("redux", "image_encoder"),
     }
-    missing = [slot for slot, path in found.items() if path is None]
+    found: dict[str, Path | None] = {}
+    for slot, search in searches.items():
+        found[slot] = None if slot in skip else search()
+    missing = [slot for slot, path in found.items() if path is None and slot not in skip]
     if missing:
         raise WeightsError(f"missing FLUX.1 {variant} weights for: {', '.join(missing)}. Looked for:\n  "
                            + "\n  ".join(looked)

@@ -26,12 +26,12 @@ def _seeded(seed: int):
     torch.manual_seed(seed)
 
 
-def make_transformer(guidance: bool, seed: int = 0):
+def make_transformer(guidance: bool, seed: int = 0, heads: int = 1):
     from diffusers import FluxTransformer2DModel
 
     _seeded(seed)
     return FluxTransformer2DModel(patch_size=1, in_channels=4 * LATENT_CHANNELS, num_layers=1, num_single_layers=1,
-                                  attention_head_dim=128, num_attention_heads=1, joint_attention_dim=JOINT_WIDTH,
+                                  attention_head_dim=128, num_attention_heads=heads, joint_attention_dim=JOINT_WIDTH,
                                   pooled_projection_dim=POOLED_WIDTH, axes_dims_rope=[16, 56, 56],
                                   guidance_embeds=guidance).eval()
 
@@ -145,6 +145,78 @@ def write_safetensors(path: Path, state: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path))
     return path
+
+
+# -- the other formats users have: GGUF, ComfyUI all-in-one checkpoints, ComfyUI scaled fp8 -----------------
+
+GGUF_QUANTS = ("Q8_0", "Q5_K", "Q4_K", "Q4_0")
+
+
+def _random_k_blocks(rng, rows: int, cols: int, qtype) -> "np.ndarray":
+    """Random but valid K-quant blocks (the gguf package can read these types but not write them): small fp16
+    super-block scales d and dmin first, random 6-bit scales and quants after."""
+    import gguf
+    import numpy as np
+
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    blocks = rng.integers(0, 256, (rows * cols // block, size), dtype=np.uint8)
+    scales = rng.uniform(1e-6, 5e-6, (blocks.shape[0], 2)).astype(np.float16)
+    blocks[:, :4] = scales.view(np.uint8)
+    return blocks.reshape(rows, cols // block * size)
+
+
+def write_gguf(path: Path, state: dict, qtype: str, seed: int = 0) -> dict:
+    """`state` as a GGUF file: 2-D weights whose rows fill whole blocks in `qtype`, the rest in F32 (as
+    city96's converter keeps small tensors). Returns the dequantized tensors the file holds."""
+    import gguf
+    import numpy as np
+
+    kind = gguf.GGMLQuantizationType[qtype]
+    block = gguf.GGML_QUANT_SIZES[kind][0]
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(path), "flux")
+    held = {}
+    for name, tensor in state.items():
+        data = tensor.detach().float().numpy()
+        if data.ndim == 2 and data.shape[1] % block == 0:
+            raw = (gguf.quants.quantize(data, kind) if qtype in ("Q8_0", "Q4_0")
+                   else _random_k_blocks(rng, data.shape[0], data.shape[1], kind))
+            writer.add_tensor(name, raw, raw_dtype=kind)
+            held[name] = torch.from_numpy(gguf.quants.dequantize(raw, kind).reshape(data.shape).copy())
+        else:
+            writer.add_tensor(name, np.ascontiguousarray(data))
+            held[name] = torch.from_numpy(data.copy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return held
+
+
+def write_checkpoint(path: Path, transformer_state: dict, vae_ldm_state: dict, text_state: dict | None = None) -> Path:
+    """A ComfyUI all-in-one checkpoint: transformer under model.diffusion_model., VAE under vae., and
+    optionally text encoders under text_encoders."""
+    state = {f"model.diffusion_model.{k}": v for k, v in transformer_state.items()}
+    state.update({f"vae.{k}": v for k, v in vae_ldm_state.items()})
+    state.update({f"text_encoders.{k}": v for k, v in (text_state or {}).items()})
+    return write_safetensors(path, _contiguous(state))
+
+
+def scaled_fp8_state(state: dict) -> tuple[dict, dict]:
+    """ComfyUI's scaled fp8 layout: every 2-D weight stored as float8 divided by a per-layer scale_weight (with a
+    scale_input beside it) and a `scaled_fp8` marker. Returns (file state, the weights it stands for)."""
+    out, meant = {"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}, {}
+    for name, value in state.items():
+        if name.endswith(".weight") and value.ndim == 2:
+            scale = value.float().abs().max().clamp(min=1e-8) / 448.0
+            stored = (value.float() / scale).to(torch.float8_e4m3fn)
+            out[name], out[name[:-6] + "scale_weight"] = stored, scale.reshape(())
+            out[name[:-6] + "scale_input"] = torch.ones(())
+            meant[name] = stored.float() * scale
+        else:
+            out[name] = meant[name] = value
+    return out, meant
 
 
 def write_diffusers_flux_repo(root: Path, transformer, vae, variant: str) -> Path:

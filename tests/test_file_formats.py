@@ -1,0 +1,185 @@
+"""The files users run FLUX from besides plain safetensors: GGUF, ComfyUI all-in-one checkpoints, scaled fp8,
+and transformer files under any name, found by their headers."""
+
+import logging
+
+import pytest
+import torch
+from packloader import submodule
+
+import tiny_models as tm
+
+loading = submodule("pipelines.loading")
+weights = submodule("pipelines.weights")
+models_mod = submodule("pipelines.models")
+sampling = submodule("pipelines.sampling")
+redux = submodule("pipelines.redux")
+params = submodule("pipelines.params")
+text = submodule("pipelines.text")
+ModelCache = submodule("pipelines.cache").ModelCache
+F32 = torch.float32
+
+
+def transformer_output(model, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = dict(hidden_states=torch.randn(1, 16, 16, generator=gen), encoder_hidden_states=torch.randn(1, 5, 32, generator=gen),
+             pooled_projections=torch.randn(1, 32, generator=gen), timestep=torch.tensor([0.5]),
+             img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(5, 3), guidance=torch.tensor([3.5]))
+    with torch.no_grad():
+        return model(**x).sample
+
+
+@pytest.fixture(scope="module")
+def gguf_source():
+    return tm.make_transformer(True, seed=12, heads=2)  # 256 wide: rows fill whole 256-value K-quant blocks
+
+
+@pytest.mark.parametrize("qtype", tm.GGUF_QUANTS)
+def test_gguf_transformer_matches_its_dequantized_weights(tmp_path, gguf_source, qtype):
+    path = tmp_path / f"flux1-dev-{qtype}.gguf"
+    held = tm.write_gguf(path, tm._contiguous(gguf_source.state_dict()), qtype)
+    model, variant = loading.load_transformer(path, F32)
+    assert variant == "dev"
+    ff_out = model.transformer_blocks[0].ff.net[2].weight  # [256, 1024]: quantized in every type
+    assert type(ff_out).__name__ == "GGUFParameter" and ff_out.dtype == torch.uint8  # stays quantized
+    reference = tm.make_transformer(True, heads=2)
+    reference.load_state_dict(held)
+    expected = transformer_output(reference)
+    torch.testing.assert_close(transformer_output(model), expected, rtol=1e-3, atol=1e-3 * expected.abs().max().item())
+    footprint = weights.transformer_footprint(path)
+    assert footprint.quantized and footprint.file_bytes < footprint.params * 4
+    assert footprint.params == sum(p.numel() for p in gguf_source.parameters())
+
+
+def test_gguf_model_generates_and_reports_its_quantized_size(tmp_path, models, gguf_source, caplog):
+    path = tmp_path / "unet" / "my-flux-q8.gguf"
+    tm.write_gguf(path, tm._contiguous(gguf_source.state_dict()), "Q8_0")
+    spec = models_mod.FluxModelSpec(str(path), str(models["files"]["vae"]),
+                                    options=loading.LoadOptions(device="cpu", weight_storage="fp8"))
+    with caplog.at_level(logging.WARNING):
+        flux = models_mod.load_flux_model(spec, ModelCache())
+    assert "weight_storage=fp8 ignored" in caplog.text and flux.placement.weight_storage == "default"
+    plain_bytes = sum(p.numel() * 4 for p in gguf_source.parameters())
+    assert flux.memory_bytes() < plain_bytes
+    encoder = models_mod.load_redux_encoder(models_mod.ReduxEncoderSpec(str(models["files"]["redux"]),
+                                                                        str(models["files"]["siglip"])), ModelCache())
+    images = sampling.generate(flux, redux.encode(encoder, torch.rand(32, 32, 3)),
+                               params.validate_generation("dev", "custom", 256, 256, num_inference_steps=2, seed=1)).images
+    assert images.shape == (1, 256, 256, 3) and torch.isfinite(images).all()
+
+
+def test_all_in_one_checkpoint_loads_transformer_and_vae(tmp_path, models):
+    src = models["sources"]
+    text_state = {f"clip_l.transformer.{k}": v for k, v in tm.make_clip_text().state_dict().items()}
+    path = tm.write_checkpoint(tmp_path / "checkpoints" / "flux1-dev-aio.safetensors",
+                               tm._contiguous(src["dev"].state_dict()), tm.vae_state_ldm(src["vae"]), text_state)
+    spec = models_mod.FluxModelSpec(str(path), str(path), options=loading.LoadOptions(device="cpu"))
+    flux = models_mod.load_flux_model(spec, ModelCache())
+    for loaded, source in ((flux.pipe.transformer, src["dev"]), (flux.pipe.vae, src["vae"])):
+        for key, value in source.state_dict().items():
+            torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    assert weights.transformer_footprint(path).params == sum(p.numel() for p in src["dev"].parameters())
+
+
+def test_scaled_fp8_transformer_is_dequantized_with_its_scales(tmp_path, models):
+    stored, meant = tm.scaled_fp8_state(tm._contiguous(models["sources"]["dev"].state_dict()))
+    path = tm.write_safetensors(tmp_path / "flux1-dev-fp8-scaled.safetensors", stored)
+    model, _ = loading.load_transformer(path, F32)
+    for key, value in meant.items():
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    # the scales matter: without them the weights would be the raw fp8 values, hundreds of times larger
+    weight = "transformer_blocks.0.ff.net.2.weight"
+    assert model.state_dict()[weight].abs().max() < stored[weight].float().abs().max() / 10
+
+
+def test_scaled_fp8_text_encoders_keep_their_scales(tmp_path):
+    files = tm.write_text_encoders(tmp_path)
+    clip_stored, clip_meant = tm.scaled_fp8_state(tm._contiguous(
+        {f"text_model.{k}" if not k.startswith("text_model.") else k: v for k, v in files["clip"].state_dict().items()}))
+    t5_stored, t5_meant = tm.scaled_fp8_state(tm._contiguous(
+        {k: v for k, v in files["t5"].state_dict().items() if k != "encoder.embed_tokens.weight"}))
+    clip_path = tm.write_safetensors(tmp_path / "text_encoders" / "clip_l_scaled.safetensors", clip_stored)
+    t5_path = tm.write_safetensors(tmp_path / "text_encoders" / "t5xxl_fp8_e4m3fn_scaled.safetensors", t5_stored)
+    encoders = text.load_text_encoders(text.TextEncoderSpec(str(clip_path), str(t5_path), str(files["folder"]),
+                                                            loading.LoadOptions(device="cpu")), ModelCache())
+    clip, t5 = encoders.pipe.text_encoder.state_dict(), encoders.pipe.text_encoder_2.state_dict()
+    for key, value in clip_meant.items():  # transformers 5 drops the text_model. prefix, 4.x keeps it
+        loaded = clip[key] if key in clip else clip[key.removeprefix("text_model.")]
+        torch.testing.assert_close(loaded, value, rtol=0, atol=0, msg=key)
+    for key, value in t5_meant.items():
+        torch.testing.assert_close(t5[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_other_scaled_layouts_are_refused_naming_the_file(tmp_path, models):
+    state = tm._contiguous(models["sources"]["dev"].state_dict())
+    state["transformer_blocks.0.ff.net.2.weight_scale"] = torch.ones(())
+    path = tm.write_safetensors(tmp_path / "flux1-dev-mixed.safetensors", state)
+    with pytest.raises(weights.WeightsError, match=r"flux1-dev-mixed\.safetensors: quantized with scales this pack "
+                                                   r"cannot apply \(e\.g\. transformer_blocks\.0\.ff\.net\.2\.weight_scale"):
+        loading.load_transformer(path, F32)
+    stored, _ = tm.scaled_fp8_state(state := tm._contiguous(models["sources"]["dev"].state_dict()))
+    stored["orphan.scale_weight"] = torch.ones(())
+    orphan = tm.write_safetensors(tmp_path / "flux1-dev-odd.safetensors", stored)
+    with pytest.raises(weights.WeightsError, match=r"flux1-dev-odd\.safetensors: orphan\.scale_weight matches no weight"):
+        loading.load_transformer(orphan, F32)
+
+
+def test_truncated_gguf_is_reported(tmp_path, gguf_source):
+    path = tmp_path / "flux.gguf"
+    tm.write_gguf(path, tm._contiguous(gguf_source.state_dict()), "Q8_0")
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(weights.WeightsError, match=r"flux\.gguf: not a readable GGUF file"):
+        loading.load_transformer(path, F32)
+
+
+# -- finding transformers by header -------------------------------------------------------------------------
+
+def models_dir_with(tmp_path, models, files: dict):
+    root = tmp_path / "models"
+    for rel, source in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(source.read_bytes())
+    for rel in ("vae/ae.safetensors", "style_models/flux1-redux-dev.safetensors",
+                "clip_vision/sigclip_vision_patch14_384.safetensors"):
+        if rel not in files:
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes((models["root"] / rel).read_bytes())
+    return root
+
+
+def test_any_file_name_is_found_by_its_header(tmp_path, models):
+    root = models_dir_with(tmp_path, models, {"diffusion_models/my-favourite.safetensors": models["files"]["dev"],
+                                              "unet/fast.sft": models["files"]["schnell"],
+                                              "diffusion_models/notes.safetensors": models["files"]["vae"]})
+    assert weights.find_weights(root, "dev").transformer == root / "diffusion_models" / "my-favourite.safetensors"
+    assert weights.find_weights(root, "schnell").transformer == root / "unet" / "fast.sft"
+
+
+def test_several_candidates_are_listed_and_one_is_used(tmp_path, models, caplog):
+    root = models_dir_with(tmp_path, models, {"diffusion_models/a-dev.safetensors": models["files"]["dev"],
+                                              "unet/b-dev.safetensors": models["files"]["dev"]})
+    with caplog.at_level(logging.WARNING):
+        found = weights.find_weights(root, "dev")
+    assert found.transformer == root / "diffusion_models" / "a-dev.safetensors"
+    assert "several FLUX.1 dev transformers" in caplog.text and "unet/b-dev.safetensors" in caplog.text
+
+
+def test_checkpoint_and_gguf_are_found_and_a_checkpoint_brings_its_vae(tmp_path, models, gguf_source):
+    src = models["sources"]
+    ckpt = tm.write_checkpoint(tmp_path / "aio.safetensors", tm._contiguous(src["dev"].state_dict()),
+                               tm.vae_state_ldm(src["vae"]))
+    root = models_dir_with(tmp_path, models, {"checkpoints/flux-aio.safetensors": ckpt,
+                                              "vae/ae.safetensors": ckpt})  # a VAE slot file replaced below
+    (root / "vae" / "ae.safetensors").unlink()
+    found = weights.find_weights(root, "dev")
+    assert found.transformer == found.vae == root / "checkpoints" / "flux-aio.safetensors"
+    tm.write_gguf(root / "unet" / "flux1-schnell-Q4_0.gguf", tm._contiguous(
+        tm.make_transformer(False, heads=2).state_dict()), "Q4_0")
+    assert weights.find_weights(root, "schnell", skip=("vae",)).transformer == root / "unet" / "flux1-schnell-Q4_0.gguf"
+
+
+def test_explicit_slots_are_not_looked_for(tmp_path):
+    root = tmp_path / "models"
+    root.mkdir()
+    found = weights.find_weights(root, "dev", skip=("transformer", "vae", "redux", "siglip"))
+    assert found.as_dict() == {"transformer": None, "vae": None, "redux": None, "siglip": None}
