@@ -183,3 +183,26 @@ def test_explicit_slots_are_not_looked_for(tmp_path):
     root.mkdir()
     found = weights.find_weights(root, "dev", skip=("transformer", "vae", "redux", "siglip"))
     assert found.as_dict() == {"transformer": None, "vae": None, "redux": None, "siglip": None}
+
+
+@pytest.mark.slow
+def test_city96_style_gguf_with_bfl_names(tmp_path):
+    """city96's files keep BFL names; diffusers converts them (width 3072, 1 double + 1 single block here).
+    The fused qkv / linear1 weights are split while quantized; only those are quantized, to keep this fast."""
+    state = tm.bfl_transformer_state(guidance=True)
+    fused = ("double_blocks.0.img_attn.qkv.weight", "single_blocks.0.linear1.weight")
+    path = tmp_path / "flux1-dev-Q8_0.gguf"
+    held = tm.write_gguf(path, state, "Q8_0", quantize=lambda name: name in fused)
+    plain = tm.write_safetensors(tmp_path / "flux1-dev.safetensors",
+                                 {k: v.to(torch.bfloat16).contiguous() for k, v in held.items()})
+    model, variant = loading.load_transformer(path, torch.bfloat16)
+    reference, _ = loading.load_transformer(plain, torch.bfloat16)
+    assert variant == "dev" and type(model.transformer_blocks[0].attn.to_q.weight).__name__ == "GGUFParameter"
+    gen = torch.Generator().manual_seed(0)
+    x = dict(hidden_states=torch.randn(1, 4, 16, generator=gen).bfloat16(),
+             encoder_hidden_states=torch.randn(1, 3, 32, generator=gen).bfloat16(),
+             pooled_projections=torch.randn(1, 32, generator=gen).bfloat16(), timestep=torch.tensor([0.5]),
+             img_ids=torch.zeros(4, 3), txt_ids=torch.zeros(3, 3), guidance=torch.tensor([3.5]))
+    with torch.no_grad():
+        out, expected = model(**x).sample.float(), reference(**x).sample.float()
+    torch.testing.assert_close(out, expected, rtol=2e-2, atol=2e-2 * expected.abs().max().item())

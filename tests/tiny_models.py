@@ -165,9 +165,10 @@ def _random_k_blocks(rng, rows: int, cols: int, qtype) -> "np.ndarray":
     return blocks.reshape(rows, cols // block * size)
 
 
-def write_gguf(path: Path, state: dict, qtype: str, seed: int = 0) -> dict:
-    """`state` as a GGUF file: 2-D weights whose rows fill whole blocks in `qtype`, the rest in F32 (as
-    city96's converter keeps small tensors). Returns the dequantized tensors the file holds."""
+def write_gguf(path: Path, state: dict, qtype: str, seed: int = 0, quantize=lambda name: True) -> dict:
+    """`state` as a GGUF file: 2-D weights whose rows fill whole blocks (and `quantize(name)` allows) in
+    `qtype`, the rest in F32 (as city96's converter keeps small tensors). Returns the dequantized tensors the
+    file holds."""
     import gguf
     import numpy as np
 
@@ -179,7 +180,7 @@ def write_gguf(path: Path, state: dict, qtype: str, seed: int = 0) -> dict:
     held = {}
     for name, tensor in state.items():
         data = tensor.detach().float().numpy()
-        if data.ndim == 2 and data.shape[1] % block == 0:
+        if data.ndim == 2 and data.shape[1] % block == 0 and quantize(name):
             raw = (gguf.quants.quantize(data, kind) if qtype in ("Q8_0", "Q4_0")
                    else _random_k_blocks(rng, data.shape[0], data.shape[1], kind))
             writer.add_tensor(name, raw, raw_dtype=kind)
