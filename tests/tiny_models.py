@@ -152,9 +152,9 @@ def write_safetensors(path: Path, state: dict) -> Path:
 GGUF_QUANTS = ("Q8_0", "Q5_K", "Q4_K", "Q4_0")
 
 
-def _random_k_blocks(rng, rows: int, cols: int, qtype) -> "np.ndarray":
-    """Random but valid K-quant blocks (the gguf package can read these types but not write them): small fp16
-    super-block scales d and dmin first, random 6-bit scales and quants after."""
+def random_blocks(rng, rows: int, cols: int, qtype) -> "np.ndarray":
+    """Random but valid quantized blocks, for K-quants (the gguf package reads them but cannot write them) and
+    for full-size benchmark files: small fp16 scales first (d; d and dmin for K-quants), random bytes after."""
     import gguf
     import numpy as np
 
@@ -182,7 +182,7 @@ def write_gguf(path: Path, state: dict, qtype: str, seed: int = 0, quantize=lamb
         data = tensor.detach().float().numpy()
         if data.ndim == 2 and data.shape[1] % block == 0 and quantize(name):
             raw = (gguf.quants.quantize(data, kind) if qtype in ("Q8_0", "Q4_0")
-                   else _random_k_blocks(rng, data.shape[0], data.shape[1], kind))
+                   else random_blocks(rng, data.shape[0], data.shape[1], kind))
             writer.add_tensor(name, raw, raw_dtype=kind)
             held[name] = torch.from_numpy(gguf.quants.dequantize(raw, kind).reshape(data.shape).copy())
         else:
