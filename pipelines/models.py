@@ -13,7 +13,7 @@ from .cache import CACHE, ModelCache, file_identity
 from .loading import (PROJECTOR_DTYPE, LoadOptions, load_redux_projector, load_scheduler, load_siglip,
                       load_transformer, load_vae, vae_dtype)
 from .placement import Placement, decide
-from .weights import file_params, transformer_footprint
+from .weights import component_params, transformer_footprint
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def resolve_placement(spec: FluxModelSpec, device: torch.device, dtype: torch.dt
             offload = "none"
         return Placement(offload, opts.weight_storage, "chosen in the options")
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
-    vae = file_params(spec.vae) * vae_dtype(dtype).itemsize
+    vae = component_params(spec.vae, "vae", "vae") * vae_dtype(dtype).itemsize
     return decide(transformer_footprint(spec.transformer), vae, free, dtype.itemsize, opts.weight_storage)
 
 

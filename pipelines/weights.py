@@ -246,11 +246,15 @@ def transformer_footprint(path: str | Path) -> Footprint:
     return Footprint(params, stored, index.is_gguf, layout.num_layers + layout.num_single_layers)
 
 
-def file_params(path: str | Path) -> int:
-    """Parameter count of a safetensors file or a diffusers component folder (headers only)."""
+def component_params(path: str | Path, kind: str, sub: str) -> int:
+    """Parameter count of one component (a KIND_NAMES key) from headers only: a single file (its part of an
+    all-in-one checkpoint), or a diffusers folder (its `sub` folder inside a whole repo folder)."""
     path = Path(path)
-    files = sorted(path.rglob("*.safetensors")) if path.is_dir() else [path]
-    return sum(_index_footprint(index, index.keys)[0] for index in map(read_any_index, files))
+    if path.is_dir():
+        folder = path / sub if (path / sub).is_dir() else path
+        return sum(_index_footprint(index, index.keys)[0] for index in map(read_header, folder.rglob("*.safetensors")))
+    index = read_index(path, kind)
+    return _index_footprint(index, index.keys)[0]
 
 
 def detect_variant(path: str | Path) -> str:

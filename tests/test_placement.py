@@ -70,14 +70,19 @@ def test_no_cuda_device_means_no_offload():
     assert (decision.offload, decision.weight_storage) == ("none", "default") and "no CUDA" in decision.reason
 
 
-def test_footprint_is_read_from_headers(models):
+def test_footprint_is_read_from_headers(models, tmp_path):
     source = models["sources"]["dev"]
     count = sum(p.numel() for p in source.parameters())
     for path in (models["files"]["dev"], models["folders"]["flux_dev"]):
         footprint = weights.transformer_footprint(path)
         assert (footprint.params, footprint.file_bytes, footprint.blocks) == (count, count * 4, 2)
-    vae = models["sources"]["vae"]
-    assert weights.file_params(models["files"]["vae"]) == sum(p.numel() for p in vae.state_dict().values())
+    vae_params = sum(p.numel() for p in models["sources"]["vae"].state_dict().values())
+    for path in (models["files"]["vae"], models["folders"]["flux_dev"]):  # a whole repo folder: only vae/
+        assert weights.component_params(path, "vae", "vae") == vae_params
+    ckpt = tm.write_checkpoint(tmp_path / "aio.safetensors", tm._contiguous(source.state_dict()),
+                               tm.vae_state_ldm(models["sources"]["vae"]))
+    assert weights.component_params(ckpt, "vae", "vae") == vae_params  # only its vae. part
+    assert weights.transformer_footprint(ckpt).params == count
 
 
 def test_auto_on_cpu_is_logged_and_reported_in_info(models, caplog):
