@@ -33,12 +33,12 @@ def to_pil_rgb(image) -> Image.Image:
     if isinstance(image, torch.Tensor):
         image = _tensor_to_numpy(image)
     if isinstance(image, np.ndarray):
-        image = Image.fromarray(_to_uint8(_image_layout(image)))
+        image = Image.fromarray(to_uint8(_image_layout(image)))
     if not isinstance(image, Image.Image):
         raise TypeError(f"expected a PIL image, numpy array or torch tensor, got {type(image).__name__}")
     image = upright(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        image = Image.fromarray(_to_uint8(np.asarray(image)))
+        image = Image.fromarray(to_uint8(np.asarray(image)))
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
@@ -84,7 +84,8 @@ def to_unit_range(array: np.ndarray, what: str = "image") -> np.ndarray:
     return np.clip(array, 0.0, 1.0)
 
 
-def _to_uint8(array: np.ndarray) -> np.ndarray:
+def to_uint8(array: np.ndarray) -> np.ndarray:
+    """uint8 pixels from an array of any supported dtype (see to_unit_range)."""
     if array.dtype == np.uint8:
         return array
     return (to_unit_range(array) * 255.0 + 0.5).astype(np.uint8)
