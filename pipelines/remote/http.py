@@ -412,13 +412,13 @@ class HttpClient:
             with CallWatch(budget, self.abort if abortable else None) as watch:
                 try:
                     outcome = self._attempt(method, url, handle, what=what, submit=submit, attempt=attempt,
-                                            last=last,
-                                            read_timeout=read_timeout, retry_statuses=retry_statuses,
+                                            last=last, read_timeout=read_timeout, retry_statuses=retry_statuses,
                                             deadline=deadline, request_id=request_id, **kwargs)
-                except Exception as exc:
+                except Exception:
                     if not watch.fired:
                         raise
-                    outcome = self._stopped(watch, exc, url, what, submit, last, attempt, deadline, request_id)
+                if watch.fired:  # even a reply that "completed" may be cut short: http.client takes a cut
+                    outcome = self._stopped(watch, url, what, submit, last, attempt, deadline, request_id)
             if not isinstance(outcome, _Retry):
                 return outcome
             self._backoff(attempt, outcome.retry_after, what, outcome.reason, deadline, abortable, request_id)
@@ -456,7 +456,7 @@ class HttpClient:
         finally:
             resp.close()
 
-    def _stopped(self, watch: CallWatch, exc: Exception, url: str, what: str, submit: bool, last: bool,
+    def _stopped(self, watch: CallWatch, url: str, what: str, submit: bool, last: bool,
                  attempt: int, deadline: Deadline, request_id: str | None) -> _Retry:
         """The watch cut the call short: cancelled, out of run time, or over the call's own time."""
         if watch.fired == "abort":
