@@ -44,6 +44,8 @@ from .errors import (KeyRejectedError, ProviderError, RemoteCancelledError, Remo
 from .keys import redacting_logger
 
 log = redacting_logger(__name__)
+for _library_logger in ("urllib3.connectionpool", "urllib3.connection"):  # their debug lines quote URLs, and a
+    redacting_logger(_library_logger)  # server may reflect the key into the request ids in those URLs
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 SUBMIT_RETRY_STATUSES = frozenset({429, 503})  # the server says it did not take the job
