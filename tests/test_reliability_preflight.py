@@ -117,3 +117,24 @@ def test_explicit_slot_with_models_dir_runs(models, image, tmp_path):
                    "--out", tmp_path / "out")
     assert done.code == 0, done.err
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["ref_seed5_0.png"]
+
+
+def test_prompt_encoders_are_unloaded_before_flux_loads(models, image, tmp_path, monkeypatch):
+    """T5-XXL + CLIP-L (about 10 GB at real size) leave the cache once the prompt is encoded (issue 8)."""
+    import tiny_models
+    from fakes.cli_runs import cli
+
+    text = tiny_models.write_text_encoders(tmp_path / "text")
+    cache = submodule("pipelines.cache").CACHE
+    cached_at_flux_load = []
+    real = cli.load_flux_model
+
+    def record(spec, *args, **kwargs):
+        cached_at_flux_load.append([key[0] for key in cache._items])
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(cli, "load_flux_model", record)
+    done = run_cli("variation", image, *weights_args(models), *FAST, "--prompt", "a cat", "--text-encoders",
+                   text["folder"], "--out", tmp_path / "out")
+    assert done.code == 0, done.err
+    assert cached_at_flux_load and "text" not in cached_at_flux_load[0]
