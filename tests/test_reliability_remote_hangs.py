@@ -4,6 +4,8 @@ threads stop too."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import threading
 import time
 
@@ -86,6 +88,38 @@ def test_whole_read_limit_of_one_call_without_a_deadline():
         assert time.monotonic() - started < 2 * 1.3 + 1.0  # two attempts, each cut at connect + read
         with pytest.raises(remote.ServiceUnavailableError, match="job may have been created"):
             client.call("POST", server.url + "/submit", what="submit", json={}, submit=True)
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1, made with the openssl command."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return str(cert), str(key)
+
+
+def test_the_watch_works_over_tls(certificate, monkeypatch):
+    cert, key = certificate
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", cert)  # requests prefers this variable over session.verify
+    replies = iter([Response(200, {"status": "ok"}), Response(200, {"status": "x" * 200}, trickle=TRICKLE)])
+    server = FakeServer(lambda hit: next(replies)).use_tls(cert, key).start()
+    try:
+        abort = threading.Event()
+        client = remote.HttpClient("fal", timeouts=remote.Timeouts(connect=1.0, read=30), abort=abort,
+                                   retry=remote.RetryPolicy(attempts=1))
+        assert client.call("GET", server.url + "/status", what="status").data == {"status": "ok"}
+        threading.Timer(0.3, abort.set).start()
+        started = time.monotonic()
+        with pytest.raises(remote.RemoteCancelledError):
+            client.call("GET", server.url + "/status", what="status")
+        assert time.monotonic() - started < 1.5
     finally:
         server.stop()
 

@@ -143,7 +143,9 @@ def _register(sock) -> None:
         watch.add(sock)
 
 
-class _WatchedHTTPConnection(HTTPConnection):
+class _Watched:
+    """Mixin for urllib3's connection classes: report the socket to the running call's watch."""
+
     def connect(self):
         super().connect()
         _register(self.sock)
@@ -153,9 +155,12 @@ class _WatchedHTTPConnection(HTTPConnection):
         return super().request(*args, **kwargs)
 
 
-class _WatchedHTTPSConnection(HTTPSConnection):
-    connect = _WatchedHTTPConnection.connect
-    request = _WatchedHTTPConnection.request
+class _WatchedHTTPConnection(_Watched, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_Watched, HTTPSConnection):
+    pass
 
 
 class _WatchedHTTPPool(HTTPConnectionPool):
