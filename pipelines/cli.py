@@ -123,9 +123,9 @@ def prepare(args) -> Plan:
     if found.hidden:
         log.info("ignored %d hidden file(s) (names starting with '.')", found.hidden)
     if args.inputs and not found.images:
-        reasons = "; ".join(f"{path.name}: {why}" for path, why in found.skipped[:3])
-        raise cli_checks.InputError(f"no usable input image in {', '.join(map(str, args.inputs))}"
-                                    + (f" ({reasons})" if reasons else ""))
+        reasons = "; ".join(f"{path.name}: {why}" for path, why in found.skipped[:3]) or \
+            f"no {', '.join(sorted(cli_checks.IMAGE_SUFFIXES))} files"
+        raise cli_checks.InputError(f"no usable input image in {', '.join(map(str, args.inputs))} ({reasons})")
     for option, path in cli_restyle.image_options(args):
         cli_checks.check_image_option(option, path)
     cli_checks.check_device(args.device)

@@ -16,7 +16,7 @@ PAD_GREY = (127, 127, 127)  # SigLIP normalises with mean 0.5: padding becomes ~
 
 
 EXIF_ORIENTATION = 0x0112
-FLOAT_RANGE_SLACK = 1.5  # float images are 0..1 (ComfyUI's IMAGE); a VAE may overshoot a little, never to 1.5
+FLOAT_RANGE_SLACK = 2.0  # float images are 0..1 (ComfyUI's IMAGE, clipped); above this they are 0..255 data
 
 
 def upright(image: Image.Image) -> Image.Image:

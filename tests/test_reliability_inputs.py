@@ -88,3 +88,11 @@ def test_missing_input_is_one_line(models, tmp_path, no_loading):
     assert done.code == 2
     assert done.error_lines == [f"error: input {tmp_path / 'nope.png'} does not exist (expected an image file or "
                                 "a folder of images)"]
+
+
+def test_folder_without_images_says_what_it_looked_for(models, tmp_path, no_loading):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no image")
+    done = run_cli("variation", tmp_path / "empty", *weights_args(models), "--out", tmp_path / "o")
+    assert done.code == 2 and len(done.error_lines) == 1
+    assert f"no usable input image in {tmp_path / 'empty'} (no .bmp, .gif, .jpeg, .jpg, .png" in done.err

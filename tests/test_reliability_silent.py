@@ -50,6 +50,7 @@ def test_exif_orientation_is_applied_for_references_masks_and_init_image(tmp_pat
     (lambda: torch.full((8, 8, 3), 0.5, dtype=torch.bfloat16), 128),
     (lambda: np.full((8, 8), 30000, dtype=np.uint16), 117),
     (lambda: np.ones((8, 8), dtype=bool), 255),
+    (lambda: torch.full((8, 8, 3), 1.3), 255),  # a 0..1 image that overshoots (VAE) is clipped, not rescaled
 ])
 def test_image_arrays_of_every_dtype(make, expected):
     assert references.to_pil_rgb(make()).getpixel((0, 0)) == (expected,) * 3
