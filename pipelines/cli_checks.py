@@ -16,8 +16,8 @@ from PIL import Image
 
 from . import params
 from .loading import folder_with
-from .weights import (KIND_NAMES, SLOTS, WeightsError, check_diffusers_folder, check_transformer_complete,
-                      check_values, detect_variant, find_weights, read_index)
+from .weights import (KIND_NAMES, SLOTS, TensorIndex, WeightsError, check_diffusers_folder,
+                      check_transformer_complete, check_values, detect_variant, find_weights, read_index)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 # Slot -> (weights kind, diffusers subfolder, model class name): how each slot looks on disk.
@@ -144,8 +144,9 @@ def resolve_sources(explicit: dict[str, Path | None], models_dir: Path | None, m
     return {slot: explicit.get(slot) or Path(found[slot]) for slot in SLOTS}
 
 
-def check_source(slot: str, path: Path) -> None:
-    """The file or folder holds what the slot expects, complete, float-typed, without NaN."""
+def check_source(slot: str, path: Path) -> TensorIndex | None:
+    """The file or folder holds what the slot expects, complete, float-typed, without NaN. Returns a single
+    file's header index (None for a folder)."""
     kind, sub, class_name = SLOT_LAYOUT[slot]
     what = KIND_NAMES[kind]
     if path.is_dir():
@@ -154,15 +155,47 @@ def check_source(slot: str, path: Path) -> None:
             raise WeightsError(f"--{slot} {path}: not a diffusers folder (no config.json in it or in "
                                f"{path / sub}); expected {what}")
         check_diffusers_folder(folder, class_name, what)
-        return
+        return None
     index = read_index(path, kind)
     if slot == "transformer":
         check_transformer_complete(index)
     check_values(index)
+    return index
+
+
+def _shape(index: TensorIndex, *names: str) -> tuple[int, ...] | None:
+    """The shape of the first of `names` in the file, with or without ComfyUI's key prefixes."""
+    shapes = {k.removeprefix("model.diffusion_model.").removeprefix("vision_model."): v
+              for k, v in index.shapes.items()}
+    return next((shapes[name] for name in names if name in shapes), None)
+
+
+def check_pairing(indexes: dict[str, TensorIndex | None]) -> None:
+    """Files that cannot work together (a Redux projector for another FLUX width, a VAE with other latent
+    channels), told from their headers before anything loads."""
+    if any(index is None for index in indexes.values()):
+        return  # diffusers folders: checked by the loaders
+    transformer, vae, redux, siglip = (indexes[slot] for slot in SLOTS)
+    joint = _shape(transformer, "context_embedder.weight", "txt_in.weight")
+    image_in = _shape(transformer, "x_embedder.weight", "img_in.weight")
+    latent = _shape(vae, "encoder.conv_out.weight")
+    tokens, features = _shape(redux, "redux_down.weight"), _shape(redux, "redux_up.weight")
+    vision = _shape(siglip, "embeddings.patch_embedding.weight")
+    problems = []
+    if tokens and joint and tokens[0] != joint[1]:
+        problems.append(f"{redux.path} makes {tokens[0]}-wide tokens but {transformer.path} takes {joint[1]}-wide "
+                        "text tokens")
+    if features and vision and features[1] != vision[0]:
+        problems.append(f"{redux.path} takes {features[1]}-wide SigLIP features but {siglip.path} produces "
+                        f"{vision[0]}")
+    if latent and image_in and image_in[1] != 4 * (latent[0] // 2):
+        problems.append(f"{vae.path} has {latent[0] // 2} latent channels but {transformer.path} expects "
+                        f"{image_in[1] // 4}")
+    if problems:
+        raise WeightsError(f"{problems[0]}: they belong to different models")
 
 
 def check_weights(sources: dict[str, Path], model: str) -> str:
     """Check every slot and return the FLUX variant the run uses (read from the transformer for auto)."""
-    for slot in SLOTS:
-        check_source(slot, sources[slot])
+    check_pairing({slot: check_source(slot, sources[slot]) for slot in SLOTS})
     return detect_variant(sources["transformer"]) if model == "auto" else model

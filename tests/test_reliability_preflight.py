@@ -138,3 +138,15 @@ def test_prompt_encoders_are_unloaded_before_flux_loads(models, image, tmp_path,
                    text["folder"], "--out", tmp_path / "out")
     assert done.code == 0, done.err
     assert cached_at_flux_load and "text" not in cached_at_flux_load[0]
+
+
+def test_files_of_different_models_are_told_apart_from_their_headers(models, image, tmp_path, no_loading):
+    import tiny_models
+    wide = tiny_models.write_safetensors(tmp_path / "flux1-redux-dev.safetensors", tiny_models._contiguous(
+        tiny_models.make_redux(txt_width=48).state_dict()))
+    files = models["files"]
+    done = run_cli("variation", image, "--transformer", files["dev"], "--vae", files["vae"], "--redux", wide,
+                   "--siglip", files["siglip"], "--out", tmp_path / "out")
+    assert done.code == 2 and not no_loading
+    assert done.error_lines == [f"error: {wide} makes 48-wide tokens but {files['dev']} takes 32-wide text tokens: "
+                                "they belong to different models"]
