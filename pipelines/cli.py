@@ -80,7 +80,7 @@ def add_variation_parser(sub) -> argparse.ArgumentParser:
     v.add_argument("--weight-storage", choices=params.WEIGHT_STORAGE_CHOICES, default=LOAD_DEFAULTS.weight_storage,
                    help="fp8 keeps transformer weights in float8 (about half the memory)")
     v.add_argument("--offload", choices=params.OFFLOAD_CHOICES, default=LOAD_DEFAULTS.offload,
-                   help="where weights wait between uses on a GPU (see the README's memory table)")
+                   help="where weights wait between uses on a GPU (see the README)")
     v.add_argument("--vae-tiling", choices=params.VAE_TILING_CHOICES, default=LOAD_DEFAULTS.vae_tiling)
     cli_restyle.add_arguments(v)
     add_common_options(v)
