@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from fakes.helpers import FAL_KEY, WAVESPEED_KEY, fal_settings, remote, solid, wavespeed_settings
+from fakes.helpers import fal_settings, remote, solid, wavespeed_settings
 from fakes.server import FakeServer, Response
 
 pytest_plugins = ["fakes.fixtures"]
@@ -122,7 +122,3 @@ def test_the_watch_works_over_tls(certificate, monkeypatch):
         assert time.monotonic() - started < 1.5
     finally:
         server.stop()
-
-
-def test_keys_in_fixtures_are_distinct():
-    assert FAL_KEY != WAVESPEED_KEY  # the hang tests above rely on the fakes' own keys
