@@ -20,9 +20,10 @@ from pathlib import Path
 
 from . import cli_checks, cli_restyle, params
 from .loading import LoadOptions
-from .models import FluxModelSpec, ReduxEncoderSpec, load_flux_model, load_redux_encoder
 from .cli_outputs import OutputWriter
+from .models import FluxModelSpec, ReduxEncoderSpec, load_flux_model, load_redux_encoder
 from .sampling import generate
+from .text import TextEncoderSpec
 from .weights import SLOTS, WeightsError
 
 log = logging.getLogger("flux-redux")
@@ -102,7 +103,7 @@ class Plan:
     sources: dict[str, Path]
     gen: params.GenerationParams
     options: LoadOptions
-    text: object = None  # TextEncoderSpec when --prompt is given
+    text: TextEncoderSpec | None = None  # with --prompt
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 
 
