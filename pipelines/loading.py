@@ -16,8 +16,8 @@ import torch
 from accelerate import init_empty_weights
 
 from . import params
-from .weights import (TensorIndex, WeightsError, check_diffusers_folder, read_index, refuse_pickle,
-                      transformer_layout)
+from .weights import (TensorIndex, WeightsError, check_diffusers_folder, check_transformer_complete, read_index,
+                      refuse_pickle, transformer_layout)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -117,6 +117,7 @@ def load_transformer(source: str | Path, dtype: torch.dtype):
         model = from_folder(path, "transformer", FluxTransformer2DModel, dtype, what)
     else:
         index = read_index(path, "flux_transformer")
+        check_transformer_complete(index)
         overrides = _transformer_overrides(index)
         try:
             model = FluxTransformer2DModel.from_single_file(

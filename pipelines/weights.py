@@ -158,7 +158,8 @@ BLOCK_FAMILIES = (r"double_blocks", r"single_blocks", r"transformer_blocks", r"s
 def check_transformer_complete(index: TensorIndex) -> None:
     """Name the first tensor a FLUX transformer file lacks: the fixed ones, and any that one numbered block
     has and another lacks (an incomplete download or a bad merge), instead of a later IndexError."""
-    keys = {k.removeprefix("model.diffusion_model.") for k in index.keys}
+    # Parameters only: quantisation extras (scale_weight, input_scale, ...) may exist for some layers only.
+    keys = {k.removeprefix("model.diffusion_model.") for k in index.keys if k.endswith(WEIGHT_SUFFIXES)}
     layout = transformer_layout(index)
     missing = [k for k in TRANSFORMER_REQUIRED[layout.bfl_names] if k not in keys]
     for family in BLOCK_FAMILIES:

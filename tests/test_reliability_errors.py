@@ -114,3 +114,22 @@ def test_out_of_memory_is_expected_and_actionable(models, image, tmp_path, monke
     assert done.code == 2
     assert done.error_lines == ["error: out of memory (CUDA out of memory. Tried to allocate 2 GiB); try --offload, "
                                 "--weight-storage fp8, fewer --num-images or a smaller size"]
+
+
+def test_engine_loader_names_the_missing_tensor_too(models, tmp_path):
+    state = load_file(str(models["files"]["dev"]))
+    del state["norm_out.linear.weight"]
+    broken = tmp_path / "flux1-dev.safetensors"
+    save_file(state, str(broken))
+    with pytest.raises(weights.WeightsError, match=r"lacks 1 tensor\(s\) \(first: norm_out.linear.weight\)"):
+        loading.load_transformer(broken, torch.float32)
+
+
+def test_quantisation_extras_on_some_blocks_only_are_not_missing_tensors(models, tmp_path):
+    state = load_file(str(models["files"]["dev"]))
+    state.update({k.replace("transformer_blocks.0.", "transformer_blocks.1."): v.clone()
+                  for k, v in state.items() if k.startswith("transformer_blocks.0.")})
+    state["transformer_blocks.1.attn.to_q.scale_weight"] = torch.ones(1)  # one layer quantised, not the other
+    path = tmp_path / "flux1-dev.safetensors"
+    save_file(state, str(path))
+    weights.check_transformer_complete(weights.read_index(path, "flux_transformer"))
