@@ -16,7 +16,8 @@ import torch
 from accelerate import init_empty_weights
 
 from . import params
-from .weights import TensorIndex, WeightsError, load_state, read_index, refuse_pickle, transformer_layout
+from .weights import (TensorIndex, WeightsError, check_diffusers_folder, check_transformer_complete, load_state,
+                      read_index, refuse_pickle, transformer_layout)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -87,6 +88,7 @@ def _wrap(path: Path, what: str, exc: Exception) -> WeightsError:
 def from_folder(path: Path, sub: str, model_class, dtype: torch.dtype, what: str):
     """A diffusers/transformers component from a whole repo folder (`path/sub`) or the component folder."""
     folder = _require_folder(path, sub, "config.json", what)
+    check_diffusers_folder(folder, model_class, what)
     try:
         return model_class.from_pretrained(folder, torch_dtype=dtype, local_files_only=True).eval()
     except Exception as exc:
@@ -127,6 +129,7 @@ def load_transformer(source: str | Path, dtype: torch.dtype):
         model = from_folder(path, "transformer", FluxTransformer2DModel, dtype, what)
     else:
         index = read_index(path, "flux_transformer")
+        check_transformer_complete(index)
         overrides = _transformer_overrides(index)
         if index.is_gguf:  # stays quantized in memory, dequantized layer by layer as it computes
             from diffusers import GGUFQuantizationConfig

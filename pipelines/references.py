@@ -8,57 +8,102 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from . import params
 
 PAD_GREY = (127, 127, 127)  # SigLIP normalises with mean 0.5: padding becomes ~0 input
 
 
+EXIF_ORIENTATION = 0x0112
+FLOAT_RANGE_SLACK = 2.0  # float images are 0..1 (ComfyUI's IMAGE, clipped); above this they are 0..255 data
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation a camera wrote (phone photos are stored sideways), as viewers do."""
+    if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
+        return ImageOps.exif_transpose(image)
+    return image
+
+
 def to_pil_rgb(image) -> Image.Image:
-    """One image from PIL (any mode, 16-bit too), numpy (HW, HWC, CHW; uint8, uint16 or float 0..1) or a torch
-    tensor (HWC float 0..1 as in ComfyUI's IMAGE, or CHW). Transparent areas are composited onto white."""
+    """One image from PIL (any mode, 16-bit too; EXIF orientation applied), numpy or a torch tensor (HW, HWC,
+    CHW; uint8/integer 0..255, uint16, bool, or float 0..1 as in ComfyUI's IMAGE; float data in 0..255 is
+    recognised by its range). Transparent areas are composited onto white."""
     if isinstance(image, torch.Tensor):
-        image = image.detach().to("cpu", torch.float32).numpy()
+        image = _tensor_to_numpy(image)
     if isinstance(image, np.ndarray):
-        image = Image.fromarray(_to_uint8(image))
+        image = Image.fromarray(to_uint8(_image_layout(image)))
     if not isinstance(image, Image.Image):
         raise TypeError(f"expected a PIL image, numpy array or torch tensor, got {type(image).__name__}")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float32)
-        scale = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        image = Image.fromarray(_to_uint8(array / scale))
+    image = upright(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        image = Image.fromarray(to_uint8(np.asarray(image)))
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     return image.convert("RGB")
 
 
-def _to_uint8(array: np.ndarray) -> np.ndarray:
+def _tensor_to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    tensor = tensor.detach().cpu()
+    return (tensor.float() if tensor.is_floating_point() else tensor).numpy()
+
+
+def _image_layout(array: np.ndarray) -> np.ndarray:
     if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
         array = array.transpose(1, 2, 0)  # CHW -> HWC
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3):
         raise ValueError(f"image array must be HxW or HxWxC, got shape {array.shape}")
+    return array
+
+
+def to_unit_range(array: np.ndarray, what: str = "image") -> np.ndarray:
+    """float32 in 0..1 from any pixel dtype: uint8/integers as 0..255 (0..65535 for uint16 or larger values),
+    bool as 0/1, floats as 0..1 or, when their range says so, 0..255. Refuses what fits no convention."""
+    if array.dtype == np.bool_:
+        return array.astype(np.float32)
+    if array.dtype.kind in "ui":
+        low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
+        if low < 0 or high > 65535:
+            raise ValueError(f"{what} integer values must be 0..255 (or 0..65535 for 16-bit), got {low}..{high}")
+        sixteen_bit = (array.dtype.kind == "u" and array.dtype.itemsize == 2) or high > 255
+        return array.astype(np.float32) / (65535.0 if sixteen_bit else 255.0)
+    if array.dtype.kind != "f":
+        raise ValueError(f"{what} array has dtype {array.dtype}; expected uint8, uint16 or float")
+    array = array.astype(np.float32)
+    if not np.isfinite(array).all():
+        raise ValueError(f"{what} holds NaN or infinite values")
+    low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+    if high > FLOAT_RANGE_SLACK and low >= -0.5 and high <= 255.5:
+        return np.clip(array / 255.0, 0.0, 1.0)  # 0..255 floats (a uint8 image converted without scaling)
+    if low < -0.5 or high > FLOAT_RANGE_SLACK:
+        raise ValueError(f"float {what} values must be in 0..1 (or 0..255), got {low:.3g}..{high:.3g}")
+    return np.clip(array, 0.0, 1.0)
+
+
+def to_uint8(array: np.ndarray) -> np.ndarray:
+    """uint8 pixels from an array of any supported dtype (see to_unit_range)."""
     if array.dtype == np.uint8:
         return array
-    if array.dtype == np.uint16:
-        array = array / 65535.0
-    return (np.clip(array.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return (to_unit_range(array) * 255.0 + 0.5).astype(np.uint8)
 
 
 def to_mask(mask, size: tuple[int, int]) -> np.ndarray:
-    """A mask (PIL, numpy or tensor; HW, or ComfyUI's [1,H,W]) as float32 HxW in 0..1 at the image's size."""
+    """A mask (PIL, numpy or tensor; HW, or ComfyUI's [1,H,W]; float 0..1 or uint8 0..255) as float32 HxW in
+    0..1 at the image's size."""
     if isinstance(mask, torch.Tensor):
-        mask = mask.detach().to("cpu", torch.float32).numpy()
+        mask = _tensor_to_numpy(mask)
     if isinstance(mask, Image.Image):
-        mask = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
-    mask = np.asarray(mask, dtype=np.float32)
+        mask = np.asarray(upright(mask).convert("L"))
+    mask = np.asarray(mask)
     if mask.ndim == 3 and mask.shape[0] == 1:
         mask = mask[0]
     if mask.ndim != 2:
         raise ValueError(f"mask must be HxW (or 1xHxW), got shape {mask.shape}")
+    mask = to_unit_range(mask, "mask")
     if mask.shape[::-1] != size:  # resize to the image, as ComfyUI does when sizes differ
         mask = np.asarray(Image.fromarray(mask).resize(size, Image.BILINEAR), dtype=np.float32)
     return np.clip(mask, 0.0, 1.0)

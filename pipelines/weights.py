@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 
 from safetensors import safe_open
@@ -121,6 +123,8 @@ def read_index(path: str | Path, expected: str) -> TensorIndex:
     if path.is_dir():
         raise WeightsError(f"{path} is a folder; expected a .safetensors or .gguf file with {want}.")
     refuse_pickle(path)
+    if not os.access(path, os.R_OK):
+        raise WeightsError(f"{path}: permission denied; make the file readable by this user (expected {want}).")
     try:
         index = read_header(path)
     except Exception as exc:  # safetensors and gguf raise several types for bad headers
@@ -131,6 +135,7 @@ def read_index(path: str | Path, expected: str) -> TensorIndex:
         index = index.component(CHECKPOINT_PARTS[expected])
     expect_kind(index, expected)
     check_quant_layout(index)
+    refuse_integer_weights(index)
     return index
 
 
@@ -166,6 +171,94 @@ def dequantize_scaled(index: TensorIndex, tensors: dict) -> dict:
         scale = scale.reshape(-1, *[1] * (weight.ndim - 1)) if scale.numel() > 1 else scale.reshape(())
         tensors[base] = weight.float() * scale
     return {k: v for k, v in tensors.items() if k != "scaled_fp8" and not k.endswith(".scale_input")}
+
+
+INTEGER_DTYPES = frozenset({"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64"})
+PARAMETER_SUFFIXES = (".weight", ".bias", ".scale")
+
+
+def refuse_integer_weights(index: TensorIndex) -> None:
+    """Model weights are floats (fp8 included); integer ones are a broken or foreign quantised export that
+    would run and give garbage. Integer buffers (position_ids) are fine."""
+    bad = sorted(k for k, d in index.dtypes.items() if d in INTEGER_DTYPES and k.endswith(PARAMETER_SUFFIXES))
+    if bad:
+        raise WeightsError(f"{index.path}: {len(bad)} weight tensor(s) are integer-typed ({bad[0]} is "
+                           f"{index.dtypes[bad[0]]}); expected float weights (fp32/bf16/fp16/fp8). Re-download "
+                           "the .safetensors release of this model.")
+
+
+def check_values(index: TensorIndex, sample: int = 64) -> None:
+    """Read the first values of every tensor (milliseconds, the file is memory-mapped) and refuse NaN or
+    infinite ones: such a file gives black or noise images without any other error."""
+    import torch
+
+    with safe_open(str(index.path), framework="pt") as f:
+        for key in f.keys():
+            values = f.get_slice(key)
+            shape = values.get_shape()
+            if not shape or 0 in shape:
+                continue
+            head = values[:1].reshape(-1)[:sample] if len(shape) > 1 else values[:sample]
+            if head.is_floating_point() and not torch.isfinite(head.float()).all():
+                raise WeightsError(f"{index.path}: tensor {key} holds NaN or infinite values; the file is "
+                                   "corrupt (re-download it).")
+
+
+PICKLE_WEIGHT_PATTERNS = tuple(f"*{suffix}" for suffix in PICKLE_SUFFIXES)
+
+
+def check_diffusers_folder(folder: Path, model_class, what: str) -> None:
+    """Before `from_pretrained`: the folder holds safetensors weights only (pickles are never loaded) and
+    its config names `model_class` (a wrong folder would otherwise end in an obscure meta-tensor error)."""
+    folder = Path(folder)
+    pickles = sorted(p.name for pattern in PICKLE_WEIGHT_PATTERNS for p in folder.glob(pattern))
+    if pickles:  # refused even beside safetensors: a name mismatch would make the library fall back to them
+        raise WeightsError(f"{folder}: holds pickle weights ({pickles[0]}), which are never loaded because "
+                           f"unpickling can run arbitrary code; keep only the .safetensors files of {what}.")
+    if not any(folder.glob("*.safetensors")):
+        raise WeightsError(f"{folder}: no .safetensors weights in this folder; expected {what} as a diffusers "
+                           "folder (config.json + *.safetensors).")
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"{folder / 'config.json'}: unreadable ({type(exc).__name__}); expected the "
+                           f"config of {what}.") from None
+    expected = getattr(model_class, "__name__", model_class)  # a class or its name
+    names = {config.get("_class_name"), *(config.get("architectures") or [])} - {None}
+    if names and expected not in names:
+        raise WeightsError(f"{folder}: this folder holds {', '.join(sorted(map(str, names)))}, but this slot "
+                           f"expects {what} ({expected}).")
+
+
+# Non-block tensors every FLUX transformer has, in BFL and diffusers naming (facts of the two formats).
+TRANSFORMER_REQUIRED = {
+    True: ("img_in.weight", "txt_in.weight", "time_in.in_layer.weight", "time_in.out_layer.weight",
+           "vector_in.in_layer.weight", "vector_in.out_layer.weight", "final_layer.linear.weight",
+           "final_layer.adaLN_modulation.1.weight"),
+    False: ("x_embedder.weight", "context_embedder.weight", "time_text_embed.timestep_embedder.linear_1.weight",
+            "time_text_embed.timestep_embedder.linear_2.weight", "time_text_embed.text_embedder.linear_1.weight",
+            "time_text_embed.text_embedder.linear_2.weight", "norm_out.linear.weight", "proj_out.weight"),
+}
+BLOCK_FAMILIES = (r"double_blocks", r"single_blocks", r"transformer_blocks", r"single_transformer_blocks")
+
+
+def check_transformer_complete(index: TensorIndex) -> None:
+    """Name the first tensor a FLUX transformer file lacks: the fixed ones, and any that one numbered block
+    has and another lacks (an incomplete download or a bad merge), instead of a later IndexError."""
+    # Parameters only: quantisation extras (scale_weight, input_scale, ...) may exist for some layers only.
+    keys = {k.removeprefix("model.diffusion_model.") for k in index.keys if k.endswith(PARAMETER_SUFFIXES)}
+    layout = transformer_layout(index)
+    missing = [k for k in TRANSFORMER_REQUIRED[layout.bfl_names] if k not in keys]
+    for family in BLOCK_FAMILIES:
+        blocks: dict[int, set[str]] = {}
+        for key in keys:
+            if m := re.match(rf"{family}\.(\d+)\.(.+)$", key):
+                blocks.setdefault(int(m.group(1)), set()).add(m.group(2))
+        every = set().union(*blocks.values()) if blocks else set()
+        missing += [f"{family}.{n}.{s}" for n in sorted(blocks) for s in sorted(every - blocks[n])]
+    if missing:
+        raise WeightsError(f"{index.path}: this FLUX transformer lacks {len(missing)} tensor(s) (first: "
+                           f"{missing[0]}); the file is incomplete or a partial merge (re-download it).")
 
 
 def classify(index: TensorIndex) -> str | None:
@@ -295,8 +388,12 @@ class FoundWeights:
     redux: Path | None
     siglip: Path | None
 
-    def as_dict(self) -> dict[str, str | None]:
-        return {k: None if v is None else str(v) for k, v in self.__dict__.items()}
+    def as_dict(self) -> dict[str, str]:
+        """The slots that were searched and found."""
+        return {k: str(v) for k, v in self.__dict__.items() if v is not None}
+
+
+SLOTS = ("transformer", "vae", "redux", "siglip")
 
 
 def transformer_candidates(root: Path, variant: str) -> list[Path]:
@@ -330,16 +427,19 @@ def checkpoint_vae(path: Path | None) -> Path | None:
     return path if is_checkpoint(read_header(path)) else None
 
 
-def find_weights(models_dir: str | Path, variant: str, skip: tuple[str, ...] = ()) -> FoundWeights:
-    """Look in a ComfyUI `models` folder: the usual file names first, then any FLUX transformer file found by
-    its header (diffusion_models/, unet/, checkpoints/), then `diffusers/` folders. Slots in `skip` (given
-    explicitly by the caller) are not looked for and come back as None.
+
+def find_weights(models_dir: str | Path, variant: str, slots: tuple[str, ...] = SLOTS) -> FoundWeights:
+    """Look in a ComfyUI `models` folder for `slots` only (a slot the caller already has is not searched, so
+    its absence is no error): the usual file names first, then any FLUX transformer file found by its header
+    (diffusion_models/, unet/, checkpoints/), then `diffusers/` folders. variant "auto" accepts a dev or a
+    schnell transformer (dev first).
 
     Raises WeightsError listing every place looked at, so the user knows where to put what.
     """
     root = Path(models_dir)
     if not root.is_dir():
         raise WeightsError(f"models folder {root} does not exist (expected ComfyUI's models/ folder).")
+    variants = ("dev", "schnell") if variant == "auto" else (variant,)
     looked: list[str] = []
 
     def single(slot: str) -> Path | None:
@@ -360,22 +460,32 @@ def find_weights(models_dir: str | Path, variant: str, skip: tuple[str, ...] = (
                 return candidate
         return None
 
-    def any_transformer() -> Path | None:
+    def first(candidates) -> Path | None:
+        """The first hit of lazy searches: what comes after it is neither searched nor listed in `looked`."""
+        return next((path for path in candidates if path is not None), None)
+
+    def any_transformer(variant: str) -> Path | None:
         looked.append(f"any FLUX.1 {variant} file in " + ", ".join(f"{root / f}/" for f in TRANSFORMER_FOLDERS))
         return pick_transformer(root, variant)
 
     searches = {
-        "transformer": lambda: single(f"transformer-{variant}") or any_transformer() or folder(variant, "transformer"),
-        "vae": lambda: single("vae") or checkpoint_vae(found.get("transformer")) or folder(variant, "vae"),
+        "transformer": lambda: first(chain((single(f"transformer-{v}") for v in variants),
+                                           (any_transformer(v) for v in variants),
+                                           (folder(v, "transformer") for v in variants))),
+        "vae": lambda: (single("vae") or checkpoint_vae(found.get("transformer"))
+                        or first(folder(v, "vae") for v in variants)),
         "redux": lambda: single("redux") or folder("redux", "image_embedder"),
         "siglip": lambda: single("siglip") or folder("redux", "image_encoder"),
     }
     found: dict[str, Path | None] = {}
-    for slot, search in searches.items():
-        found[slot] = None if slot in skip else search()
-    missing = [slot for slot, path in found.items() if path is None and slot not in skip]
+    for slot in SLOTS:  # in order: the VAE may come from the transformer's checkpoint
+        if slot in slots:
+            found[slot] = searches[slot]()
+    missing = [slot for slot, path in found.items() if path is None]
     if missing:
-        raise WeightsError(f"missing FLUX.1 {variant} weights for: {', '.join(missing)}. Looked for:\n  "
+        which = "dev or schnell" if variant == "auto" else variant
+        raise WeightsError(f"missing FLUX.1 {which} weights for: {', '.join(missing)}. Looked for:\n  "
                            + "\n  ".join(looked)
-                           + "\nPut the files in those ComfyUI folders (see the README's model table).")
-    return FoundWeights(**found)
+                           + "\nPut the files in those ComfyUI folders (see the README's model table), or name them "
+                           "explicitly.")
+    return FoundWeights(**{slot: found.get(slot) for slot in SLOTS})

@@ -175,14 +175,14 @@ def test_checkpoint_and_gguf_are_found_and_a_checkpoint_brings_its_vae(tmp_path,
     assert found.transformer == found.vae == root / "checkpoints" / "flux-aio.safetensors"
     tm.write_gguf(root / "unet" / "flux1-schnell-Q4_0.gguf", tm._contiguous(
         tm.make_transformer(False, heads=2).state_dict()), "Q4_0")
-    assert weights.find_weights(root, "schnell", skip=("vae",)).transformer == root / "unet" / "flux1-schnell-Q4_0.gguf"
+    assert weights.find_weights(root, "schnell", slots=("transformer", "redux", "siglip")).transformer == root / "unet" / "flux1-schnell-Q4_0.gguf"
 
 
 def test_explicit_slots_are_not_looked_for(tmp_path):
     root = tmp_path / "models"
     root.mkdir()
-    found = weights.find_weights(root, "dev", skip=("transformer", "vae", "redux", "siglip"))
-    assert found.as_dict() == {"transformer": None, "vae": None, "redux": None, "siglip": None}
+    found = weights.find_weights(root, "dev", slots=())
+    assert found.as_dict() == {}
 
 
 @pytest.mark.slow

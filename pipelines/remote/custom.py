@@ -8,13 +8,11 @@ which for aggregators may still point at queue.fal.run. With sync_mode there is 
 
 from __future__ import annotations
 
-import ipaddress
 from urllib.parse import urlsplit
 
 from ..params import ParameterError
 from .fal import FalProvider
-
-LOCAL_HOSTS = frozenset({"localhost"})
+from .http import is_loopback_host
 
 
 class CustomProvider(FalProvider):
@@ -32,10 +30,20 @@ def normalize_base_url(base_url: str | None) -> str:
     if not text:
         raise ParameterError("base_url", base_url,
                              "the custom provider needs a base URL, e.g. https://api.example.com/fal")
+    bad = next((ch for ch in text if not ch.isprintable() or ch.isspace()), None)
+    if bad is not None:
+        raise ParameterError("base_url", text, f"contains the control or space character {bad!r}; expected a "
+                                               "plain URL such as https://api.example.com/fal")
     parts = urlsplit(text)
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise ParameterError("base_url", text, "expected an http(s) URL such as https://api.example.com/fal")
-    if parts.scheme == "http" and not _is_local(parts.hostname):
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise ParameterError("base_url", text, "the port must be a number from 1 to 65535")
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
         raise ParameterError("base_url", text, "use https:// (plain http would send the key unencrypted; "
                                                "it is allowed only for localhost)")
     if parts.username or parts.password or parts.query or parts.fragment:
@@ -43,12 +51,3 @@ def normalize_base_url(base_url: str | None) -> str:
                              "must not contain credentials, a query or a fragment; put the key in "
                              "REDUX_CUSTOM_API_KEY instead")
     return text.rstrip("/")
-
-
-def _is_local(host: str) -> bool:
-    if host in LOCAL_HOSTS:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

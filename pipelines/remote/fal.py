@@ -8,7 +8,6 @@ lets `custom.py` reuse this class for aggregators whose replies still point at q
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any
 from urllib.parse import quote
@@ -16,9 +15,10 @@ from urllib.parse import quote
 from ..params import (ACCELERATIONS, OUTPUT_FORMATS, SIZE_PRESETS, ParameterError, check_choice,
                       validate_generation)
 from .errors import ProviderError
+from .keys import redacting_logger
 from .jobs import Job, JobOutput, Plan, RemoteRequest, is_finite_number, require_bool
 
-log = logging.getLogger(__name__)
+log = redacting_logger(__name__)
 
 FAL_QUEUE_URL = "https://queue.fal.run"
 FAL_RUN_URL = "https://fal.run"
@@ -92,7 +92,10 @@ class FalProvider:
 
     def plan(self, request: RemoteRequest) -> Plan:
         direct = bool(request.sync_mode and self.run_url)
-        return Plan(self.build_payload(request), self.models[request.model], direct)
+        payload = self.build_payload(request)
+        size = payload["image_size"]
+        size = SIZE_PRESETS[size] if isinstance(size, str) else (size["width"], size["height"])
+        return Plan(payload, self.models[request.model], direct, size, payload["num_images"])
 
     def run(self, job: Job) -> JobOutput:
         payload = {"image_url": job.image, **job.plan.payload}
@@ -103,15 +106,16 @@ class FalProvider:
     # -- protocol -------------------------------------------------------------------------------------------
     def _run_queued(self, job: Job, model_id: str, payload: dict) -> JobOutput:
         reply = job.http.call("POST", f"{self.queue_url}/{model_id}", what="submit", json=payload,
-                              headers=job.auth, submit=True)
+                              headers=job.auth, submit=True, max_bytes=job.reply_limit())
         body = reply.data if isinstance(reply.data, dict) else {}
         if "request_id" not in body:
             if "images" in body:  # an aggregator that answered synchronously
-                return self._output(job, body, reply.headers.get("x-fal-request-id"))
+                return self._output(job, body, job.clean_id(reply.headers.get("x-fal-request-id")))
             raise ProviderError(f"{self.name}: the submit reply has no request_id (fields: {sorted(body)})",
                                 provider=self.name)
-        request_id = str(body["request_id"])
-        requests_url = f"{self.queue_url}/{_app_path(model_id)}/requests/{quote(request_id, safe='')}"
+        raw_id = str(body["request_id"])  # in URLs only; messages, logs and info get the cleaned one
+        request_id = job.clean_id(raw_id)
+        requests_url = f"{self.queue_url}/{_app_path(model_id)}/requests/{quote(raw_id, safe='')}"
         job.report("queued", request_id, _position(body))
         finished = False
         try:
@@ -123,7 +127,8 @@ class FalProvider:
         job.report("downloading", request_id)
         if status.get("error"):
             raise self._job_failure(job, requests_url, request_id, str(status["error"]))
-        result = job.http.call("GET", requests_url, what="result", headers=job.auth, request_id=request_id)
+        result = job.http.call("GET", requests_url, what="result", headers=job.auth, request_id=request_id,
+                               max_bytes=job.reply_limit())
         inference = (status.get("metrics") or {}).get("inference_time")
         return self._output(job, result.data, request_id, inference)
 
@@ -140,7 +145,8 @@ class FalProvider:
             elif state == "IN_PROGRESS":
                 job.report("running", request_id)
             else:
-                log.warning("%s: request %s has unknown status %r; still waiting", self.name, request_id, state)
+                log.warning("%s: request %s has unknown status %r; still waiting", self.name, request_id,
+                            job.http.clean(state))
             job.wait_before_next_poll(request_id)
 
     def _job_failure(self, job: Job, requests_url: str, request_id: str, error: str) -> ProviderError:
@@ -156,8 +162,8 @@ class FalProvider:
         mid-flight, so its read timeout is the rest of the deadline."""
         job.report("running")
         reply = job.http.call("POST", f"{self.run_url}/{model_id}", what="run", json=payload, headers=job.auth,
-                              submit=True, read_timeout=math.inf)
-        request_id = reply.headers.get("x-fal-request-id")
+                              submit=True, read_timeout=math.inf, max_bytes=job.reply_limit())
+        request_id = job.clean_id(reply.headers.get("x-fal-request-id"))
         job.report("downloading", request_id)
         return self._output(job, reply.data, request_id)
 

@@ -9,29 +9,43 @@ server answered 429 or 503, which say "not accepted, come back later". A read ti
 after sending, or a 500/502/504 may hide a job that was accepted and will be billed, so the submit is not
 repeated and the error says so. Every other call (status, result, cancel, downloads) is idempotent and is
 retried on 408/409/429/5xx, connection errors and timeouts.
+
+requests' read timeout bounds only the gap between two bytes, so a server that trickles its reply could hold
+a job forever. Each call therefore runs under a watch (`CallWatch`) that shuts the call's socket when the
+call's whole time (connect + read timeout, capped by the run's deadline) is spent or the caller aborts: every
+read, headers and body, of every call ends in time and the worker thread is freed. Replies are read with a
+size cap, and loopback URLs never go through a proxy (the key would travel in clear to it).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
-import logging
 import math
 import random
+import socket
 import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
+from json import loads as parse_json
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 import requests
 import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from .errors import (KeyRejectedError, ProviderError, RemoteCancelledError, RemoteError, RemoteTimeoutError,
                      ServiceUnavailableError, DownloadError)
+from .keys import redacting_logger
 
-log = logging.getLogger(__name__)
+log = redacting_logger(__name__)
+for _library_logger in ("urllib3.connectionpool", "urllib3.connection"):  # their debug lines quote URLs, and a
+    redacting_logger(_library_logger)  # server may reflect the key into the request ids in those URLs
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 SUBMIT_RETRY_STATUSES = frozenset({429, 503})  # the server says it did not take the job
@@ -39,6 +53,9 @@ KEY_REJECTED_STATUSES = frozenset({401, 403})
 ERROR_TEXT_LIMIT = 500
 ERROR_BODY_LIMIT = 64 * 1024
 DOWNLOAD_CHUNK = 64 * 1024
+API_REPLY_LIMIT = 4 * 2**20  # a status/submit/cancel reply; calls that may carry inline images pass more
+WATCH_TICK_S = 0.05  # how often a call's watch looks at the clock and the abort flag
+NO_PROXY = {"http": None, "https": None, "all": None}  # requests drops None entries: no proxy at all
 
 
 @dataclass(frozen=True)
@@ -57,8 +74,130 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class Timeouts:
+    """connect: to open a connection. read: for the whole reply of one call (not only between two bytes)."""
+
     connect: float = 10.0
     read: float = 60.0
+
+
+# -- the watch: a whole-call time limit and abort for blocking reads ------------------------------------------
+
+_CURRENT = threading.local()  # the watch of the call running in this thread
+
+
+class CallWatch:
+    """Shuts the sockets of one call when its time is up or `abort` is set, which ends any blocked read at
+    once. The connections register their sockets with the watch of the thread they run in."""
+
+    def __init__(self, budget: float, abort: threading.Event | None):
+        self.budget, self.abort = budget, abort
+        self.fired: str | None = None  # "abort" or "time"
+        self._end = time.monotonic() + budget
+        self._sockets: list[socket.socket] = []
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> "CallWatch":
+        _CURRENT.watch = self
+        threading.Thread(target=self._run, name="redux-remote-watch", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._done.set()
+        _CURRENT.watch = None
+
+    def add(self, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
+        with self._lock:
+            self._sockets.append(sock)
+            if self.fired:
+                _shut(sock)
+
+    def _run(self) -> None:
+        while not self._done.wait(min(WATCH_TICK_S, max(self._end - time.monotonic(), 0))):
+            if self.abort is not None and self.abort.is_set():
+                return self._fire("abort")
+            if time.monotonic() >= self._end:
+                return self._fire("time")
+
+    def _fire(self, reason: str) -> None:
+        with self._lock:
+            if self._done.is_set():
+                return
+            self.fired = reason
+            for sock in self._sockets:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    try:  # the plain socket's shutdown, also for TLS sockets: it wakes a blocked recv in another thread
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _register(sock) -> None:
+    watch = getattr(_CURRENT, "watch", None)
+    if watch is not None:
+        watch.add(sock)
+
+
+class _Watched:
+    """Mixin for urllib3's connection classes: report the socket to the running call's watch."""
+
+    def connect(self):
+        super().connect()
+        _register(self.sock)
+
+    def request(self, *args, **kwargs):
+        _register(self.sock)  # a kept-alive connection is not connected again
+        return super().request(*args, **kwargs)
+
+
+class _WatchedHTTPConnection(_Watched, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_Watched, HTTPSConnection):
+    pass
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+WATCHED_POOLS = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+
+class WatchedAdapter(HTTPAdapter):
+    """requests' adapter with connections that report their sockets to the running call's watch."""
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = WATCHED_POOLS
+
+    def proxy_manager_for(self, proxy, **proxy_kwargs):
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = WATCHED_POOLS
+        return manager
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_loopback_url(url: str) -> bool:
+    return is_loopback_host(urlsplit(url).hostname or "")
 
 
 class Deadline:
@@ -126,8 +265,35 @@ def _error_body(resp: requests.Response) -> str:
     return head.decode(resp.encoding or "utf-8", errors="replace")
 
 
+class _TooLarge(Exception):
+    def __init__(self, size: int):
+        self.size = size
+
+
+def read_capped(resp: requests.Response, max_bytes: int) -> bytes:
+    """The whole body, refusing more than max_bytes (by Content-Length up front, else while reading)."""
+    declared = resp.headers.get("Content-Length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise _TooLarge(int(declared))
+    chunks, total = [], 0
+    for chunk in resp.iter_content(DOWNLOAD_CHUNK):
+        total += len(chunk)
+        if total > max_bytes:
+            raise _TooLarge(total)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class _RetryBody(Exception):
     """A 2xx reply whose body could not be used; retried like a transient error for idempotent calls."""
+
+
+@dataclass(frozen=True)
+class _Retry:
+    """One attempt ended in something worth another try."""
+
+    reason: str
+    retry_after: float | None = None
 
 
 class HttpClient:
@@ -146,6 +312,8 @@ class HttpClient:
         self._secrets = tuple(s for s in secrets if s and len(s) >= 6)
         self.error_detail, self.key_hint, self._rand = error_detail, key_hint, rand
         self.session = requests.Session()
+        for prefix in ("http://", "https://"):
+            self.session.mount(prefix, WatchedAdapter())
 
     def close(self) -> None:
         self.session.close()
@@ -158,6 +326,16 @@ class HttpClient:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
+
+    def clean(self, value: object, limit: int = 120) -> str:
+        """A server-supplied word (request id, status) fit for logs, messages and info: keys redacted,
+        control characters dropped, length capped."""
+        text = self.redact(str(value))
+        text = "".join(ch for ch in text if ch.isprintable())
+        return text if len(text) <= limit else text[:limit] + "..."
+
+    def carries_secret(self, text: str) -> bool:
+        return any(secret in text for secret in self._secrets)
 
     # -- waiting --------------------------------------------------------------------------------------------
     def check(self, *, deadline: Deadline | None = None, abortable: bool = True,
@@ -186,17 +364,22 @@ class HttpClient:
     def call(self, method: str, url: str, *, what: str, json: Any = None, params: Mapping | None = None,
              headers: Mapping | None = None, submit: bool = False, read_timeout: float | None = None,
              accept: tuple[int, ...] = (), retry_statuses: frozenset | None = None,
-             deadline: Deadline | None = None, abortable: bool = True, request_id: str | None = None) -> Reply:
+             deadline: Deadline | None = None, abortable: bool = True, request_id: str | None = None,
+             max_bytes: int = API_REPLY_LIMIT) -> Reply:
         """Send one API call and return its JSON. `submit=True` marks a call that creates a paid job."""
 
         def handle(resp: requests.Response) -> Reply:
             if not (200 <= resp.status_code < 300 or resp.status_code in accept):
                 raise self._status_error(resp, what, submit, request_id)
             try:
-                return Reply(resp.status_code, resp.headers, resp.json())
+                body = read_capped(resp, max_bytes)
+            except _TooLarge as exc:
+                raise self._too_large(f"the {what} reply", exc.size, max_bytes, request_id) from None
+            try:
+                return Reply(resp.status_code, resp.headers, parse_json(body) if body else None)
             except ValueError:
                 kind = resp.headers.get("Content-Type", "no content type")
-                quoted = self.redact(resp.text[:4096])[:200]  # redact, then cut: no half key survives
+                quoted = self.redact(body[:4096].decode("utf-8", errors="replace"))[:200]  # redact, then cut
                 message = (f"{self._label(request_id)}: the {what} reply is not JSON "
                            f"(HTTP {resp.status_code}, {kind}): {quoted!r}")
                 if submit:
@@ -214,23 +397,17 @@ class HttpClient:
         def handle(resp: requests.Response) -> tuple[bytes, str | None]:
             if not 200 <= resp.status_code < 300:
                 raise self._status_error(resp, what, False, request_id, keyed=False)
-            declared = resp.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > max_bytes:
-                raise self._too_large(what, int(declared), max_bytes, request_id)
-            chunks, total = [], 0
-            for chunk in resp.iter_content(DOWNLOAD_CHUNK):
-                total += len(chunk)
-                if total > max_bytes:
-                    raise self._too_large(what, total, max_bytes, request_id)
-                chunks.append(chunk)
-            return b"".join(chunks), resp.headers.get("Content-Type")
+            try:
+                return read_capped(resp, max_bytes), resp.headers.get("Content-Type")
+            except _TooLarge as exc:
+                raise self._too_large(what, exc.size, max_bytes, request_id) from None
 
-        return self._send("GET", url, handle, what=what, stream=True, request_id=request_id)
+        return self._send("GET", url, handle, what=what, request_id=request_id)
 
     def _send(self, method: str, url: str, handle: Callable[[requests.Response], Any], *, what: str,
               submit: bool = False, read_timeout: float | None = None, retry_statuses: frozenset | None = None,
               deadline: Deadline | None = None, abortable: bool = True, request_id: str | None = None,
-              stream: bool = False, **kwargs: Any) -> Any:
+              **kwargs: Any) -> Any:
         deadline = deadline or self.deadline
         if retry_statuses is None:
             retry_statuses = SUBMIT_RETRY_STATUSES if submit else RETRY_STATUSES
@@ -238,36 +415,74 @@ class HttpClient:
         for attempt in range(1, attempts + 1):
             self.check(deadline=deadline, abortable=abortable, request_id=request_id)
             last = attempt == attempts
-            try:
-                resp = self.session.request(method, url, timeout=self._timeout(deadline, read_timeout),
-                                            stream=stream, allow_redirects=method == "GET", **kwargs)
-            except requests.exceptions.RequestException as exc:
-                if deadline.expired():
-                    raise self._timeout_error(deadline, what, request_id) from exc
-                if not last and self._may_retry(exc, submit):
-                    self._backoff(attempt, None, what, type(exc).__name__, deadline, abortable, request_id)
-                    continue
-                raise self._transport_error(exc, url, what, submit, attempt, request_id) from exc
-            try:
-                if resp.status_code in retry_statuses and not last:
-                    wait = parse_retry_after(resp.headers.get("Retry-After"))
-                    self._backoff(attempt, wait, what, f"HTTP {resp.status_code}", deadline, abortable, request_id)
-                    continue
-                return handle(resp)
-            except _RetryBody as exc:
-                if submit or last:
-                    raise ProviderError(str(exc), provider=self.provider, request_id=request_id,
-                                        status=resp.status_code) from None
-                self._backoff(attempt, None, what, "unreadable reply", deadline, abortable, request_id)
-            except requests.exceptions.RequestException as exc:  # the body broke off mid-download
-                if deadline.expired():
-                    raise self._timeout_error(deadline, what, request_id) from exc
-                if last or submit:
-                    raise self._transport_error(exc, url, what, submit, attempt, request_id) from exc
-                self._backoff(attempt, None, what, type(exc).__name__, deadline, abortable, request_id)
-            finally:
-                resp.close()
+            budget = self._call_budget(deadline, read_timeout)
+            with CallWatch(budget, self.abort if abortable else None) as watch:
+                try:
+                    outcome = self._attempt(method, url, handle, what=what, submit=submit, attempt=attempt,
+                                            last=last, read_timeout=read_timeout, retry_statuses=retry_statuses,
+                                            deadline=deadline, request_id=request_id, **kwargs)
+                except Exception:
+                    if not watch.fired:
+                        raise
+                if watch.fired:  # even a reply that "completed" may be cut short: http.client takes a cut
+                    outcome = self._stopped(watch, url, what, submit, last, attempt, deadline, request_id)
+            if not isinstance(outcome, _Retry):
+                return outcome
+            self._backoff(attempt, outcome.retry_after, what, outcome.reason, deadline, abortable, request_id)
         raise AssertionError("unreachable: the last attempt always returns or raises")
+
+    def _attempt(self, method: str, url: str, handle, *, what: str, submit: bool, attempt: int, last: bool,
+                 read_timeout: float | None, retry_statuses: frozenset, deadline: Deadline,
+                 request_id: str | None, **kwargs: Any) -> Any:
+        """One request: its handled result, a _Retry, or an error."""
+        try:
+            resp = self.session.request(method, url, timeout=self._timeout(deadline, read_timeout), stream=True,
+                                        allow_redirects=method == "GET",
+                                        proxies=NO_PROXY if is_loopback_url(url) else None, **kwargs)
+        except requests.exceptions.RequestException as exc:
+            if deadline.expired():
+                raise self._timeout_error(deadline, what, request_id) from exc
+            if not last and self._may_retry(exc, submit):
+                return _Retry(type(exc).__name__)
+            raise self._transport_error(exc, url, what, submit, attempt, request_id) from exc
+        try:
+            if resp.status_code in retry_statuses and not last:
+                return _Retry(f"HTTP {resp.status_code}", parse_retry_after(resp.headers.get("Retry-After")))
+            return handle(resp)
+        except _RetryBody as exc:
+            if submit or last:
+                raise ProviderError(str(exc), provider=self.provider, request_id=request_id,
+                                    status=resp.status_code) from None
+            return _Retry("unreadable reply")
+        except requests.exceptions.RequestException as exc:  # the body broke off mid-download
+            if deadline.expired():
+                raise self._timeout_error(deadline, what, request_id) from exc
+            if last or submit:
+                raise self._transport_error(exc, url, what, submit, attempt, request_id) from exc
+            return _Retry(type(exc).__name__)
+        finally:
+            resp.close()
+
+    def _stopped(self, watch: CallWatch, url: str, what: str, submit: bool, last: bool,
+                 attempt: int, deadline: Deadline, request_id: str | None) -> _Retry:
+        """The watch cut the call short: cancelled, out of run time, or over the call's own time."""
+        if watch.fired == "abort":
+            raise RemoteCancelledError(f"{self._label(request_id)}: interrupted during {what}",
+                                       provider=self.provider, request_id=request_id) from None
+        if deadline.expired():
+            raise self._timeout_error(deadline, what, request_id) from None
+        if not last and not submit:
+            return _Retry(f"no complete reply within {watch.budget:.3g} s")
+        message = (f"{self._label(request_id)}: {what} to {urlsplit(url).netloc} failed: no complete reply within "
+                   f"{watch.budget:.3g} s ({attempt} attempt(s))")
+        if submit:
+            message += (". The job may have been created, so it was not submitted again; "
+                        "check your provider dashboard before retrying")
+        raise ServiceUnavailableError(self.redact(message), provider=self.provider, request_id=request_id) from None
+
+    def _call_budget(self, deadline: Deadline, read_timeout: float | None) -> float:
+        read = self.timeouts.read if read_timeout is None else read_timeout
+        return max(min(self.timeouts.connect + read, deadline.remaining()), 0.001)
 
     def _timeout(self, deadline: Deadline, read_timeout: float | None) -> tuple[float, float | None]:
         remaining = max(deadline.remaining(), 0.001)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import logging
 from typing import Callable, Union
 from urllib.parse import unquote_to_bytes
 
@@ -14,9 +13,11 @@ import numpy as np
 from PIL import Image
 
 from ..params import ParameterError
+from ..references import to_uint8
 from .errors import DownloadError
+from .keys import redacting_logger
 
-log = logging.getLogger(__name__)
+log = redacting_logger(__name__)
 
 # Data URIs travel inside the JSON body. 10 MiB keeps requests well inside what the providers document for
 # inline files (UNCONFIRMED exact limits); Redux looks at the image at 384x384 anyway.
@@ -24,6 +25,12 @@ DEFAULT_MAX_UPLOAD_BYTES = 10 * 2**20
 DEFAULT_MAX_DOWNLOAD_BYTES = 64 * 2**20  # one output image; a 4096x4096 PNG is about 50 MB at worst
 JPEG_QUALITY = 95
 GENERIC_BINARY_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
+# Redux looks at the input at 384x384: a larger side only costs encoding time (a 8000x6000 PNG takes tens of
+# seconds) and upload size, so inputs are shrunk to this longest side first.
+MAX_INPUT_SIDE = 2048
+# An output may differ a little from the requested size (a provider rounding), never by this factor in area:
+# a tiny PNG that claims 12000x12000 pixels would otherwise become a 1.6 GiB tensor.
+OUTPUT_AREA_SLACK = 4
 
 ImageInput = Union[Image.Image, np.ndarray, str]
 
@@ -36,7 +43,7 @@ def encode_input_image(image: ImageInput, *, max_bytes: int = DEFAULT_MAX_UPLOAD
     """Return what goes into the request's image field: a data URI, or an http(s) URL passed through."""
     if isinstance(image, str):
         return _checked_reference(image, max_bytes)
-    picture = to_pil(image)
+    picture = shrink_for_upload(to_pil(image))
     png = _data_uri("image/png", _encode(picture, "PNG"))
     if len(png) <= max_bytes:
         return png
@@ -51,8 +58,20 @@ def encode_input_image(image: ImageInput, *, max_bytes: int = DEFAULT_MAX_UPLOAD
         f"{max_bytes / 2**20:.1f} MB limit; downscale it (Redux sees it at 384x384 anyway) or pass a URL")
 
 
+def shrink_for_upload(picture: Image.Image) -> Image.Image:
+    """At most MAX_INPUT_SIDE pixels on the longest side, aspect kept."""
+    if max(picture.size) <= MAX_INPUT_SIDE:
+        return picture
+    smaller = picture.copy()
+    smaller.thumbnail((MAX_INPUT_SIDE, MAX_INPUT_SIDE), Image.LANCZOS)
+    log.info("input image %dx%d shrunk to %dx%d before upload (Redux sees it at 384x384)",
+             *picture.size, *smaller.size)
+    return smaller
+
+
 def to_pil(image: Image.Image | np.ndarray) -> Image.Image:
-    """PIL image from a PIL image or an HxW / HxWxC array (uint8, or float in 0..1)."""
+    """PIL image from a PIL image or an HxW / HxWxC array (uint8 or other integers as 0..255, float in 0..1,
+    or float data in 0..255), with the local engine's conversion rules."""
     if isinstance(image, Image.Image):
         return image if image.mode in ("RGB", "RGBA", "L") else image.convert("RGB")
     if not isinstance(image, np.ndarray):
@@ -62,14 +81,17 @@ def to_pil(image: Image.Image | np.ndarray) -> Image.Image:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
         raise ParameterError("image", f"array of shape {tuple(image.shape)}", "expected HxW, HxWx3 or HxWx4")
-    if array.dtype != np.uint8:
-        array = (np.clip(array.astype(np.float32), 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    try:
+        array = to_uint8(array)
+    except ValueError as exc:
+        raise ParameterError("image", f"array of shape {tuple(image.shape)}", str(exc)) from None
     return Image.fromarray(np.ascontiguousarray(array))
 
 
 def decode_image(content: bytes, content_type: str | None, *, source: str,
-                 redact: Callable[[str], str] = str) -> Image.Image:
-    """Decode downloaded bytes into an RGB image, refusing non-image content types and undecodable data.
+                 redact: Callable[[str], str] = str, requested: tuple[int, int] | None = None) -> Image.Image:
+    """Decode downloaded bytes into an RGB image, refusing non-image content types and undecodable data, and
+    (from the header, before decoding) pixel sizes far beyond the `requested` (width, height).
     `redact` cleans the quoted start of a non-image body (an error page might echo credentials)."""
     kind = (content_type or "").split(";")[0].strip().lower()
     if not (kind.startswith("image/") or kind in GENERIC_BINARY_TYPES):
@@ -77,6 +99,9 @@ def decode_image(content: bytes, content_type: str | None, *, source: str,
         raise DownloadError(f"{source} is {kind}, not an image: {preview!r}")
     try:
         with Image.open(io.BytesIO(content)) as picture:
+            if requested and picture.width * picture.height > OUTPUT_AREA_SLACK * requested[0] * requested[1]:
+                raise DownloadError(f"{source} is {picture.width}x{picture.height} pixels for a requested "
+                                    f"{requested[0]}x{requested[1]}; refused before decoding")
             picture.load()
             return picture.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import queue
 import threading
@@ -15,11 +14,12 @@ from PIL import Image
 
 from ..params import DEFAULT_IMAGE_SIZE, MAX_CONCURRENCY, ParameterError
 from .errors import ProviderError
-from .http import Deadline, HttpClient, RetryPolicy, Timeouts
+from .keys import redacting_logger
+from .http import API_REPLY_LIMIT, Deadline, HttpClient, RetryPolicy, Timeouts
 from .images import (DEFAULT_MAX_DOWNLOAD_BYTES, DEFAULT_MAX_UPLOAD_BYTES, decode_base64, decode_image,
                      parse_data_uri)
 
-log = logging.getLogger(__name__)
+log = redacting_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -79,11 +79,14 @@ PROGRESS_STATES = ("submitting", "queued", "running", "downloading", "done")
 @dataclass(frozen=True)
 class Plan:
     """What a provider will send for every input image: the validated fields (all but the image), the model
-    path, and whether it uses the provider's one-request mode."""
+    path, whether it uses the provider's one-request mode, and what must come back (image count and pixel
+    size), so a reply can be checked before it is decoded."""
 
     payload: dict[str, Any]
     model_id: str
     direct: bool = False
+    size: tuple[int, int] = (1024, 1024)
+    count: int = 1
 
 
 @dataclass
@@ -155,11 +158,23 @@ class Job:
     def cancel_deadline(self) -> Deadline:
         return Deadline(self.settings.cancel_budget_s)
 
+    def reply_limit(self) -> int:
+        """Byte cap of a reply that may carry the images inline (data URIs or base64 are 4/3 of the bytes)."""
+        return self.plan.count * self.settings.max_download_bytes * 4 // 3 + API_REPLY_LIMIT
+
+    def clean_id(self, value: Any) -> str | None:
+        """A request id from a server, fit for logs and info (a server could reflect the key into it)."""
+        return None if value is None or value == "" else self.http.clean(value)
+
     def fetch_images(self, refs: list, request_id: str | None) -> list[Image.Image]:
         """Turn the provider's output references (URL, data URI or bare base64) into checked RGB images."""
         if not refs:
             raise ProviderError(f"{self.provider}: request {request_id} finished without images",
                                 provider=self.provider, request_id=request_id)
+        if len(refs) > self.plan.count:
+            raise ProviderError(f"{self.provider}: request {request_id} returned {len(refs)} images for "
+                                f"num_images={self.plan.count}; refused", provider=self.provider,
+                                request_id=request_id)
         limit, images = self.settings.max_download_bytes, []
         for number, ref in enumerate(refs, 1):
             self.http.check(request_id=request_id)
@@ -169,10 +184,14 @@ class Job:
             if ref.startswith("data:"):
                 content, kind = parse_data_uri(ref, max_bytes=limit, source=source)
             elif ref.startswith(("https://", "http://")):
+                if self.http.carries_secret(ref):  # downloads go without the key, to any host: never leak it
+                    raise ProviderError(f"{source}: its URL contains the API key; not fetched",
+                                        provider=self.provider, request_id=request_id)
                 content, kind = self.http.download(ref, max_bytes=limit, what=source, request_id=request_id)
             else:
                 content, kind = decode_base64(ref, max_bytes=limit, source=source), None
-            images.append(decode_image(content, kind, source=source, redact=self.http.redact))
+            images.append(decode_image(content, kind, source=source, redact=self.http.redact,
+                                       requested=self.plan.size))
         return images
 
     def timings(self) -> dict[str, float]:

@@ -7,10 +7,14 @@ uses the environment variable names as its fields, e.g. {"FAL_KEY": "...", "WAVE
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 from .errors import MissingKeyError
 
@@ -98,3 +102,55 @@ def _read_key_file(path: Path) -> Mapping[str, str]:
     if not isinstance(data, dict):
         raise MissingKeyError(f'The key file {path} must hold a JSON object such as {{"FAL_KEY": "<your key>"}}')
     return data
+
+
+# -- keeping keys out of logs ---------------------------------------------------------------------------------
+
+MIN_SECRET_LENGTH = 6  # shorter strings would redact ordinary words
+_active: Counter = Counter()  # the secrets of the runs in progress (a multiset: runs may overlap)
+_active_lock = threading.Lock()
+
+
+@contextmanager
+def secrets_redacted(secrets: tuple[str, ...]) -> Iterator[None]:
+    """While a run is in progress, its key never appears in a log line of the remote client, whatever a
+    server reflects into request ids, statuses or error texts."""
+    secrets = tuple(s for s in secrets if s and len(s) >= MIN_SECRET_LENGTH)
+    with _active_lock:
+        _active.update(secrets)
+    try:
+        yield
+    finally:
+        with _active_lock:
+            _active.subtract(secrets)
+            for secret in [s for s, n in _active.items() if n <= 0]:
+                del _active[secret]
+
+
+def redact_active(text: str) -> str:
+    with _active_lock:
+        secrets = sorted(_active, key=len, reverse=True)  # a whole key before its id/secret halves
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+class _RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _active:
+            text = record.getMessage()
+            clean = redact_active(text)
+            if clean != text:
+                record.msg, record.args = clean, ()
+        return True
+
+
+_FILTER = _RedactingFilter()
+
+
+def redacting_logger(name: str) -> logging.Logger:
+    """The module's logger, with key redaction (a filter on a parent logger would not see child records)."""
+    logger = logging.getLogger(name)
+    if _FILTER not in logger.filters:
+        logger.addFilter(_FILTER)
+    return logger

@@ -3,7 +3,6 @@ bounded concurrency, results in input order, and cancel-before-raise on abort, d
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 import time
@@ -15,15 +14,15 @@ from PIL import Image
 
 from ..params import MAX_CONCURRENCY, ParameterError
 from .custom import CustomProvider
-from .errors import RemoteCancelledError
+from .errors import RemoteCancelledError, RemoteError
 from .fal import FAL_QUEUE_URL, FAL_RUN_URL, FalProvider
 from .http import Deadline, HttpClient
 from .images import ImageInput, encode_input_image
 from .jobs import ClientSettings, Job, ProgressEvent, RemoteRequest, RemoteResult
-from .keys import ApiKey, find_key
+from .keys import ApiKey, find_key, redacting_logger, secrets_redacted
 from .wavespeed import WAVESPEED_URL, WaveSpeedProvider
 
-log = logging.getLogger(__name__)
+log = redacting_logger(__name__)
 
 CALLER_TICK_S = 0.05  # how often the calling thread relays progress and checks for an interrupt
 
@@ -62,7 +61,8 @@ def run_remote_variation(images: ImageInput | Sequence[ImageInput], request: Rem
     plan = provider.plan(request)
     key = find_key(provider.key_name, environ=settings.environ, key_file=settings.key_file)
     uploads = [encode_input_image(image, max_bytes=settings.max_upload_bytes) for image in inputs]
-    return _execute(provider, plan, key, uploads, request, settings, on_progress, should_abort)
+    with secrets_redacted(key.secrets()):
+        return _execute(provider, plan, key, uploads, request, settings, on_progress, should_abort)
 
 
 def _execute(provider, plan, key: ApiKey, uploads: list[str], request: RemoteRequest, settings: ClientSettings,
@@ -99,7 +99,7 @@ def _execute(provider, plan, key: ApiKey, uploads: list[str], request: RemoteReq
     finally:
         stragglers = sum(not future.done() for future in futures)
         if stragglers:
-            log.warning("%s: %d request(s) could not be interrupted (sync mode) and finish in the background",
+            log.warning("%s: %d request(s) still sending their cancel; they finish in the background",
                         provider.name, stragglers)
         pool.shutdown(wait=False, cancel_futures=True)
     _relay(events, on_progress)
@@ -107,6 +107,7 @@ def _execute(provider, plan, key: ApiKey, uploads: list[str], request: RemoteReq
 
 
 def _run_job(provider, job: Job, model: str) -> RemoteResult:
+    failure = None
     try:
         job.http.check()
         job.report("submitting")
@@ -117,8 +118,21 @@ def _run_job(provider, job: Job, model: str) -> RemoteResult:
             timings["inference_s"] = output.inference_s
         return RemoteResult(job.index, provider.name, model, output.request_id, output.images, output.seed,
                             output.has_nsfw, timings)
+    except Exception as exc:
+        failure = exc
     finally:
         job.http.close()
+    raise _scrubbed(failure, job.http.redact)  # outside the except: no chained original holds the key
+
+
+def _scrubbed(exc: Exception, redact: Callable[[str], str]) -> Exception:
+    """The same error with every key redacted from its message (whatever a server echoed into it)."""
+    text = str(exc)
+    if redact(text) == text:
+        return exc
+    if isinstance(exc, RemoteError):
+        return type(exc)(redact(text), provider=exc.provider, request_id=exc.request_id, status=exc.status)
+    return RemoteError(f"{type(exc).__name__}: {redact(text)}")
 
 
 def _collect(futures: list[Future], jobs: list[Job], caller_aborted: bool, provider: str) -> list[RemoteResult]:

@@ -9,7 +9,6 @@ data.urls.get.
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any
 from urllib.parse import quote
@@ -17,9 +16,10 @@ from urllib.parse import quote
 from ..params import (VARIANTS, WAVESPEED_HEIGHT, WAVESPEED_OUTPUT_FORMATS, WAVESPEED_SEED, WAVESPEED_WIDTH,
                       ParameterError, check_choice, resolve_size, validate_generation)
 from .errors import KeyRejectedError, ProviderError
+from .keys import redacting_logger
 from .jobs import Job, JobOutput, Plan, RemoteRequest, is_finite_number, require_bool
 
-log = logging.getLogger(__name__)
+log = redacting_logger(__name__)
 
 WAVESPEED_URL = "https://api.wavespeed.ai"
 WAVESPEED_MODELS = {"dev": "wavespeed-ai/flux-redux-dev"}
@@ -88,33 +88,37 @@ class WaveSpeedProvider:
         return payload
 
     def plan(self, request: RemoteRequest) -> Plan:
-        return Plan(self.build_payload(request), self.models[request.model], bool(request.sync_mode))
+        payload = self.build_payload(request)
+        size = tuple(int(side) for side in payload["size"].split("*"))
+        return Plan(payload, self.models[request.model], bool(request.sync_mode), size, payload["num_images"])
 
     def run(self, job: Job) -> JobOutput:
         payload = {"image": job.image, **job.plan.payload}
         if job.plan.direct:
             job.report("running")
         reply = job.http.call("POST", f"{self.base_url}/api/v3/{job.plan.model_id}", what="submit", json=payload,
-                              headers=job.auth, submit=True, read_timeout=math.inf if job.plan.direct else None)
-        task = self._task(reply.data, "submit", None)
-        request_id = str(task["id"]) if task.get("id") else None
-        if request_id is None and task.get("status") != "completed":
+                              headers=job.auth, submit=True, read_timeout=math.inf if job.plan.direct else None,
+                              max_bytes=job.reply_limit())
+        task = self._task(job, reply.data, "submit", None)
+        raw_id = str(task["id"]) if task.get("id") else None  # in URLs only; messages and info get the clean one
+        if raw_id is None and task.get("status") != "completed":
             raise ProviderError(f"{self.name}: the submit reply has no task id", provider=self.name)
+        request_id = job.clean_id(raw_id)
         finished = False
         try:
-            task = self._wait_until_done(job, task, request_id)
+            task = self._wait_until_done(job, task, raw_id, request_id)
             finished = True
         finally:
-            if not finished and request_id:
-                self._cancel(job, request_id)
+            if not finished and raw_id:
+                self._cancel(job, raw_id, request_id)
         if task.get("status") != "completed":
             detail = wavespeed_error_detail(200, {"data": task}, "no reason given")
-            raise ProviderError(f"{self.name}: task {request_id} {task.get('status')}: {detail}", provider=self.name,
-                                request_id=request_id)
+            raise ProviderError(f"{self.name}: task {request_id} {job.http.clean(task.get('status'))}: "
+                                f"{job.http.redact(detail)}", provider=self.name, request_id=request_id)
         job.report("downloading", request_id)
         return self._output(job, task, request_id, payload["seed"])
 
-    def _wait_until_done(self, job: Job, task: dict, request_id: str | None) -> dict:
+    def _wait_until_done(self, job: Job, task: dict, raw_id: str | None, request_id: str | None) -> dict:
         """Poll until the task completed or ended otherwise; returns its last state."""
         while True:
             state = task.get("status")
@@ -124,27 +128,30 @@ class WaveSpeedProvider:
                 log.info("%s: sync mode timed out on the server for task %s; polling instead", self.name, request_id)
             job.report("queued" if state == "created" else "running", request_id)
             job.wait_before_next_poll(request_id)
-            reply = job.http.call("GET", f"{self.base_url}/api/v3/predictions/{quote(request_id, safe='')}/result",
-                                  what="result", headers=job.auth, request_id=request_id)
-            task = self._task(reply.data, "result", request_id)
+            reply = job.http.call("GET", f"{self.base_url}/api/v3/predictions/{quote(raw_id, safe='')}/result",
+                                  what="result", headers=job.auth, request_id=request_id,
+                                  max_bytes=job.reply_limit())
+            task = self._task(job, reply.data, "result", request_id)
 
-    def _task(self, body: Any, what: str, request_id: str | None) -> dict:
-        """The envelope's data, or an error built from its code and message."""
+    def _task(self, job: Job, body: Any, what: str, request_id: str | None) -> dict:
+        """The envelope's data, or an error built from its code and message (a server may echo the key)."""
         if not isinstance(body, dict):
             raise ProviderError(f"{self.name}: the {what} reply is not an envelope", provider=self.name,
                                 request_id=request_id)
         code = body.get("code")
         if code in (401, 403):
-            raise KeyRejectedError(f"{self.name} rejected the API key (code {code}: {body.get('message')})",
+            raise KeyRejectedError(f"{self.name} rejected the API key (code {code}: "
+                                   f"{job.http.clean(body.get('message'), 300)})",
                                    provider=self.name, request_id=request_id, status=code)
         if (code not in (None, 200)) or not isinstance(body.get("data"), dict):
-            raise ProviderError(f"{self.name} reported an error ({what}): {wavespeed_error_detail(200, body, '')}",
-                                provider=self.name, request_id=request_id)
+            detail = job.http.clean(wavespeed_error_detail(200, body, ''), 500)
+            raise ProviderError(f"{self.name} reported an error ({what}): {detail}", provider=self.name,
+                                request_id=request_id)
         return body["data"]
 
-    def _cancel(self, job: Job, request_id: str) -> None:
+    def _cancel(self, job: Job, raw_id: str, request_id: str | None) -> None:
         try:
-            job.http.call("DELETE", f"{self.base_url}/api/v3/predictions/{quote(request_id, safe='')}",
+            job.http.call("DELETE", f"{self.base_url}/api/v3/predictions/{quote(raw_id, safe='')}",
                           what="cancel", headers=job.auth, accept=(400, 404), deadline=job.cancel_deadline(),
                           abortable=False, request_id=request_id)
             log.info("%s: cancel of task %s sent", self.name, request_id)

@@ -100,13 +100,14 @@ def validation_issues(model_id: str, payload: Any) -> list[dict]:
 class FakeFal:
     def __init__(self, *, key: str = "fal-test-key", scheme: str = "Key", prefix: str = "",
                  queue_polls: int = 1, progress_polls: int = 1, reply_urls: str = "self",
-                 complete_after: float | None = None, echo_key_on_401: bool = False):
+                 complete_after: float | None = None, echo_key_on_401: bool = False, id_prefix: str = "req-"):
         self.key, self.scheme, self.prefix = key, scheme, prefix.rstrip("/")
         self.default_plan = (queue_polls, progress_polls)
         self.plan_for: Callable[[int, FakeJob], tuple[int, int]] | None = None  # job number -> plan
         self.reply_urls = reply_urls  # "self", or "decoy" (an aggregator pointing at some other host)
         self.complete_after = complete_after  # time-based completion (benchmarks) instead of poll counts
         self.echo_key_on_401 = echo_key_on_401  # a careless server that repeats the credentials it got
+        self.id_prefix = id_prefix  # a hostile server may reflect anything (the key too) into request ids
         self.fail_with: str | None = None  # every job fails with this error
         self.nsfw = False
         self.lock = threading.Lock()
@@ -200,7 +201,7 @@ class FakeFal:
             payload = hit.json()
         except ValueError:
             return Response(400, {"detail": "Invalid JSON body"})
-        job = FakeJob(id=f"req-{random.getrandbits(48):012x}", model_id=model_id, payload=payload,
+        job = FakeJob(id=f"{self.id_prefix}{random.getrandbits(48):012x}", model_id=model_id, payload=payload,
                       color=color_of_data_uri((payload or {}).get("image_url")), plan=self.default_plan,
                       created=time.monotonic(), issues=validation_issues(model_id, payload),
                       failure=self.fail_with)

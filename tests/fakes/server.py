@@ -38,6 +38,7 @@ class Response:
     action: str | None = None  # "drop": close without replying; "drop_after": handle, then close unanswered
     delay: float = 0.0  # seconds to wait before answering (a "hang" when longer than the client's timeout)
     chunked: bool = False  # send the body with Transfer-Encoding: chunked (no Content-Length up front)
+    trickle: float = 0.0  # send the whole reply (status line, headers, body) one byte per this many seconds
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -57,6 +58,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         payload, content_type = _encode(response)
+        if response.trickle:
+            return self._trickle(response, payload, content_type)
         self.send_response(response.status)
         self.send_header("Content-Type", response.content_type or content_type)
         if response.chunked:
@@ -73,6 +76,20 @@ class _Handler(BaseHTTPRequestHandler):
             piece = payload[start:start + 65536]
             self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
         self.wfile.write(b"0\r\n\r\n")
+
+    def _trickle(self, response: Response, payload: bytes, content_type: str) -> None:
+        """A server that is alive but never done: every byte arrives well within any gap timeout."""
+        head = [f"HTTP/1.1 {response.status} OK", f"Content-Type: {response.content_type or content_type}",
+                f"Content-Length: {len(payload)}", *(f"{k}: {v}" for k, v in response.headers.items())]
+        raw = ("\r\n".join(head) + "\r\n\r\n").encode() + payload
+        self.close_connection = True
+        try:
+            for index in range(len(raw)):
+                self.wfile.write(raw[index:index + 1])
+                self.wfile.flush()
+                time.sleep(response.trickle)
+        except OSError:  # the client gave up and closed the connection
+            pass
 
     do_GET = do_POST = do_PUT = do_DELETE = _serve
 
@@ -97,9 +114,21 @@ class FakeServer:
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.01},
                                         daemon=True)
 
+    scheme = "http"
+
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        return f"{self.scheme}://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def use_tls(self, cert: str, key: str) -> "FakeServer":
+        """Serve https with this certificate (call before start)."""
+        import ssl
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.scheme = "https"
+        return self
 
     def start(self) -> "FakeServer":
         self._thread.start()
