@@ -15,6 +15,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from . import cli_restyle, params
+from .server import cli as server_cli
 from .loading import LoadOptions
 from .models import FluxModelSpec, ReduxEncoderSpec, load_flux_model, load_redux_encoder
 from .redux import encode
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model: whole models to GPU in turn; sequential: layer by layer (least VRAM, slowest)")
     v.add_argument("--vae-tiling", choices=params.VAE_TILING_CHOICES, default="auto")
     cli_restyle.add_arguments(v)
+    server_cli.add_parser(sub)
     return p
 
 
@@ -154,6 +156,8 @@ def run_variation(args) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return server_cli.run(args)
     try:
         written = run_variation(args)
     except (ValueError, WeightsError, FileNotFoundError) as exc:  # ParameterError is a ValueError
