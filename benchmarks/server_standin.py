@@ -2,8 +2,10 @@
 
 `serve --engine benchmarks.server_standin:StandIn` (or LocalServer(engines=[StandIn(...)])). Each run
 sleeps `seconds` in small slices, checking for cancellation between them as the real engine does between
-steps, and returns one flat image per requested output. With `record` set, every run's start and end is
-appended to that file ("start <id-seed>" / "end <id-seed>"), so a test can count how often each job ran.
+steps, and returns one flat image per requested output in the colour of the input. With `record` set,
+every run's start and end is appended to that file ("start SEED" / "end SEED"), so a test can count how
+often each job ran. A job with seed `crash_seed` kills its worker process (os._exit), as a driver crash
+would. In a worker process the settings come from REDUX_STANDIN_SECONDS / _RECORD / _CRASH_SEED.
 """
 
 from __future__ import annotations
@@ -26,10 +28,13 @@ class StandInOutput:
 
 
 class StandIn:
-    def __init__(self, config=None, device: str = "cpu", *, seconds: float | None = None, record: str | None = None):
-        extra = getattr(config, "extra", None) or {}
-        self.seconds = seconds if seconds is not None else float(extra.get("seconds", 0.01))
-        self.record = record or extra.get("record")
+    def __init__(self, config=None, device: str = "cpu", *, seconds: float | None = None, record: str | None = None,
+                 crash_seed: int | None = None):
+        env = os.environ
+        self.seconds = seconds if seconds is not None else float(env.get("REDUX_STANDIN_SECONDS", "0.01"))
+        self.record = record or env.get("REDUX_STANDIN_RECORD")
+        crash = env.get("REDUX_STANDIN_CRASH_SEED")
+        self.crash_seed = crash_seed if crash_seed is not None else (int(crash) if crash else None)
         self.device = device
 
     def _note(self, line: str) -> None:
@@ -43,6 +48,8 @@ class StandIn:
     def run(self, inputs, picture, should_abort, log):
         tag = f"{inputs.seed}"
         self._note(f"start {tag}")
+        if self.crash_seed is not None and inputs.seed == self.crash_seed:
+            os._exit(3)
         started = time.perf_counter()
         while time.perf_counter() - started < self.seconds:
             if should_abort():

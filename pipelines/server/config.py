@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .inputs import InputLimits
@@ -37,7 +37,6 @@ class ServerConfig:
     url_inputs: bool = False
     url_allow_hosts: tuple[str, ...] = ()
     url_timeout_s: float = 20.0
-    extra: dict = field(default_factory=dict)  # options passed to a stand-in engine
 
     def limits(self) -> InputLimits:
         return InputLimits(max_bytes=self.max_input_bytes, max_pixels=self.max_input_pixels,

@@ -8,7 +8,7 @@ from . import jobs as J
 from .config import ServerConfig
 from .queue import JobQueue
 from .store import JobStore
-from .validation import JobInputs
+from .validation import JobInputs, summarize
 
 WAIT_POLL_S = 0.05
 
@@ -22,13 +22,13 @@ class JobService:
         self.config, self.store, self.queue = config, store, queue
 
     def submit(self, owner: str, api: str, model: str, inputs: JobInputs | None,
-               issues: list[dict] | None = None, problem: str | None = None) -> J.Job:
+               issues: list[dict] | None = None) -> J.Job:
         """Queue a valid request; an invalid one becomes a job that is already COMPLETED with its 422."""
         job = J.Job(id=J.new_request_id(), owner=owner, api=api, model=model,
                     inputs=inputs.as_dict() if inputs else None)
         if inputs is None:
-            J.finish(job, self.config.result_ttl_s, status=422, body={"detail": issues or problem},
-                     error=problem or "invalid input", error_type="validation_error")
+            J.finish(job, self.config.result_ttl_s, status=422, body={"detail": issues},
+                     error=summarize(issues or []), error_type="validation_error")
             self.store.add(job)
             return job
         J.log_line(job, "queued")

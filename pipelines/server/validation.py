@@ -63,7 +63,12 @@ class Issues:
             return None
 
     def summary(self) -> str:
-        return "; ".join(f"{'.'.join(map(str, i['loc'][1:])) or 'body'}: {i['msg']}" for i in self.items)
+        return summarize(self.items)
+
+
+def summarize(issues: list[dict]) -> str:
+    """One line from an issue list: "field: message; ..."."""
+    return "; ".join(f"{'.'.join(map(str, i['loc'][1:])) or 'body'}: {i['msg']}" for i in issues)
 
 
 def _short(value: Any) -> Any:

@@ -69,7 +69,7 @@ class JobRunner:
         try:
             picture = load_image(field, inputs.image, self.config.limits())
             output = self.engine.run(inputs, picture, should_abort, lambda line: self._log(job.id, line))
-            expires = time.time() + self.config.result_ttl_s + 60  # the files outlive the record by a little
+            expires = time.time() + self.config.result_ttl_s  # the files go with the record
             images = store_images(self.store, output.images, inputs.output_format, inputs.inline, expires,
                                   data_uri=job.api != "wavespeed")
         except Exception as exc:
