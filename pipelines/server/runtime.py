@@ -60,7 +60,7 @@ class LocalServer:
 
     def start(self) -> "LocalServer":
         recover(self.service.store, self.service.queue, self.config)
-        sock = socket.socket()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP proto: asyncio sets NODELAY
         sock.bind((self.config.host, 0))
         self.url = f"http://{self.config.host}:{sock.getsockname()[1]}"
         self.uvicorn = uvicorn.Server(uvicorn.Config(build_app(self.config, self.service, self.keys),
@@ -72,9 +72,11 @@ class LocalServer:
                          ready.set)
             ready.wait(30)
         self._thread(self._sweep)
-        while not self.uvicorn.started:
+        for _ in range(3000):
+            if self.uvicorn.started:
+                return self
             self.stop_event.wait(0.01)
-        return self
+        raise RuntimeError("the API server did not start within 30 s")
 
     def _thread(self, target, *args) -> None:
         thread = threading.Thread(target=target, args=args, daemon=True)
