@@ -56,6 +56,8 @@ class ServeProcess:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 90.0) -> "ServeProcess":
+        if self.process is not None and self.process.poll() is None:
+            raise RuntimeError("this server is already running")
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=log, stderr=log,
                                             start_new_session=True)
@@ -201,13 +203,15 @@ def run_load(base_url: str, jobs: int, clients: int, poll_s: float = 0.1, during
     return result
 
 
-def run_counts(record: Path) -> tuple[collections.Counter, collections.Counter]:
-    starts, ends = collections.Counter(), collections.Counter()
+def run_counts(record: Path) -> tuple[collections.Counter, collections.Counter, collections.Counter]:
+    """How often each seed started and ended, and how many runs each worker process ended."""
+    starts, ends, by_worker = collections.Counter(), collections.Counter(), collections.Counter()
     if record.exists():
         for line in record.read_text().splitlines():
-            what, _, seed = line.partition(" ")
+            what, seed, pid = line.split()
             (starts if what == "start" else ends)[int(seed)] += 1
-    return starts, ends
+            by_worker[pid] += what == "end"
+    return starts, ends, by_worker
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -215,7 +219,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def report(result: LoadResult, starts, ends) -> str:
+def report(result: LoadResult, starts, ends, by_worker) -> str:
     ms = lambda values, q: percentile(values, q) * 1000  # noqa: E731
     return "\n".join([
         f"jobs {result.jobs}: acknowledged {result.acknowledged}, completed {len(result.completed)}, "
@@ -228,6 +232,7 @@ def report(result: LoadResult, starts, ends) -> str:
         f"({len(result.submit_s)} requests)",
         f"status latency: p50 {ms(result.status_s, 0.5):.1f} ms, p99 {ms(result.status_s, 0.99):.1f} ms "
         f"({len(result.status_s)} requests)",
+        f"runs per worker process: {sorted(by_worker.values(), reverse=True)}",
         f"wall {result.wall_s:.1f} s, {len(result.completed) / result.wall_s:.1f} jobs/s",
     ])
 
@@ -243,11 +248,13 @@ def serve_env(record: Path, job_seconds: float) -> dict[str, str]:
             "REDUX_STANDIN_RECORD": str(record), "REDUX_STANDIN_SECONDS": str(job_seconds)}
 
 
-def kill_and_restart(server: ServeProcess, after_completed: int, log=print):
+def kill_and_restart(server: ServeProcess, after_completed: int, log=print, before_kill=None):
     """A `during` hook: kill -9 once enough jobs completed, then start the server again on the same port."""
     def during(result: LoadResult) -> None:
         while len(result.completed) < after_completed:
             time.sleep(0.02)
+        if before_kill is not None:
+            before_kill()
         server.kill9()
         log(f"killed -9 after {len(result.completed)} completed jobs")
         server.start()

@@ -3,7 +3,7 @@
 `serve --engine benchmarks.server_standin:StandIn` (or LocalServer(engines=[StandIn(...)])). Each run
 sleeps `seconds` in small slices, checking for cancellation between them as the real engine does between
 steps, and returns one flat image per requested output in the colour of the input. With `record` set,
-every run's start and end is appended to that file ("start SEED" / "end SEED"), so a test can count how
+every run's start and end is appended to that file ("start SEED PID" / "end SEED PID"), so a test can count how
 often each job ran. A job with seed `crash_seed` kills its worker process (os._exit), as a driver crash
 would. In a worker process the settings come from REDUX_STANDIN_SECONDS / _RECORD / _CRASH_SEED.
 """
@@ -46,7 +46,7 @@ class StandIn:
                 os.close(fd)
 
     def run(self, inputs, picture, should_abort, log):
-        tag = f"{inputs.seed}"
+        tag = f"{inputs.seed} {os.getpid()}"
         self._note(f"start {tag}")
         if self.crash_seed is not None and inputs.seed == self.crash_seed:
             os._exit(3)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from packloader import ROOT, submodule
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the stand-in engine and the load driver
 from server_load import ServeProcess, free_port  # noqa: E402
 from server_standin import StandIn  # noqa: E402
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -62,7 +63,7 @@ def recover(store: JobStore, queue: JobQueue, config: ServerConfig) -> None:
     host = socket.gethostname()
     for job in store.running():
         name, _, pid = (job.worker or "").rpartition(":")
-        if name == host and pid.isdigit() and not _alive(int(pid)):
+        if name == host and pid.isdigit() and not process_alive(int(pid)):
             requeue_if_abandoned(store, queue, job.id, config, f"its worker {job.worker} stopped (server restart)")
     pending = queue.pending_job_ids()
     lost = [job_id for job_id in store.queued_ids() if job_id not in pending]
@@ -72,14 +73,18 @@ def recover(store: JobStore, queue: JobQueue, config: ServerConfig) -> None:
         log.info("re-sent %d queued job(s) whose queue message was lost", len(lost))
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True for a running process; a zombie (dead, not yet reaped) counts as dead."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True  # no /proc: trust kill(0)
 
 
 def sweep(store: JobStore, queue: JobQueue, config: ServerConfig) -> None:
@@ -89,6 +94,17 @@ def sweep(store: JobStore, queue: JobQueue, config: ServerConfig) -> None:
     for job in store.running():
         if job.lease_until is not None and job.lease_until < now:
             requeue_if_abandoned(store, queue, job.id, config, f"worker {job.worker} stopped responding")
+
+
+def _death_signal():
+    """preexec_fn giving the child SIGKILL when this thread's process dies (Linux PR_SET_PDEATHSIG; it
+    survives exec, so it holds from the worker's first instruction). None elsewhere."""
+    try:
+        import ctypes
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(1, signal.SIGKILL)  # resolved before fork: the child only makes the call
 
 
 @dataclass
@@ -114,9 +130,10 @@ class Supervisor:
         return self
 
     def _spawn(self, worker: WorkerProcess) -> None:
-        command = [sys.executable, "-m", "pipelines.server.worker", self.config.to_json(), worker.device]
+        command = [sys.executable, "-m", "pipelines.server.worker", self.config.to_json(), worker.device,
+                   str(os.getpid())]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(PACK_ROOT), os.environ.get("PYTHONPATH")])))
-        worker.process = subprocess.Popen(command, cwd=PACK_ROOT, env=env)
+        worker.process = subprocess.Popen(command, cwd=PACK_ROOT, env=env, preexec_fn=_death_signal())
         log.info("worker process %d started on %s", worker.process.pid, worker.device)
 
     def _watch(self) -> None:

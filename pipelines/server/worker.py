@@ -1,6 +1,6 @@
 """A GPU worker: one process per device, models kept loaded, jobs taken from the huey queue one at a time.
 
-    python -m pipelines.server.worker CONFIG_JSON DEVICE     (started by `serve`; not meant to be run by hand)
+    python -m pipelines.server.worker CONFIG_JSON DEVICE PARENT_PID   (started by `serve`, not by hand)
 
 The worker claims a job in the store before running it (a duplicate or cancelled task does nothing),
 renews its lease while it runs, checks for cancellation between denoising steps, and records any
@@ -160,28 +160,23 @@ def _heartbeat(runner: JobRunner, stop: threading.Event, every_s: float) -> None
             log.exception("could not renew the lease of job %s", runner.current)
 
 
-def _die_with_parent() -> None:
-    """A worker must not outlive `serve` (kill -9 of serve would leave it running jobs nobody watches)."""
-    parent = os.getppid()
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
+def _die_with_parent(parent: int) -> None:
+    """A worker must not outlive `serve` (after kill -9 of serve it would run jobs nobody watches). On Linux
+    the supervisor already set PR_SET_PDEATHSIG; this catches a parent that died before that took hold,
+    and other systems, by watching the parent pid."""
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(0.5)
         os._exit(1)
-    threading.Thread(target=watch, daemon=True).start()
     if os.getppid() != parent:
         os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config, device = ServerConfig.from_json(argv[0]), argv[1]
-    _die_with_parent()
+    _die_with_parent(int(argv[2]))
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
