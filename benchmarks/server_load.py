@@ -55,12 +55,15 @@ class ServeProcess:
         self.log_path = Path(log_path)
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 90.0) -> "ServeProcess":
+    def start(self, timeout: float = 90.0, wait: bool = True) -> "ServeProcess":
+        """Start it and (wait=True) return once /health answers; wait=False for a --workers-only host."""
         if self.process is not None and self.process.poll() is None:
             raise RuntimeError("this server is already running")
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=log, stderr=log,
                                             start_new_session=True)
+        if not wait:
+            return self
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -92,7 +95,8 @@ class ServeProcess:
             self.process.wait()
 
     def __enter__(self) -> "ServeProcess":
-        return self.start()
+        running = self.process is not None and self.process.poll() is None
+        return self if running else self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
@@ -238,7 +242,7 @@ def report(result: LoadResult, starts, ends, by_worker) -> str:
 
 
 def serve_args(workers: int, queue_url: str | None = None) -> list[str]:
-    args = ["--engine", "benchmarks.server_standin:StandIn", "--gpus", ",".join(["cpu"] * workers),
+    args = ["--engine", "benchmarks.server_standin:StandIn", "--gpus", ",".join(["cpu"] * workers) or "none",
             "--max-jobs-per-key", "100000", "--lease", "5"]
     return args + (["--queue", queue_url] if queue_url else [])
 
