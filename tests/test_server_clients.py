@@ -22,6 +22,7 @@ from server_support import ALICE, DEV, KEYS, SCHNELL, data_uri, local_server
 remote = submodule("pipelines.remote")
 server_engine = submodule("pipelines.server.engine")
 validation = submodule("pipelines.server.validation")
+cache = submodule("pipelines.cache")
 TINY = {"image_size": {"width": 256, "height": 256}, "num_inference_steps": 1}
 
 
@@ -62,6 +63,10 @@ def test_remote_client_custom_provider(server, tmp_path, model):
     assert {"queued", "done"} <= {event.state for event in seen}
     job = server.service.store.get(result.request_id)
     assert job.owner == "bob" and job.model == f"fal-ai/flux-1/{model}/redux"
+    loads = cache.CACHE.loads
+    remote.run_remote_variation([Image.new("RGB", (40, 40), (9, 9, 9))], custom_request(server, model=model),
+                                settings=custom_settings(tmp_path))
+    assert cache.CACHE.loads == loads  # the worker kept its models loaded
 
 
 def test_server_output_is_the_engines_output(server, models, tmp_path):

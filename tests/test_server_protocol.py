@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import re
@@ -11,7 +12,11 @@ import httpx
 import pytest
 from PIL import Image
 
+from fakes.server import FakeServer, Response
+from packloader import submodule
 from server_support import ALICE, BOB, DEV, KEYS, SCHNELL, StandIn, data_uri, local_server, wait_done
+
+params = submodule("pipelines.params")
 
 
 @pytest.fixture
@@ -222,3 +227,86 @@ def test_keys_never_appear_in_logs_or_replies(server, client, caplog):
     texts += [client.get(job["response_url"], headers=ALICE).text, caplog.text]
     assert not any(key in text for key in KEYS.values() for text in texts)
     assert "not-a-key" not in caplog.text
+
+
+def test_openapi_document_comes_from_the_specs(server, client):
+    document = client.get(f"{server.url}/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    dev, schnell = schemas["DevReduxInput"]["properties"], schemas["SchnellReduxInput"]["properties"]
+    assert schnell["num_inference_steps"]["maximum"] == params.VARIANTS["schnell"].steps.maximum
+    assert dev["num_inference_steps"]["default"] == params.VARIANTS["dev"].steps.default
+    assert dev["guidance_scale"]["maximum"] == params.GUIDANCE.maximum and "guidance_scale" not in schnell
+    assert dev["image_size"]["anyOf"][0]["enum"] == list(params.SIZE_PRESETS)
+    assert schemas["WaveSpeedReduxDevInput"]["properties"]["seed"]["minimum"] == params.WAVESPEED_SEED.minimum
+    assert f"/{DEV}" in document["paths"] and f"/sync/{SCHNELL}" in document["paths"]
+
+
+def wavespeed(client, server, body, headers=BOB):
+    payload = {"image": data_uri((1, 2, 250)), "size": "512*256", **body}
+    return client.post(f"{server.url}/api/v3/wavespeed-ai/flux-redux-dev", json=payload, headers=headers)
+
+
+def test_wavespeed_envelope_submit_result_and_errors(server, client):
+    reply = wavespeed(client, server, {"seed": 77, "num_images": 2})
+    assert reply.status_code == 200 and reply.json()["code"] == 200
+    task = reply.json()["data"]
+    assert task["status"] == "created" and task["urls"]["get"].endswith(f"/predictions/{task['id']}/result")
+    while task["status"] in ("created", "processing"):
+        task = client.get(task["urls"]["get"], headers=BOB).json()["data"]
+        time.sleep(0.02)
+    assert task["status"] == "completed" and task["seed"] == 77 and len(task["outputs"]) == 2
+    assert task["has_nsfw_contents"] == [False, False] and task["timings"]["inference"] >= 1  # milliseconds
+    assert Image.open(io.BytesIO(client.get(task["outputs"][0]).content)).size == (512, 256)
+    bad = wavespeed(client, server, {"size": "1024x1024"})
+    assert bad.status_code == 400 and "size" in bad.json()["message"] and bad.json()["data"] is None
+    assert "seed" in wavespeed(client, server, {"seed": 2**31}).json()["message"]
+    assert wavespeed(client, server, {}, headers={}).json()["code"] == 401
+    assert client.get(task["urls"]["get"], headers=ALICE).json()["code"] == 404  # another key's task
+
+
+def test_wavespeed_sync_mode_base64_and_cancel(tmp_path, client):
+    with local_server(tmp_path, [StandIn(seconds=1.0)], sync_timeout_s=0.2) as server:
+        timed_out = wavespeed(client, server, {"enable_sync_mode": True}).json()["data"]
+        assert timed_out["status"] in ("created", "processing") and timed_out["code"] == 5004
+        deleted = client.delete(f"{server.url}/api/v3/predictions/{timed_out['id']}", headers=BOB).json()
+        assert deleted["code"] == 200 and deleted["data"]["id"] == timed_out["id"]
+        while (task := client.get(timed_out["urls"]["get"], headers=BOB).json()["data"])["status"] == "processing":
+            time.sleep(0.02)
+        assert task["status"] == "cancelled"
+    with local_server(tmp_path / "again", [StandIn(seconds=0.01)]) as server:
+        task = wavespeed(client, server, {"enable_sync_mode": True, "enable_base64_output": True,
+                                          "output_format": "webp"}).json()["data"]
+        assert task["status"] == "completed"
+        assert Image.open(io.BytesIO(base64.b64decode(task["outputs"][0]))).format == "WEBP"
+
+
+def test_url_inputs_when_switched_on_with_caps_and_no_private_redirects(tmp_path, client):
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8), (0, 90, 180)).save(png, "PNG")
+    other = FakeServer(lambda hit: Response(200, png.getvalue(), content_type="image/png")).start()
+    routes = {"/ok.png": Response(200, png.getvalue(), content_type="image/png"),
+              "/hop": Response(302, b"", headers={"Location": "/ok.png"}),
+              "/private": Response(302, b"", headers={"Location": other.url.replace("127.0.0.1", "localhost")
+                                                      + "/x.png"}),
+              "/big.png": Response(200, b"\0" * 4096, content_type="image/png")}
+    images = FakeServer(lambda hit: routes.get(hit.path, Response(404, b""))).start()
+    host = images.url.split("//")[1]
+    try:
+        with local_server(tmp_path, [StandIn(seconds=0.01)], url_inputs=True, url_allow_hosts=(host,),
+                          max_input_bytes=2048) as server:
+            def run(path):
+                job = submit(client, server, {"image_url": images.url + path, "output_format": "png"}).json()
+                wait_done(client, job["status_url"], ALICE)
+                return client.get(job["response_url"], headers=ALICE)
+            for path in ("/ok.png", "/hop"):
+                image_url = run(path).json()["images"][0]["url"]
+                picture = Image.open(io.BytesIO(client.get(image_url).content)).convert("RGB")
+                assert picture.getpixel((0, 0)) == (0, 90, 180)
+            for path, words in (("/private", "non-public address"), ("/big.png", "larger than 2048 bytes"),
+                                ("/missing.png", "HTTP 404")):
+                refused = run(path)
+                assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "image_url"]
+                assert words in refused.json()["detail"][0]["msg"]
+    finally:
+        images.stop()
+        other.stop()

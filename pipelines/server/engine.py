@@ -44,19 +44,6 @@ class ReduxEngine:
         encoder = load_redux_encoder(ReduxEncoderSpec(str(found.redux), str(found.siglip), self.options))
         return flux, encoder
 
-    def preload(self, variants: tuple[str, ...]) -> list[str]:
-        """Load what the models folder has for these variants; returns those loaded."""
-        from ..weights import WeightsError
-
-        loaded = []
-        for variant in variants:
-            try:
-                self._models(variant)
-                loaded.append(variant)
-            except WeightsError:
-                continue
-        return loaded
-
     def run(self, inputs: JobInputs, picture: Image.Image, should_abort: Callable[[], bool],
             log: Callable[[str], None]) -> EngineOutput:
         from ..params import CUSTOM_SIZE, validate_generation
