@@ -46,9 +46,10 @@ class StandIn:
                 os.close(fd)
 
     def run(self, inputs, picture, should_abort, log):
-        tag = f"{inputs.seed} {os.getpid()}"
+        gen = inputs.generation
+        tag = f"{gen.seed} {os.getpid()}"
         self._note(f"start {tag}")
-        if self.crash_seed is not None and inputs.seed == self.crash_seed:
+        if self.crash_seed is not None and gen.seed == self.crash_seed:
             os._exit(3)
         started = time.perf_counter()
         while time.perf_counter() - started < self.seconds:
@@ -57,6 +58,6 @@ class StandIn:
             time.sleep(SLICE_S)
         log("stand-in done")
         color = picture.resize((1, 1)).getpixel((0, 0))
-        images = [Image.new("RGB", (inputs.width, inputs.height), color) for _ in range(inputs.num_images)]
+        images = [Image.new("RGB", (gen.width, gen.height), color) for _ in range(gen.num_images)]
         self._note(f"end {tag}")
-        return StandInOutput(images, inputs.seed if inputs.seed is not None else 0, time.perf_counter() - started)
+        return StandInOutput(images, gen.seed if gen.seed is not None else 0, time.perf_counter() - started)

@@ -23,6 +23,7 @@ remote = submodule("pipelines.remote")
 server_engine = submodule("pipelines.server.engine")
 validation = submodule("pipelines.server.validation")
 cache = submodule("pipelines.cache")
+params = submodule("pipelines.params")
 TINY = {"image_size": {"width": 256, "height": 256}, "num_inference_steps": 1}
 
 
@@ -75,7 +76,8 @@ def test_server_output_is_the_engines_output(server, models, tmp_path):
                                                                       sync_mode=True),
                                             settings=custom_settings(tmp_path))
     engine = server_engine.ReduxEngine(models["root"], device="cpu")
-    inputs = validation.JobInputs("dev", "", 256, 256, 1, 3.5, 5, 1, "png", True)
+    generation = params.validate_generation("dev", "custom", 256, 256, 1, None, 5)
+    inputs = validation.JobInputs(generation, "", "png", True)
     direct = engine.run(inputs, picture, lambda: False, lambda line: None).images[0]
     assert np.array_equal(np.asarray(result.images[0]), np.asarray(direct))
 

@@ -46,15 +46,12 @@ class ReduxEngine:
 
     def run(self, inputs: JobInputs, picture: Image.Image, should_abort: Callable[[], bool],
             log: Callable[[str], None]) -> EngineOutput:
-        from ..params import CUSTOM_SIZE, validate_generation
         from ..redux import encode
         from ..sampling import generate
 
-        flux, encoder = self._models(inputs.variant)
-        gen = validate_generation(inputs.variant, CUSTOM_SIZE, inputs.width, inputs.height,
-                                  inputs.num_inference_steps, inputs.guidance_scale, inputs.seed, inputs.num_images)
+        flux, encoder = self._models(inputs.generation.variant)
         conditioning = encode(encoder, [picture])
-        result = generate(flux, conditioning, gen, should_abort=should_abort,  # raises GenerationAborted
+        result = generate(flux, conditioning, inputs.generation, should_abort=should_abort,  # GenerationAborted
                           on_step=lambda step, total, _latents: log(f"step {step}/{total}"))
         return EngineOutput(result.pil_images(), result.seed, result.metadata["timings"]["total_s"])
 

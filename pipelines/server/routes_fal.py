@@ -58,8 +58,9 @@ def routes(ctx: Context) -> list[Route]:
             return None, json_reply(404, NOT_FOUND)
         return job, None
 
-    async def parse(request: Request, model_id: str):
-        """(owner, variant, inputs, issues) or an error reply."""
+    async def parse(request: Request):
+        """(owner, model_id, inputs, issues) or an error reply."""
+        model_id = request.path_params["model_id"].strip("/")
         if model_id not in FAL_MODELS:
             return json_reply(404, {"detail": f"Application '{model_id}' not found"})
         owner = owner_of(request, ctx)
@@ -71,19 +72,23 @@ def routes(ctx: Context) -> list[Route]:
             detail = [{"loc": ["body"], "msg": str(exc), "type": exc.kind}] if exc.status == 422 else str(exc)
             return json_reply(exc.status, {"detail": detail})
         inputs, issues = validate_fal(FAL_MODELS[model_id], body, ctx.config.url_inputs)
-        return owner, inputs, issues
+        return owner, model_id, inputs, issues
 
-    async def submit(request: Request):
-        model_id = request.path_params["model_id"].strip("/")
-        parsed = await parse(request, model_id)
-        if not isinstance(parsed, tuple):
-            return parsed
-        owner, inputs, issues = parsed
+    async def enqueue(owner: str, model_id: str, inputs, issues=None):
+        """The new job, or the 429 reply when the key has too many unfinished ones."""
         try:
-            job = await blocking(ctx.service.submit, owner, "fal", model_id, inputs, issues)
+            return await blocking(ctx.service.submit, owner, "fal", model_id, inputs, issues)
         except TooManyJobs as exc:
             return json_reply(429, {"detail": str(exc), "error_type": "rate_limited"},
                               {"Retry-After": str(ctx.config.retry_after_s)})
+
+    async def submit(request: Request):
+        parsed = await parse(request)
+        if not isinstance(parsed, tuple):
+            return parsed
+        job = await enqueue(*parsed)
+        if not isinstance(job, J.Job):
+            return job
         position = await blocking(ctx.service.position, job)
         return json_reply(200, {"request_id": job.id, **request_urls(request, job), "status": job.state,
                                 "queue_position": position})
@@ -119,18 +124,15 @@ def routes(ctx: Context) -> list[Route]:
         return json_reply(400, {"status": "ALREADY_COMPLETED"})
 
     async def run_sync(request: Request):
-        model_id = request.path_params["model_id"].strip("/")
-        parsed = await parse(request, model_id)
+        parsed = await parse(request)
         if not isinstance(parsed, tuple):
             return parsed
-        owner, inputs, issues = parsed
+        owner, model_id, inputs, issues = parsed
         if inputs is None:
             return json_reply(422, {"detail": issues})
-        try:
-            job = await blocking(ctx.service.submit, owner, "fal", model_id, inputs)
-        except TooManyJobs as exc:
-            return json_reply(429, {"detail": str(exc), "error_type": "rate_limited"},
-                              {"Retry-After": str(ctx.config.retry_after_s)})
+        job = await enqueue(owner, model_id, inputs)
+        if not isinstance(job, J.Job):
+            return job
         job = await blocking(ctx.service.wait, owner, job.id, ctx.config.sync_timeout_s)
         if job is not None and not job.done:
             await blocking(ctx.service.cancel, owner, job.id)

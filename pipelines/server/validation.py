@@ -8,7 +8,7 @@ engine-ready settings a worker runs.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from .. import params
@@ -25,25 +25,28 @@ URL_PREFIXES = ("https://", "http://")
 
 @dataclass(frozen=True)
 class JobInputs:
-    """What a worker runs: the image reference plus validated generation settings."""
+    """What a worker runs: the image reference, the validated generation settings, how outputs are sent."""
 
-    variant: str
+    generation: params.GenerationParams
     image: str
-    width: int
-    height: int
-    num_inference_steps: int
-    guidance_scale: float | None
-    seed: int | None
-    num_images: int
     output_format: str
     inline: bool  # outputs as data URIs / base64 instead of server URLs
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"generation": self.generation.as_dict(), "image": self.image, "output_format": self.output_format,
+                "inline": self.inline}
 
     @staticmethod
     def from_dict(data: dict) -> "JobInputs":
-        return JobInputs(**data)
+        return JobInputs(params.GenerationParams(**data["generation"]), data["image"], data["output_format"],
+                         data["inline"])
+
+
+def _inputs(variant: str, image: str, size: tuple[int, int], steps: int, guidance: float | None, seed: int | None,
+            count: int, fmt: str, inline: bool) -> JobInputs:
+    generation = params.validate_generation(variant, params.CUSTOM_SIZE, size[0], size[1], steps, guidance, seed,
+                                            count)
+    return JobInputs(generation, image, fmt, inline)
 
 
 class Issues:
@@ -150,7 +153,7 @@ def validate_fal(variant: str, body: Any, urls_allowed: bool) -> tuple[JobInputs
     _optional(issues, body, "enable_safety_checker", _bool("enable_safety_checker"), True)
     if issues.items:
         return None, issues.items
-    return JobInputs(variant, image, size[0], size[1], steps, guidance, seed, count, fmt, sync), []
+    return _inputs(variant, image, size, steps, guidance, seed, count, fmt, sync), []
 
 
 def _optional(issues: Issues, body: dict, field: str, validate: Callable[[Any], Any], default: Any) -> Any:
@@ -179,8 +182,7 @@ def validate_wavespeed(body: Any, urls_allowed: bool) -> tuple[JobInputs | None,
         _optional(issues, body, flag, _bool(flag), False)
     if issues.items:
         return None, issues.summary()
-    return JobInputs("dev", image, size[0], size[1], steps, guidance, None if seed == -1 else seed, count, fmt,
-                     inline), None
+    return _inputs("dev", image, size, steps, guidance, None if seed == -1 else seed, count, fmt, inline), None
 
 
 def _wavespeed_size(value: Any) -> tuple[int, int]:
