@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 import re
 import time
@@ -77,6 +78,16 @@ def test_status_is_202_until_completed_and_positions_count_down(tmp_path, client
             time.sleep(0.02)
         assert positions[0] >= 1 and positions == sorted(positions, reverse=True) and 0 in positions
         assert wait_done(client, last["status_url"], ALICE)["status"] == "COMPLETED"
+
+
+def test_status_stream_sends_events_until_completed(server, client):
+    job = submit(client, server).json()
+    with client.stream("GET", job["status_url"] + "/stream", params={"logs": "1"}, headers=ALICE) as reply:
+        assert reply.headers["content-type"].startswith("text/event-stream")
+        events = [json.loads(line[len("data: "):]) for line in reply.iter_lines() if line.startswith("data: ")]
+    assert events[-1]["status"] == "COMPLETED" and events[-1]["logs"][-1]["message"] == "finished"
+    assert len(events) >= 2 and events[0]["status"] in ("IN_QUEUE", "IN_PROGRESS")
+    assert client.get(job["status_url"] + "/stream", headers=BOB).status_code == 404
 
 
 def test_result_before_completion_is_400(tmp_path, client):

@@ -2,6 +2,7 @@
 
     POST /{model_id}                              submit -> {request_id, *_url, status, queue_position}
     GET  /{owner}/{app}/requests/{id}/status      202 while IN_QUEUE/IN_PROGRESS, 200 when COMPLETED
+    GET  /{owner}/{app}/requests/{id}/status/stream   the same as server-sent events until COMPLETED
     GET  /{owner}/{app}/requests/{id}             the result with the model's own HTTP status (422, 500...)
     PUT  /{owner}/{app}/requests/{id}/cancel      202 CANCELLATION_REQUESTED / 400 ALREADY_COMPLETED
     POST /sync/{model_id}                         the output directly (fal.run)
@@ -12,7 +13,11 @@ remote node with provider custom).
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 from starlette.requests import Request
+from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
 from . import jobs as J
@@ -24,6 +29,7 @@ from .web import BodyError, Context, base_url, blocking, json_reply, owner_of, r
 NOT_FOUND = {"detail": "Request not found"}
 UNAUTHORIZED = {"detail": "Unauthorized: send Authorization: Key <key> (or Bearer <key>)"}
 LOG_FLAGS = ("1", "true", "True")
+STREAM_POLL_S = 0.1
 
 
 def app_path(model_id: str) -> str:
@@ -93,10 +99,7 @@ def routes(ctx: Context) -> list[Route]:
         return json_reply(200, {"request_id": job.id, **request_urls(request, job), "status": job.state,
                                 "queue_position": position})
 
-    async def status(request: Request):
-        job, error = await authorized_job(request)
-        if error:
-            return error
+    async def status_body(request: Request, job: J.Job) -> dict:
         body = {"status": job.state, "request_id": job.id, **request_urls(request, job),
                 "queue_position": await blocking(ctx.service.position, job),
                 "logs": job.logs if request.query_params.get("logs") in LOG_FLAGS else None}
@@ -104,7 +107,32 @@ def routes(ctx: Context) -> list[Route]:
             body["metrics"] = {"inference_time": job.inference_s}
             if job.error:
                 body["error"], body["error_type"] = job.error, job.error_type
-        return json_reply(200 if job.done else 202, body, {"x-fal-request-id": job.id})
+        return body
+
+    async def status(request: Request):
+        job, error = await authorized_job(request)
+        if error:
+            return error
+        return json_reply(200 if job.done else 202, await status_body(request, job), {"x-fal-request-id": job.id})
+
+    async def status_stream(request: Request):
+        """Server-sent events: one `data: <status json>` line per change, until COMPLETED."""
+        job, error = await authorized_job(request)
+        if error:
+            return error
+
+        async def events():
+            last, current = None, job
+            while current is not None:
+                text = json.dumps(await status_body(request, current))
+                if text != last:
+                    yield f"data: {text}\n\n"
+                    last = text
+                if current.done:
+                    return
+                await asyncio.sleep(STREAM_POLL_S)
+                current = await blocking(ctx.service.find, job.owner, job.id)
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"x-fal-request-id": job.id})
 
     async def result(request: Request):
         job, error = await authorized_job(request)
@@ -145,6 +173,7 @@ def routes(ctx: Context) -> list[Route]:
     return [
         Route("/sync/{model_id:path}", run_sync, methods=["POST"]),
         Route(requests_path + "/status", status, methods=["GET"]),
+        Route(requests_path + "/status/stream", status_stream, methods=["GET"]),
         Route(requests_path + "/cancel", cancel, methods=["PUT"]),
         Route(requests_path, result, methods=["GET"]),
         Route("/{model_id:path}", submit, methods=["POST"]),
