@@ -36,7 +36,7 @@ def test_load_nothing_lost_each_job_once_positions_only_go_down(tmp_path, record
     assert all(starts[seed] == 1 and ends[seed] == 1 for seed in range(120))
     assert sum(ends.values()) == 120 and len(by_worker) == 2  # both workers took jobs
     assert result.positions_rose == []
-    assert len(result.submit_s) == 120 and len(result.status_s) >= 150
+    assert len(result.submit_s) == 120 and len(result.status_s) >= 120
 
 
 def test_kill9_mid_load_loses_nothing(tmp_path, record):
