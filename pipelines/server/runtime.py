@@ -7,6 +7,7 @@ same API with workers as threads inside the calling process, on a free loopback 
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import threading
 
@@ -32,8 +33,7 @@ def open_backend(config: ServerConfig) -> JobService:
 def serve(config: ServerConfig, keys: ApiKeys | None, api: bool = True) -> None:
     """Blocks until Ctrl+C / SIGTERM. api=False runs only this host's workers (a GPU host of a Redis setup)."""
     service = open_backend(config)
-    if api:
-        recover(service.store, service.queue, config)
+    recover(service.store, service.queue, config)
     supervisor = Supervisor(config, service.store, service.queue, sweeper=api).start()
     try:
         if api:
@@ -41,7 +41,9 @@ def serve(config: ServerConfig, keys: ApiKeys | None, api: bool = True) -> None:
             uvicorn.run(build_app(config, service, keys), host=config.host, port=config.port, log_level="info",
                         timeout_graceful_shutdown=5)
         else:
-            threading.Event().wait()
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            stop.wait()
     except KeyboardInterrupt:
         pass
     finally:
