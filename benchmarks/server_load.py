@@ -9,6 +9,8 @@ kill -9 once N jobs have completed and started again on the same state; then "no
 and runs are counted (a job interrupted mid-run runs again: it may show two starts, never two results).
 
     .venv/bin/python benchmarks/server_load.py [--jobs 500] [--clients 50] [--workers 2] [--kill-after 200]
+    .venv/bin/python benchmarks/server_load.py --models-dir ComfyUI/models --gpus 0,1 --jobs 40 --clients 8 \
+        --size 1024 --steps 28        # real FLUX on GPUs: end-to-end throughput and latencies
 """
 
 from __future__ import annotations
@@ -47,15 +49,17 @@ def free_port() -> int:
 class ServeProcess:
     """`python -m pipelines serve ...` in its own process group, as a user would start it."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path, port: int | None = None):
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path, port: int | None = None,
+                 timeout_s: float = 90.0):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.command = [sys.executable, "-m", "pipelines", "serve", "--port", str(self.port), *args]
         self.env = dict(os.environ, **env)
         self.log_path = Path(log_path)
         self.process: subprocess.Popen | None = None
+        self.timeout_s = timeout_s
 
-    def start(self, timeout: float = 90.0, wait: bool = True) -> "ServeProcess":
+    def start(self, wait: bool = True) -> "ServeProcess":
         """Start it and (wait=True) return once /health answers; wait=False for a --workers-only host."""
         if self.process is not None and self.process.poll() is None:
             raise RuntimeError("this server is already running")
@@ -64,7 +68,7 @@ class ServeProcess:
                                             start_new_session=True)
         if not wait:
             return self
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"serve exited early:\n{self.log_path.read_text()[-3000:]}")
@@ -74,7 +78,7 @@ class ServeProcess:
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"serve did not come up within {timeout} s:\n{self.log_path.read_text()[-3000:]}")
+        raise RuntimeError(f"serve did not come up within {self.timeout_s} s:\n{self.log_path.read_text()[-3000:]}")
 
     def kill9(self) -> None:
         """kill -9 of the serve process only: its workers must go down by themselves."""
@@ -144,14 +148,13 @@ def _call(http: httpx.Client, method: str, url: str, timings: list | None, **kwa
         return reply
 
 
-def _client(base_url: str, key: str, seeds: list[int], result: LoadResult, poll_s: float) -> None:
+def _client(base_url: str, key: str, seeds: list[int], result: LoadResult, poll_s: float, job: dict) -> None:
     headers, uri = {"Authorization": f"Key {key}"}, image_uri()
     submit_s, status_s, pending = [], [], {}
     with httpx.Client(timeout=30) as http:
         for seed in seeds:
             reply = _call(http, "POST", f"{base_url}/{MODEL}", submit_s, headers=headers,
-                          json={"image_url": uri, "image_size": {"width": 256, "height": 256}, "seed": seed,
-                                "num_inference_steps": 1})
+                          json={"image_url": uri, "seed": seed, **job})
             if reply.status_code != 200:
                 result.errors.append(f"submit {seed}: HTTP {reply.status_code} {reply.text[:200]}")
                 continue
@@ -189,12 +192,17 @@ def _collect(http, seed, body, status, positions, headers, result: LoadResult) -
         result.completed[seed] = body["request_id"]
 
 
-def run_load(base_url: str, jobs: int, clients: int, poll_s: float = 0.1, during=None) -> LoadResult:
+SMALL_JOB = {"image_size": {"width": 256, "height": 256}, "num_inference_steps": 1}
+
+
+def run_load(base_url: str, jobs: int, clients: int, poll_s: float = 0.1, during=None,
+             job: dict | None = None) -> LoadResult:
     """Run the clients to the end; `during(result)` runs alongside them (e.g. a kill -9 and restart)."""
     result = LoadResult(jobs)
     keys = list(KEYS.values())
     threads = [threading.Thread(target=_client, args=(base_url, keys[n % len(keys)],
-                                                      list(range(n, jobs, clients)), result, poll_s))
+                                                      list(range(n, jobs, clients)), result, poll_s,
+                                                      job or SMALL_JOB))
                for n in range(clients)]
     started = time.perf_counter()
     for thread in threads:
@@ -225,18 +233,20 @@ def percentile(values: list[float], q: float) -> float:
 
 def report(result: LoadResult, starts, ends, by_worker) -> str:
     ms = lambda values, q: percentile(values, q) * 1000  # noqa: E731
-    return "\n".join([
-        f"jobs {result.jobs}: acknowledged {result.acknowledged}, completed {len(result.completed)}, "
-        f"lost {result.lost()}, errors {len(result.errors)}",
+    runs = [] if not by_worker else [
         f"runs: ended exactly once {sum(1 for s in result.completed if ends[s] == 1)}, ended twice or more "
         f"{sum(1 for s in result.completed if ends[s] > 1)}, restarted after a crash "
         f"{sum(1 for s in result.completed if starts[s] > 1)}",
+        f"runs per worker process: {sorted(by_worker.values(), reverse=True)}"]
+    return "\n".join([
+        f"jobs {result.jobs}: acknowledged {result.acknowledged}, completed {len(result.completed)}, "
+        f"lost {result.lost()}, errors {len(result.errors)}",
+        *runs,
         f"queue positions that went up: {len(result.positions_rose)}",
         f"submit latency: p50 {ms(result.submit_s, 0.5):.1f} ms, p99 {ms(result.submit_s, 0.99):.1f} ms "
         f"({len(result.submit_s)} requests)",
         f"status latency: p50 {ms(result.status_s, 0.5):.1f} ms, p99 {ms(result.status_s, 0.99):.1f} ms "
         f"({len(result.status_s)} requests)",
-        f"runs per worker process: {sorted(by_worker.values(), reverse=True)}",
         f"wall {result.wall_s:.1f} s, {len(result.completed) / result.wall_s:.1f} jobs/s",
     ])
 
@@ -274,14 +284,25 @@ def main() -> int:
     parser.add_argument("--job-seconds", type=float, default=0.01, help="stand-in run time per job")
     parser.add_argument("--kill-after", type=int, help="kill -9 the server after this many completed jobs")
     parser.add_argument("--queue", help="redis://... (default: SQLite)")
+    parser.add_argument("--models-dir", help="run the real engine from this ComfyUI models/ folder instead of the "
+                                             "stand-in (GPU hosts: with --gpus)")
+    parser.add_argument("--gpus", default="auto", help="with --models-dir: serve's --gpus")
+    parser.add_argument("--size", type=int, default=256, help="output side in pixels (square)")
+    parser.add_argument("--steps", type=int, default=1, help="denoising steps per job")
     args = parser.parse_args()
+    job = {"image_size": {"width": args.size, "height": args.size}, "num_inference_steps": args.steps}
     with tempfile.TemporaryDirectory() as tmp:
         record = Path(tmp) / "runs.txt"
-        server = ServeProcess(serve_args(args.workers, args.queue) + ["--state-dir", str(Path(tmp) / "state")],
-                              serve_env(record, args.job_seconds), Path(tmp) / "serve.log")
+        serve = serve_args(args.workers, args.queue)
+        if args.models_dir:  # the real engine: same flags without the stand-in
+            serve = [a for a in serve if a not in ("--engine", "benchmarks.server_standin:StandIn")]
+            serve[serve.index("--gpus") + 1] = args.gpus
+            serve += ["--models-dir", args.models_dir]
+        server = ServeProcess(serve + ["--state-dir", str(Path(tmp) / "state")],
+                              serve_env(record, args.job_seconds), Path(tmp) / "serve.log", timeout_s=600)
         with server:
             during = kill_and_restart(server, args.kill_after) if args.kill_after else None
-            result = run_load(server.url, args.jobs, args.clients, during=during)
+            result = run_load(server.url, args.jobs, args.clients, during=during, job=job)
         print(report(result, *run_counts(record)))
         for error in result.errors[:10]:
             print("error:", error)

@@ -23,6 +23,7 @@ from . import jobs as J
 from .config import ServerConfig
 from .queue import JobQueue
 from .store import JobStore
+from .worker import worker_id
 
 log = logging.getLogger("flux-redux.server")
 PACK_ROOT = Path(__file__).resolve().parents[2]
@@ -156,7 +157,6 @@ class Supervisor:
         code = worker.process.poll()
         if code is None:
             return
-        from .worker import worker_id
         name = worker_id(worker.process.pid)
         failed = fail_jobs_of(self.store, name, self.config,
                               f"the worker process on {worker.device} died (exit code {code}) while running this "
