@@ -19,10 +19,11 @@ log = logging.getLogger("flux-redux.server")
 def add_parser(sub) -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve the fal / WaveSpeed FLUX.1 Redux APIs from this machine's GPUs",
                        description="Serve fal's queue + sync endpoints and WaveSpeed v3 for FLUX.1 Redux. "
-                                   "Keys: REDUX_SERVER_KEYS=name=KEY,... or redux_server_keys.json.")
+                                   "Keys: REDUX_SERVER_KEYS=name=KEY,... or redux_server_keys.json.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     s.add_argument("--models-dir", help="ComfyUI's models/ folder (dev and/or schnell Redux weights)")
     s.add_argument("--host", default="127.0.0.1", help="listen address; 0.0.0.0 exposes the server to the network")
-    s.add_argument("--port", type=int, default=DEFAULT_PORT)
+    s.add_argument("--port", type=int, default=DEFAULT_PORT, help="listen port")
     s.add_argument("--gpus", default="auto",
                    help="one worker per entry: auto (every CUDA GPU, else one CPU worker), 0,1 (CUDA indices), "
                         "cpu, cpu,cpu, or none (API only)")
@@ -39,9 +40,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="accept http(s) image URLs (off: data URIs only); private addresses stay refused")
     s.add_argument("--url-allow-host", action="append", default=[],
                    help="host or host:port that image URLs may reach even on a private address (repeatable)")
-    s.add_argument("--dtype", choices=params.DTYPE_CHOICES, default="auto")
-    s.add_argument("--weight-storage", choices=params.WEIGHT_STORAGE_CHOICES, default="default")
-    s.add_argument("--offload", choices=params.OFFLOAD_CHOICES, default="none")
+    s.add_argument("--dtype", choices=params.DTYPE_CHOICES, default="auto", help="compute dtype of the workers")
+    s.add_argument("--weight-storage", choices=params.WEIGHT_STORAGE_CHOICES, default="default",
+                   help="fp8 keeps transformer weights in float8 (about half the VRAM)")
+    s.add_argument("--offload", choices=params.OFFLOAD_CHOICES, default="none", help="CPU offload of the models")
     s.add_argument("--engine", help=argparse.SUPPRESS)  # module:callable stand-in engine (load benchmark)
     s.add_argument("--lease", type=float, default=30.0, help=argparse.SUPPRESS)
     return s

@@ -6,6 +6,7 @@ same API with workers as threads inside the calling process, on a free loopback 
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import signal
 import socket
@@ -38,6 +39,10 @@ def serve(config: ServerConfig, keys: ApiKeys | None, api: bool = True) -> None:
     try:
         if api:
             log.info("serving on http://%s:%d with keys: %s", config.host, config.port, ", ".join(keys.names))
+            if not _loopback(config.host):
+                log.warning("listening on %s: API keys travel in clear text over plain http; put an https "
+                            "reverse proxy in front (the pack's remote node needs https for any host but localhost)",
+                            config.host)
             uvicorn.run(build_app(config, service, keys), host=config.host, port=config.port, log_level="info",
                         timeout_graceful_shutdown=5)
         else:
@@ -48,6 +53,13 @@ def serve(config: ServerConfig, keys: ApiKeys | None, api: bool = True) -> None:
         pass
     finally:
         supervisor.stop()
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 class LocalServer:
