@@ -33,7 +33,8 @@ def test_gpus(gpus, devices):
 
 @pytest.mark.parametrize("argv, words", [
     (["--gpus", "two"], "gpus"), (["--result-ttl", "0"], "result_ttl"), (["--max-jobs-per-key", "0"], "max_jobs"),
-    (["--gpus", "cpu"], "--models-dir"),
+    (["--gpus", "cpu"], "--models-dir"), (["--tls-cert", "cert.pem"], "go together"),
+    (["--tls-cert", "nope.pem", "--tls-key", "nope.key"], "no such file"),
 ])
 def test_bad_arguments_exit_2_with_one_line(capsys, argv, words):
     assert cli.main(["serve", *argv]) == 2

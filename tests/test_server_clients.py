@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import subprocess
 import time
 
 import fal_client
@@ -17,7 +18,7 @@ from PIL import Image
 
 from fakes.helpers import settings as client_settings
 from packloader import submodule
-from server_support import ALICE, DEV, KEYS, SCHNELL, data_uri, local_server
+from server_support import ALICE, DEV, KEYS, SCHNELL, StandIn, data_uri, local_server
 
 remote = submodule("pipelines.remote")
 server_engine = submodule("pipelines.server.engine")
@@ -147,3 +148,26 @@ def test_wavespeed_sdk(server):
     with pytest.raises(RuntimeError, match="HTTP 401"):
         wavespeed.Client(api_key="wrong-key-0123456789", base_url=server.url).run("wavespeed-ai/flux-redux-dev", body)
     assert httpx.post(f"{server.url}/api/v3/wavespeed-ai/flux-redux-schnell", json=body, headers=ALICE).status_code == 404
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1, made with the openssl command (Debian's openssl package)."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def test_https_with_the_servers_own_certificate(tmp_path, certificate, monkeypatch):
+    cert, key = certificate
+    with local_server(tmp_path, [StandIn(seconds=0.01)], tls_cert=str(cert), tls_key=str(key)) as server:
+        assert server.url.startswith("https://127.0.0.1:")
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))  # the client trusts this certificate only
+        (result,) = remote.run_remote_variation([Image.new("RGB", (8, 8), (0, 0, 200))],
+                                                custom_request(server, seed=3), settings=custom_settings(tmp_path))
+        assert result.seed == 3 and result.images[0].size == (256, 256)
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(server.url.replace("https", "http") + "/health")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from .. import params
 from .config import DEFAULT_PORT, DEFAULT_STATE_DIR, ServerConfig
@@ -24,6 +25,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     s.add_argument("--models-dir", help="ComfyUI's models/ folder (dev and/or schnell Redux weights)")
     s.add_argument("--host", default="127.0.0.1", help="listen address; 0.0.0.0 exposes the server to the network")
     s.add_argument("--port", type=int, default=DEFAULT_PORT, help="listen port")
+    s.add_argument("--tls-cert", help="PEM certificate (chain) to serve https directly; with --tls-key")
+    s.add_argument("--tls-key", help="PEM private key of --tls-cert")
     s.add_argument("--gpus", default="auto",
                    help="one worker per entry: auto (every CUDA GPU, else one CPU worker), 0,1 (CUDA indices), "
                         "cpu, cpu,cpu, or none (API only)")
@@ -75,7 +78,13 @@ def config_from(args) -> ServerConfig:
     for name, value in (("result_ttl", args.result_ttl), ("sync_timeout", args.sync_timeout)):
         if value <= 0:
             raise params.ParameterError(name, value, "must be more than 0 seconds")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise params.ParameterError("tls_cert", args.tls_cert, "--tls-cert and --tls-key go together")
+    for name, path in (("tls_cert", args.tls_cert), ("tls_key", args.tls_key)):
+        if path and not Path(path).is_file():
+            raise params.ParameterError(name, path, "no such file (expected a PEM file)")
     return ServerConfig(state_dir=args.state_dir, queue_url=args.queue_url, host=args.host, port=args.port,
+                        tls_cert=args.tls_cert, tls_key=args.tls_key,
                         models_dir=args.models_dir, devices=devices(args.gpus), engine=args.engine, dtype=args.dtype,
                         weight_storage=args.weight_storage, offload=args.offload, result_ttl_s=args.result_ttl,
                         max_active_per_key=args.max_jobs_per_key, sync_timeout_s=args.sync_timeout,

@@ -19,6 +19,8 @@ class ServerConfig:
     namespace: str = "flux-redux"
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
+    tls_cert: str | None = None  # PEM certificate chain: serve https directly (no reverse proxy needed)
+    tls_key: str | None = None
     models_dir: str | None = None
     devices: tuple[str, ...] = ()  # one worker process per entry: "cuda:0", "cpu", ...
     engine: str | None = None  # module:callable building a stand-in engine (benchmarks)
@@ -55,6 +57,14 @@ class ServerConfig:
 
     def with_(self, **changes) -> "ServerConfig":
         return replace(self, **changes)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert else "http"
+
+    def tls_options(self) -> dict:
+        """uvicorn's keyword arguments for https (empty for plain http)."""
+        return {"ssl_certfile": self.tls_cert, "ssl_keyfile": self.tls_key} if self.tls_cert else {}
 
     @property
     def state_path(self) -> Path:

@@ -38,13 +38,14 @@ def serve(config: ServerConfig, keys: ApiKeys | None, api: bool = True) -> None:
     supervisor = Supervisor(config, service.store, service.queue, sweeper=api).start()
     try:
         if api:
-            log.info("serving on http://%s:%d with keys: %s", config.host, config.port, ", ".join(keys.names))
-            if not _loopback(config.host):
-                log.warning("listening on %s: API keys travel in clear text over plain http; put an https "
-                            "reverse proxy in front (the pack's remote node needs https for any host but localhost)",
+            log.info("serving on %s://%s:%d with keys: %s", config.scheme, config.host, config.port,
+                     ", ".join(keys.names))
+            if not _loopback(config.host) and not config.tls_cert:
+                log.warning("listening on %s: API keys travel in clear text over plain http; use --tls-cert/"
+                            "--tls-key or an https reverse proxy (the remote node needs https beyond localhost)",
                             config.host)
             uvicorn.run(build_app(config, service, keys), host=config.host, port=config.port, log_level="info",
-                        timeout_graceful_shutdown=5)
+                        timeout_graceful_shutdown=5, **config.tls_options())
         else:
             stop = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -76,9 +77,10 @@ class LocalServer:
         recover(self.service.store, self.service.queue, self.config)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP proto: asyncio sets NODELAY
         sock.bind((self.config.host, 0))
-        self.url = f"http://{self.config.host}:{sock.getsockname()[1]}"
+        self.url = f"{self.config.scheme}://{self.config.host}:{sock.getsockname()[1]}"
         self.uvicorn = uvicorn.Server(uvicorn.Config(build_app(self.config, self.service, self.keys),
-                                                     log_level="warning", timeout_graceful_shutdown=1))
+                                                     log_level="warning", timeout_graceful_shutdown=1,
+                                                     **self.config.tls_options()))
         self._thread(self.uvicorn.run, [sock])
         for number, engine in enumerate(self.engines):
             ready = threading.Event()
