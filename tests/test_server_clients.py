@@ -112,7 +112,7 @@ def test_fal_client_queue_events_and_result(fal):
 
 
 def test_fal_client_cancel_and_422(fal, server):
-    busy = fal.submit(DEV, arguments={"image_url": data_uri(), **TINY, "num_inference_steps": 3})
+    busy = fal.submit(DEV, arguments={"image_url": data_uri(), **TINY, "num_inference_steps": 8})
     waiting = fal.submit(SCHNELL, arguments={"image_url": data_uri(), **TINY})
     waiting.cancel()
     status = waiting.status()

@@ -61,7 +61,7 @@ def test_queue_round_trip(server, client):
 
 
 def test_status_is_202_until_completed_and_positions_count_down(tmp_path, client):
-    with local_server(tmp_path, [StandIn(seconds=0.3)]) as server:
+    with local_server(tmp_path, [StandIn(seconds=1.0)]) as server:
         running = submit(client, server).json()
         while client.get(running["status_url"], headers=ALICE).json()["status"] == "IN_QUEUE":
             time.sleep(0.01)

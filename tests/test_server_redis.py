@@ -44,7 +44,7 @@ def namespace():
 
 def test_protocol_on_the_redis_store(tmp_path, redis_url, namespace):
     settings = dict(queue_url=redis_url, namespace=namespace, max_active_per_key=3, result_ttl_s=1.0)
-    with local_server(tmp_path, [StandIn(seconds=0.5)], **settings) as server, httpx.Client(timeout=10) as http:
+    with local_server(tmp_path, [StandIn(seconds=2.0)], **settings) as server, httpx.Client(timeout=10) as http:
         url, body = f"{server.url}/{DEV}", {"image_url": data_uri(), "image_size": "square"}
         jobs = [http.post(url, json=dict(body, seed=n), headers=ALICE).json() for n in range(3)]
         assert http.post(url, json=body, headers=ALICE).status_code == 429
