@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import cli_checks, cli_restyle, params
+from .server import cli as server_cli
 from .loading import LoadOptions
 from .cli_outputs import OutputWriter
 from .models import FluxModelSpec, ReduxEncoderSpec, load_flux_model, load_redux_encoder
@@ -92,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipelines", description="FLUX.1 Redux image variation, offline.")
     sub = p.add_subparsers(dest="command", required=True)
     add_variation_parser(sub)
+    serve = server_cli.add_parser(sub)
+    serve.set_defaults(handler=server_cli.run)
+    add_common_options(serve)
     return p
 
 

@@ -20,6 +20,7 @@ SIZE_PRESETS: dict[str, tuple[int, int]] = {  # name -> (width, height), fal's e
 CUSTOM_SIZE = "custom"
 IMAGE_SIZE_CHOICES: tuple[str, ...] = (*SIZE_PRESETS, CUSTOM_SIZE)
 DEFAULT_IMAGE_SIZE = "square_hd"
+FAL_DEFAULT_IMAGE_SIZE = "landscape_4_3"  # what fal's Redux API uses when a request omits image_size
 SIZE_MULTIPLE = 16  # FLUX packs 2x2 latents of an 8x VAE: both sides must divide by 16
 
 OUTPUT_FORMATS: tuple[str, ...] = ("jpeg", "png")

@@ -1,0 +1,71 @@
+"""Server settings: one frozen record, passed to worker processes as JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from .inputs import InputLimits
+
+DEFAULT_PORT = 8184
+DEFAULT_STATE_DIR = "server-state"  # git-ignored; the job store and queue files of the SQLite backend
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    state_dir: str = DEFAULT_STATE_DIR
+    queue_url: str | None = None  # None: SQLite files in state_dir; redis://host:port/db for several hosts
+    namespace: str = "flux-redux"
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    tls_cert: str | None = None  # PEM certificate chain: serve https directly (no reverse proxy needed)
+    tls_key: str | None = None
+    models_dir: str | None = None
+    devices: tuple[str, ...] = ()  # one worker process per entry: "cuda:0", "cpu", ...
+    engine: str | None = None  # module:callable building a stand-in engine (benchmarks)
+    dtype: str = "auto"
+    weight_storage: str = "default"
+    offload: str = "none"
+    result_ttl_s: float = 3600.0
+    max_active_per_key: int = 8
+    retry_after_s: int = 2
+    lease_s: float = 30.0  # a running job whose worker stops renewing this long is re-queued
+    max_attempts: int = 2  # runs a job may start (crash recovery) before it fails
+    sync_timeout_s: float = 300.0
+    max_body_bytes: int = 16 * 2**20
+    max_input_bytes: int = 10 * 2**20
+    max_input_pixels: int = 40_000_000
+    url_inputs: bool = False
+    url_allow_hosts: tuple[str, ...] = ()
+    url_timeout_s: float = 20.0
+
+    def limits(self) -> InputLimits:
+        return InputLimits(max_bytes=self.max_input_bytes, max_pixels=self.max_input_pixels,
+                           url_timeout_s=self.url_timeout_s, urls_allowed=self.url_inputs,
+                           allow_hosts=self.url_allow_hosts)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @staticmethod
+    def from_json(text: str) -> "ServerConfig":
+        data = json.loads(text)
+        for name in ("devices", "url_allow_hosts"):
+            data[name] = tuple(data[name])
+        return ServerConfig(**data)
+
+    def with_(self, **changes) -> "ServerConfig":
+        return replace(self, **changes)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert else "http"
+
+    def tls_options(self) -> dict:
+        """uvicorn's keyword arguments for https (empty for plain http)."""
+        return {"ssl_certfile": self.tls_cert, "ssl_keyfile": self.tls_key} if self.tls_cert else {}
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir)

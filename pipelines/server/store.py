@@ -1,0 +1,191 @@
+"""Where jobs and output files live between submit and expiry: SQLite (one box, nothing to install) or Redis
+(several GPU hosts; store_redis.py). Both keep the whole record as JSON plus the few indexed fields the
+queries need, and apply every state change atomically (`update`).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .jobs import DONE, QUEUED, RUNNING, Job
+
+Change = Callable[[Job], "Job | None"]
+
+
+class JobStore(ABC):
+    """Jobs and files. `update` runs `change` on the current record and saves what it returns (None: no
+    change), so concurrent API threads and workers never overwrite each other."""
+
+    @abstractmethod
+    def add(self, job: Job, active_limit: int | None = None) -> bool:
+        """Save a new job (giving it its queue order); False if its owner already has active_limit active jobs."""
+
+    @abstractmethod
+    def get(self, job_id: str) -> Job | None:
+        """The job, or None when unknown or expired."""
+
+    @abstractmethod
+    def update(self, job_id: str, change: Change) -> Job | None: ...
+
+    @abstractmethod
+    def position(self, job: Job) -> int:
+        """How many queued jobs are ahead of this one."""
+
+    @abstractmethod
+    def active_count(self, owner: str) -> int: ...
+
+    @abstractmethod
+    def queued_ids(self) -> list[str]: ...
+
+    @abstractmethod
+    def running(self) -> list[Job]: ...
+
+    @abstractmethod
+    def put_file(self, token: str, data: bytes, content_type: str, expires_at: float) -> None: ...
+
+    @abstractmethod
+    def get_file(self, token: str) -> tuple[bytes, str] | None: ...
+
+    @abstractmethod
+    def purge_expired(self) -> int:
+        """Drop finished jobs and files past their expiry; returns how many jobs went."""
+
+    def close(self) -> None:
+        pass
+
+
+SCHEMA = """
+create table if not exists jobs (
+    seq integer primary key autoincrement, id text unique not null, owner text not null, state text not null,
+    worker text, lease_until real, expires_at real, doc text not null);
+create index if not exists jobs_state_seq on jobs (state, seq);
+create index if not exists jobs_owner_state on jobs (owner, state);
+create table if not exists files (
+    token text primary key, job_id text, content_type text not null, data blob not null, expires_at real not null);
+create index if not exists files_expiry on files (expires_at);
+"""
+
+
+class SqliteJobStore(JobStore):
+    """One SQLite file in WAL mode shared by the API process and the local workers; a committed submit
+    survives kill -9 of either."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._write_lock = threading.Lock()  # this process's writers queue here, not in SQLite's busy-wait sleeps
+        self._connection().executescript(SCHEMA)
+
+    def _connection(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            db.execute("pragma journal_mode=wal")
+            db.execute("pragma synchronous=normal")  # WAL + normal: durable across process crashes
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        db = self._connection()
+        with self._write_lock:
+            db.execute("begin immediate")
+            try:
+                yield db
+            except BaseException:
+                db.execute("rollback")
+                raise
+            db.execute("commit")
+
+    def add(self, job: Job, active_limit: int | None = None) -> bool:
+        with self._transaction() as db:
+            if active_limit is not None and job.state != DONE:
+                (count,) = db.execute("select count(*) from jobs where owner = ? and state != ?",
+                                      (job.owner, DONE)).fetchone()
+                if count >= active_limit:
+                    return False
+            cursor = db.execute("insert into jobs (id, owner, state, doc) values (?, ?, ?, '{}')",
+                                (job.id, job.owner, job.state))
+            job.seq = cursor.lastrowid
+            self._save(db, job)
+        return True
+
+    def _save(self, db: sqlite3.Connection, job: Job) -> None:
+        db.execute("update jobs set state = ?, worker = ?, lease_until = ?, expires_at = ?, doc = ? where id = ?",
+                   (job.state, job.worker, job.lease_until, job.expires_at, json.dumps(job.to_doc()), job.id))
+
+    def get(self, job_id: str) -> Job | None:
+        row = self._connection().execute("select doc from jobs where id = ?", (job_id,)).fetchone()
+        job = Job.from_doc(json.loads(row[0])) if row else None
+        return None if job is None or _expired(job) else job
+
+    def update(self, job_id: str, change: Change) -> Job | None:
+        with self._transaction() as db:
+            row = db.execute("select doc from jobs where id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            job = change(Job.from_doc(json.loads(row[0])))
+            if job is not None:
+                self._save(db, job)
+            return job
+
+    def position(self, job: Job) -> int:
+        (ahead,) = self._connection().execute("select count(*) from jobs where state = ? and seq < ?",
+                                              (QUEUED, job.seq)).fetchone()
+        return ahead
+
+    def active_count(self, owner: str) -> int:
+        (count,) = self._connection().execute("select count(*) from jobs where owner = ? and state != ?",
+                                              (owner, DONE)).fetchone()
+        return count
+
+    def queued_ids(self) -> list[str]:
+        rows = self._connection().execute("select id from jobs where state = ? order by seq", (QUEUED,))
+        return [job_id for (job_id,) in rows]
+
+    def running(self) -> list[Job]:
+        rows = self._connection().execute("select doc from jobs where state = ?", (RUNNING,))
+        return [Job.from_doc(json.loads(doc)) for (doc,) in rows]
+
+    def put_file(self, token: str, data: bytes, content_type: str, expires_at: float) -> None:
+        with self._transaction() as db:
+            db.execute("insert into files (token, content_type, data, expires_at) values (?, ?, ?, ?)",
+                       (token, content_type, data, expires_at))
+
+    def get_file(self, token: str) -> tuple[bytes, str] | None:
+        row = self._connection().execute("select data, content_type from files where token = ? and expires_at > ?",
+                                         (token, time.time())).fetchone()
+        return (bytes(row[0]), row[1]) if row else None
+
+    def purge_expired(self) -> int:
+        now = time.time()
+        with self._transaction() as db:
+            gone = db.execute("delete from jobs where state = ? and expires_at < ?", (DONE, now)).rowcount
+            db.execute("delete from files where expires_at < ?", (now,))
+        return gone
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+
+def _expired(job: Job) -> bool:
+    return job.expires_at is not None and job.expires_at < time.time()
+
+
+def open_store(queue_url: str | None, state_dir: Path, namespace: str) -> JobStore:
+    """SQLite under state_dir unless queue_url is a redis:// URL."""
+    if queue_url and queue_url.startswith(("redis://", "rediss://", "unix://")):
+        from .store_redis import RedisJobStore
+        return RedisJobStore(queue_url, namespace)
+    return SqliteJobStore(Path(state_dir) / "jobs.sqlite3")

@@ -1,0 +1,114 @@
+"""The job store on Redis, for several GPU hosts sharing one queue (huey's Redis backend carries the tasks).
+
+Keys under `<namespace>:`: job:<id> (JSON record; expires with the result), seq (counter), queued (sorted by
+queue order), running (sorted by lease end), active:<owner> (set of unfinished ids), file:<token> (hash
+with data and type; expires). Changes use WATCH/MULTI, so two hosts never apply conflicting updates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import redis
+
+from .jobs import DONE, QUEUED, RUNNING, Job
+from .store import Change, JobStore, _expired
+
+
+class RedisJobStore(JobStore):
+    def __init__(self, url: str, namespace: str):
+        self.db = redis.Redis.from_url(url)
+        self.ns = namespace
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.ns, *parts))
+
+    def _write(self, pipe, job: Job) -> None:
+        """Queue the record and its index entries on a MULTI pipeline."""
+        key = self._key("job", job.id)
+        pipe.set(key, json.dumps(job.to_doc()))
+        active = self._key("active", job.owner)
+        if job.state == QUEUED:
+            pipe.zadd(self._key("queued"), {job.id: job.seq})
+            pipe.zrem(self._key("running"), job.id)
+            pipe.sadd(active, job.id)
+        elif job.state == RUNNING:
+            pipe.zrem(self._key("queued"), job.id)
+            pipe.zadd(self._key("running"), {job.id: job.lease_until or 0})
+            pipe.sadd(active, job.id)
+        else:
+            pipe.zrem(self._key("queued"), job.id)
+            pipe.zrem(self._key("running"), job.id)
+            pipe.srem(active, job.id)
+            pipe.expireat(key, math.ceil(job.expires_at or time.time()))
+
+    def add(self, job: Job, active_limit: int | None = None) -> bool:
+        active = self._key("active", job.owner)
+        if active_limit is not None and job.state != DONE:
+            self.db.sadd(active, job.id)  # reserve a slot first, so two hosts cannot both take the last one
+            if self.db.scard(active) > active_limit:
+                self.db.srem(active, job.id)
+                return False
+        job.seq = int(self.db.incr(self._key("seq")))
+        with self.db.pipeline(transaction=True) as pipe:
+            self._write(pipe, job)
+            pipe.execute()
+        return True
+
+    def get(self, job_id: str) -> Job | None:
+        raw = self.db.get(self._key("job", job_id))
+        job = Job.from_doc(json.loads(raw)) if raw else None
+        return None if job is None or _expired(job) else job
+
+    def update(self, job_id: str, change: Change) -> Job | None:
+        key = self._key("job", job_id)
+        with self.db.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if raw is None:
+                        return None
+                    job = change(Job.from_doc(json.loads(raw)))
+                    if job is None:
+                        pipe.unwatch()
+                        return None
+                    pipe.multi()
+                    self._write(pipe, job)
+                    pipe.execute()
+                    return job
+                except redis.WatchError:
+                    continue  # someone changed it meanwhile: read again and re-apply
+
+    def position(self, job: Job) -> int:
+        rank = self.db.zrank(self._key("queued"), job.id)
+        return int(rank) if rank is not None else 0
+
+    def active_count(self, owner: str) -> int:
+        return int(self.db.scard(self._key("active", owner)))
+
+    def queued_ids(self) -> list[str]:
+        return [item.decode() for item in self.db.zrange(self._key("queued"), 0, -1)]
+
+    def running(self) -> list[Job]:
+        ids = [item.decode() for item in self.db.zrange(self._key("running"), 0, -1)]
+        return [job for job in map(self.get, ids) if job is not None]
+
+    def put_file(self, token: str, data: bytes, content_type: str, expires_at: float) -> None:
+        key = self._key("file", token)
+        with self.db.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={"data": data, "type": content_type})
+            pipe.expireat(key, math.ceil(expires_at))
+            pipe.execute()
+
+    def get_file(self, token: str) -> tuple[bytes, str] | None:
+        found = self.db.hmget(self._key("file", token), ["data", "type"])
+        return (found[0], found[1].decode()) if found[0] is not None else None
+
+    def purge_expired(self) -> int:
+        return 0  # Redis drops expired jobs and files by itself (EXPIREAT)
+
+    def close(self) -> None:
+        self.db.close()

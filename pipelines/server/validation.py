@@ -1,0 +1,193 @@
+"""Request bodies of the served APIs checked against pipelines/params.py, the one source of ranges.
+
+fal bodies give a pydantic-style issue list ({"loc": ["body", field], "msg", "type", "input"}) with one
+entry per bad field; WaveSpeed bodies give the first problem as one line. Both produce `JobInputs`, the
+engine-ready settings a worker runs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .. import params
+from ..params import ParameterError
+
+FAL_APPS = ("fal-ai/flux-1", "fal-ai/flux")  # owner/app; the older fal-ai/flux/... ids are accepted too
+FAL_MODELS = {f"{app}/{variant}/redux": variant for app in FAL_APPS for variant in params.VARIANTS}
+WAVESPEED_MODEL = "wavespeed-ai/flux-redux-dev"
+WAVESPEED_SIZE = re.compile(r"^(\d+)\*(\d+)$")
+DEFAULT_WAVESPEED_SIZE = f"{params.WAVESPEED_SIDE.default}*{params.WAVESPEED_SIDE.default}"
+IMAGE_PREFIXES = ("data:image/",)
+URL_PREFIXES = ("https://", "http://")
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    """What a worker runs: the image reference, the validated generation settings, how outputs are sent."""
+
+    generation: params.GenerationParams
+    image: str
+    output_format: str
+    inline: bool  # outputs as data URIs / base64 instead of server URLs
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"generation": self.generation.as_dict(), "image": self.image, "output_format": self.output_format,
+                "inline": self.inline}
+
+    @staticmethod
+    def from_dict(data: dict) -> "JobInputs":
+        return JobInputs(params.GenerationParams(**data["generation"]), data["image"], data["output_format"],
+                         data["inline"])
+
+
+def _inputs(variant: str, image: str, size: tuple[int, int], steps: int, guidance: float | None, seed: int | None,
+            count: int, fmt: str, inline: bool) -> JobInputs:
+    generation = params.validate_generation(variant, params.CUSTOM_SIZE, size[0], size[1], steps, guidance, seed,
+                                            count)
+    return JobInputs(generation, image, fmt, inline)
+
+
+class Issues:
+    """Collects one issue per bad field, in fal's (pydantic's) shape."""
+
+    def __init__(self) -> None:
+        self.items: list[dict] = []
+
+    def add(self, loc: list, msg: str, kind: str, value: Any = None) -> None:
+        self.items.append({"loc": ["body", *loc], "msg": msg, "type": kind, "input": _short(value)})
+
+    def check(self, field: str, value: Any, validate: Callable[[Any], Any], loc: list | None = None) -> Any:
+        try:
+            return validate(value)
+        except ParameterError as exc:
+            self.add(loc or [field], str(exc), "value_error", value)
+            return None
+
+    def summary(self) -> str:
+        return summarize(self.items)
+
+
+def summarize(issues: list[dict]) -> str:
+    """One line from an issue list: "field: message; ..."."""
+    return "; ".join(f"{'.'.join(map(str, i['loc'][1:])) or 'body'}: {i['msg']}" for i in issues)
+
+
+def _short(value: Any) -> Any:
+    """Echo bad inputs without megabytes of base64."""
+    if isinstance(value, str) and len(value) > 80:
+        return value[:60] + f"... ({len(value)} characters)"
+    return value
+
+
+def check_image_ref(name: str, value: Any, urls_allowed: bool) -> str:
+    if not isinstance(value, str) or not value:
+        raise ParameterError(name, _short(value), "expected a data:image/... URI or an http(s) URL")
+    if value.startswith(IMAGE_PREFIXES):
+        return value
+    if value.startswith(URL_PREFIXES):
+        if not urls_allowed:
+            raise ParameterError(name, _short(value), "image URLs are switched off on this server "
+                                                      "(serve --allow-url-inputs); send a data:image/... URI")
+        return value
+    raise ParameterError(name, _short(value), "expected a data:image/... URI or an http(s) URL")
+
+
+def _bool(name: str) -> Callable[[Any], bool]:
+    def check(value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ParameterError(name, value, "expected true or false")
+        return value
+    return check
+
+
+def _choice(name: str, choices: tuple[str, ...]) -> Callable[[Any], str]:
+    return lambda value: params.check_choice(name, value, choices)
+
+
+def _fal_size(issues: Issues, value: Any) -> tuple[int, int] | None:
+    if isinstance(value, str):
+        presets = tuple(params.SIZE_PRESETS)
+        return issues.check("image_size", value,
+                            lambda v: params.resolve_size(params.check_choice("image_size", v, presets)))
+    if isinstance(value, dict):
+        before = len(issues.items)
+        sides = [issues.check(side, value.get(side), spec.validate, ["image_size", side])
+                 for side, spec in (("width", params.WIDTH), ("height", params.HEIGHT))]
+        if len(issues.items) > before:
+            return None
+        return issues.check("image_size", value, lambda v: params.resolve_size(params.CUSTOM_SIZE, *sides),
+                            ["image_size"])
+    issues.add(["image_size"], f"image_size={_short(value)!r} is not allowed: expected one of "
+               f"{', '.join(params.SIZE_PRESETS)} or {{\"width\": W, \"height\": H}}", "value_error", value)
+    return None
+
+
+def validate_fal(variant: str, body: Any, urls_allowed: bool) -> tuple[JobInputs | None, list[dict]]:
+    """fal's Redux input for `variant` -> (JobInputs, []) or (None, issues naming every bad field)."""
+    issues = Issues()
+    if not isinstance(body, dict):
+        issues.add([], "Input should be a valid dictionary (a JSON object)", "dict_type", None)
+        return None, issues.items
+    spec = params.variant_spec(variant)
+    if "image_url" not in body:
+        issues.add(["image_url"], "Field required", "missing")
+    image = issues.check("image_url", body.get("image_url"), lambda v: check_image_ref("image_url", v, urls_allowed)) \
+        if "image_url" in body else None
+    size = _fal_size(issues, body.get("image_size", params.FAL_DEFAULT_IMAGE_SIZE))
+    steps = _optional(issues, body, "num_inference_steps", lambda v: spec.steps.validate(v, f"FLUX.1 {variant}"),
+                      spec.steps.default)
+    guidance = None
+    if spec.guidance is not None:
+        guidance = _optional(issues, body, "guidance_scale", lambda v: spec.guidance.validate(v, f"FLUX.1 {variant}"),
+                             spec.guidance.default)
+    elif body.get("guidance_scale") is not None:
+        issues.add(["guidance_scale"], f"guidance_scale={body['guidance_scale']!r} is not allowed: FLUX.1 {variant} "
+                   "takes no guidance; leave it out", "value_error", body["guidance_scale"])
+    seed = _optional(issues, body, "seed", params.SEED.validate, None)
+    count = _optional(issues, body, "num_images", params.NUM_IMAGES.validate, params.NUM_IMAGES.default)
+    fmt = _optional(issues, body, "output_format", _choice("output_format", params.OUTPUT_FORMATS), "jpeg")
+    _optional(issues, body, "acceleration", _choice("acceleration", params.ACCELERATIONS), "none")
+    sync = _optional(issues, body, "sync_mode", _bool("sync_mode"), False)
+    _optional(issues, body, "enable_safety_checker", _bool("enable_safety_checker"), True)
+    if issues.items:
+        return None, issues.items
+    return _inputs(variant, image, size, steps, guidance, seed, count, fmt, sync), []
+
+
+def _optional(issues: Issues, body: dict, field: str, validate: Callable[[Any], Any], default: Any) -> Any:
+    value = body.get(field)
+    return default if value is None else issues.check(field, value, validate)
+
+
+def validate_wavespeed(body: Any, urls_allowed: bool) -> tuple[JobInputs | None, str | None]:
+    """WaveSpeed's flux-redux-dev input -> (JobInputs, None) or (None, "field: problem")."""
+    if not isinstance(body, dict):
+        return None, "request body must be a JSON object"
+    spec = params.variant_spec("dev")
+    issues = Issues()
+    if "image" not in body:
+        issues.add(["image"], "image is required", "missing")
+    image = issues.check("image", body.get("image"), lambda v: check_image_ref("image", v, urls_allowed)) \
+        if "image" in body else None
+    size = issues.check("size", body.get("size", DEFAULT_WAVESPEED_SIZE), _wavespeed_size)
+    steps = _optional(issues, body, "num_inference_steps", spec.steps.validate, spec.steps.default)
+    guidance = _optional(issues, body, "guidance_scale", spec.guidance.validate, spec.guidance.default)
+    seed = _optional(issues, body, "seed", params.WAVESPEED_SEED.validate, params.WAVESPEED_SEED.default)
+    count = _optional(issues, body, "num_images", params.NUM_IMAGES.validate, params.NUM_IMAGES.default)
+    fmt = _optional(issues, body, "output_format", _choice("output_format", params.WAVESPEED_OUTPUT_FORMATS), "jpeg")
+    inline = _optional(issues, body, "enable_base64_output", _bool("enable_base64_output"), False)
+    for flag in ("enable_sync_mode", "enable_safety_checker"):
+        _optional(issues, body, flag, _bool(flag), False)
+    if issues.items:
+        return None, issues.summary()
+    return _inputs("dev", image, size, steps, guidance, None if seed == -1 else seed, count, fmt, inline), None
+
+
+def _wavespeed_size(value: Any) -> tuple[int, int]:
+    match = WAVESPEED_SIZE.match(value) if isinstance(value, str) else None
+    if not match:
+        raise ParameterError("size", _short(value), 'expected "W*H", e.g. "1024*1024"')
+    return params.resolve_size(params.CUSTOM_SIZE, int(match[1]), int(match[2]),
+                               params.WAVESPEED_WIDTH, params.WAVESPEED_HEIGHT)

@@ -1,0 +1,86 @@
+"""`python -m pipelines serve` as a user starts it (own process, worker processes), under load and crashes:
+a smaller run of benchmarks/server_load.py, kill -9 in the middle of it, and a job that kills its worker."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from server_support import ServeProcess, data_uri  # noqa: I001  (puts benchmarks/ on sys.path first)
+from packloader import submodule
+from server_load import KEYS, kill_and_restart, report, run_counts, run_load, serve_args, serve_env
+
+supervisor = submodule("pipelines.server.supervisor")
+HEADERS = {"Authorization": f"Key {next(iter(KEYS.values()))}"}
+
+
+@pytest.fixture
+def record(tmp_path):
+    return tmp_path / "runs.txt"
+
+
+def serve(tmp_path, record, workers=2, job_seconds=0.01, extra_env=None):
+    env = dict(serve_env(record, job_seconds), **(extra_env or {}))
+    return ServeProcess(serve_args(workers) + ["--state-dir", str(tmp_path / "state")], env, tmp_path / "serve.log")
+
+
+def test_load_nothing_lost_each_job_once_positions_only_go_down(tmp_path, record):
+    with serve(tmp_path, record) as server:
+        result = run_load(server.url, jobs=120, clients=12)
+    starts, ends, by_worker = run_counts(record)
+    print("\n" + report(result, starts, ends, by_worker))
+    assert result.errors == [] and result.lost() == 0 and result.acknowledged == 120
+    assert all(starts[seed] == 1 and ends[seed] == 1 for seed in range(120))
+    assert sum(ends.values()) == 120 and len(by_worker) == 2  # both workers took jobs
+    assert result.positions_rose == []
+    assert len(result.submit_s) == 120 and len(result.status_s) >= 120
+
+
+def test_kill9_mid_load_loses_nothing(tmp_path, record):
+    server = serve(tmp_path, record, job_seconds=0.03)
+    old_workers = []
+    during = kill_and_restart(server, after_completed=30, before_kill=lambda: old_workers.extend(
+        children(server.process.pid)))
+    with server:
+        result = run_load(server.url, jobs=100, clients=10, during=during)
+    starts, ends, by_worker = run_counts(record)
+    print("\n" + report(result, starts, ends, by_worker))
+    assert result.errors == [] and result.lost() == 0
+    assert all(ends[seed] >= 1 and starts[seed] <= 2 for seed in range(100))
+    assert len(old_workers) == 2 and not any(map(supervisor.process_alive, old_workers))  # they followed serve (no orphans)
+    assert set(by_worker) - set(map(str, old_workers))  # the restarted server's workers finished the load
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            if f"\nPPid:\t{pid}\n" in status.read_text():
+                found.append(int(status.parent.name))
+        except OSError:
+            continue  # a process that ended meanwhile
+    return found
+
+
+def test_a_job_that_kills_its_worker_fails_and_the_next_one_runs(tmp_path, record):
+    with serve(tmp_path, record, workers=1, extra_env={"REDUX_STANDIN_CRASH_SEED": "666"}) as server:
+        with httpx.Client(timeout=10) as http:
+            url = f"{server.url}/fal-ai/flux-1/dev/redux"
+            crash = http.post(url, headers=HEADERS, json={"image_url": data_uri(), "seed": 666}).json()
+            after = http.post(url, headers=HEADERS, json={"image_url": data_uri(), "seed": 7}).json()
+            statuses = {}
+            deadline = time.monotonic() + 90
+            while len(statuses) < 2 and time.monotonic() < deadline:
+                for job in (crash, after):
+                    reply = http.get(job["status_url"], headers=HEADERS)
+                    if reply.status_code == 200:
+                        statuses[job["request_id"]] = reply.json()
+                time.sleep(0.1)
+            failed, done = statuses[crash["request_id"]], statuses[after["request_id"]]
+            assert failed["error_type"] == "worker_crashed" and "exit code 3" in failed["error"]
+            assert http.get(crash["response_url"], headers=HEADERS).status_code == 500
+            assert "error" not in done and http.get(after["response_url"], headers=HEADERS).json()["seed"] == 7
+    assert "exited with code 3" in (tmp_path / "serve.log").read_text()
