@@ -7,7 +7,7 @@
 - `to_api(ui, classes)`: the API format that `POST /prompt` takes ({id: {class_type, inputs}}).
 - `execute(api, classes)`: validate like ComfyUI's server, then run the nodes that output nodes need (a lazy
   input's node only when the node's `check_lazy_status` asks for it).
-Built-in LoadImage / SaveImage / PreviewImage stand-ins read INPUT_DIR and write OUTPUT_DIR (set by tests);
+Built-in LoadImage / SaveImage / PreviewImage / PreviewAny stand-ins read INPUT_DIR and write OUTPUT_DIR (set by tests);
 DualCLIPLoader (type flux) / CLIPTextEncode stand-ins load the tiny CLIP + T5 files of TEXT_ENCODERS_DIR
 (tiny_models.write_text_encoders) and return a ComfyUI-shaped CONDITIONING.
 """
@@ -15,6 +15,7 @@ DualCLIPLoader (type flux) / CLIPTextEncode stand-ins load the tiny CLIP + T5 fi
 from __future__ import annotations
 
 import inspect
+import json
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,18 @@ class PreviewImage:
         return {"ui": {"images": [{"shape": list(images.shape), "type": "temp"}]}}
 
 
+class PreviewAny:
+    """ComfyUI's 'Preview Any' (comfy_extras): shows any value as text."""
+    CATEGORY, FUNCTION, RETURN_TYPES, OUTPUT_NODE = "utils", "main", (), True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"source": ("*", {})}}
+
+    def main(self, source=None):
+        return {"ui": {"text": [source if isinstance(source, str) else json.dumps(source)]}}
+
+
 class TinyFluxClip:
     """What DualCLIPLoader (type flux) gives CLIPTextEncode: CLIP-L and T5 with their tokenizers (tiny here)."""
 
@@ -134,7 +147,7 @@ class CLIPTextEncode:
         return (clip.encode(text),)
 
 
-BUILTINS = {"LoadImage": LoadImage, "SaveImage": SaveImage, "PreviewImage": PreviewImage,
+BUILTINS = {"LoadImage": LoadImage, "SaveImage": SaveImage, "PreviewImage": PreviewImage, "PreviewAny": PreviewAny,
             "DualCLIPLoader": DualCLIPLoader, "CLIPTextEncode": CLIPTextEncode}
 
 

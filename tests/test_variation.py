@@ -37,21 +37,6 @@ INFO_KEYS = {"backend", "model", "seeds", "warnings", "jobs"}
 CLASSES = {**pack.NODE_CLASS_MAPPINGS, **gr.BUILTINS}
 
 
-class PreviewAny:
-    """ComfyUI's 'Preview Any' (comfy_extras): shows any value as text."""
-    CATEGORY, FUNCTION, RETURN_TYPES, OUTPUT_NODE = "utils", "main", (), True
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"source": ("*", {})}}
-
-    def main(self, source=None):
-        return {"ui": {"text": [source]}}
-
-
-CLASSES["PreviewAny"] = PreviewAny
-
-
 @pytest.fixture(scope="module", autouse=True)
 def comfy_folders(models, tmp_path_factory):
     """The tiny models as ComfyUI's models/, an input/ with example.png, an output/."""
@@ -110,8 +95,8 @@ def test_contract_and_registration():
     spec = Node.INPUT_TYPES()
     assert list(spec["required"]) == ["image", "backend", *SHARED_WIDGETS]
     assert list(spec["optional"]) == ["flux_model", "redux_encoder"]
-    assert spec["optional"]["flux_model"][0] == "FLUX_REDUX_MODEL" and spec["optional"]["redux_encoder"][0] == "REDUX_ENCODER"
-    assert all(entry[1]["lazy"] for entry in spec["optional"].values())
+    assert {name: (kind, options["lazy"]) for name, (kind, options) in spec["optional"].items()} == {
+        "flux_model": ("FLUX_REDUX_MODEL", True), "redux_encoder": ("REDUX_ENCODER", True)}
     assert all(entry[1].get("tooltip") for section in spec.values() for entry in section.values())
     assert tuple(spec["required"]["backend"][0]) == ("local", "fal", "wavespeed", "custom")
     assert spec["required"]["seed"][1]["control_after_generate"] is True
