@@ -23,6 +23,9 @@ LOADER_FILE_WIDGETS = {
     "DualCLIPLoader": {"clip_name1": "text_encoders", "clip_name2": "text_encoders"},
 }
 WEIGHT_SUFFIXES = (".safetensors", ".sft", ".gguf")
+# ComfyUI's front end (MissingModelsWarning) downloads only from these sources and only files with these suffixes
+DOWNLOAD_SOURCES = ("https://huggingface.co/", "https://civitai.com/")
+DOWNLOAD_SUFFIXES = (".safetensors", ".sft")
 CLASSES = {**pack.NODE_CLASS_MAPPINGS, **gr.BUILTINS}
 
 
@@ -49,13 +52,14 @@ def test_every_loader_file_has_a_download_link(path):
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
-def test_every_link_is_https_and_names_its_file(path):
+def test_every_link_is_https_from_a_source_the_front_end_downloads(path):
     ui = json.loads(path.read_text())
     links = [link for node in ui["nodes"] for link in node.get("properties", {}).get("models", [])]
     for link in links + ui.get("models", []):
         url = urlsplit(link["url"])
         assert set(link) == {"name", "url", "directory"}
         assert url.scheme == "https" and url.netloc, link["url"]
+        assert link["url"].startswith(DOWNLOAD_SOURCES) and link["name"].endswith(DOWNLOAD_SUFFIXES), link
         assert url.path.rsplit("/", 1)[-1] == link["name"], link["url"]
 
 
