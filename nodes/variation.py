@@ -10,7 +10,7 @@ jobs}. The model inputs are lazy, so with a hosted backend the loaders connected
 from __future__ import annotations
 
 import json
-from dataclasses import astuple, dataclass
+from dataclasses import asdict, astuple, dataclass
 
 import torch
 
@@ -103,14 +103,8 @@ class FluxReduxVariation:
                 "From Load Redux Encoder; needed by the local backend only.")}),
         }}
 
-    @classmethod
-    def VALIDATE_INPUTS(cls, image_size=None, width=None, height=None):
-        """At queue time, before any node runs: the size rules ComfyUI's min/max check cannot express."""
-        try:
-            local.check_size(image_size, width, height)
-        except params.ParameterError as exc:
-            return str(exc)
-        return True
+    # at queue time, before any node runs: Redux Generate's size rules (a custom side divides by 16)
+    VALIDATE_INPUTS = classmethod(local.FluxReduxGenerate.VALIDATE_INPUTS.__func__)
 
     def check_lazy_status(self, backend, **inputs):
         """ComfyUI asks which lazy inputs to evaluate: the model inputs for local, none for a hosted backend.
@@ -170,9 +164,9 @@ def run_local(image, model: str, generation: Generation, flux_model, redux_encod
 
 def run_hosted(image, backend: str, model: str, generation: Generation, hosting: Hosting):
     """The remote node's request building and run, with the provider named by `backend`."""
-    request, warnings = remote.build_request(
-        provider=backend, model=model, random_seed=False, **generation.__dict__,
-        **{k: v for k, v in hosting.__dict__.items() if k != "max_concurrency"})
+    request_widgets = {k: v for k, v in asdict(hosting).items() if k != "max_concurrency"}
+    request, warnings = remote.build_request(provider=backend, model=model, random_seed=False,
+                                             **asdict(generation), **request_widgets)
     images, info = remote.run_request(image, request, warnings, hosting.max_concurrency)
     return images, {"backend": backend, "model": info["model"], "seeds": info["seeds"],
                     "warnings": info["warnings"], "jobs": info["jobs"]}

@@ -1,7 +1,8 @@
 """Queue workflows from workflows/ on a running ComfyUI and report what each did (not a pytest file).
 
 The UI workflow is converted to the API format with the server's own node definitions (GET /object_info), so
-this checks the saved files against a real ComfyUI, not against the test stand-ins. Standard library only:
+this checks the saved files against a real ComfyUI, not against the test stand-ins. Run it with the pack's
+test environment (graph_runner's converter is used):
 
     python tests/live_comfyui.py --url http://127.0.0.1:8185 workflows/redux_variation_any_backend.json \
         --set FluxReduxVariation.num_inference_steps=2 --set FluxReduxVariation.backend='"custom"'
@@ -23,8 +24,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-FRONTEND_ONLY = {"Note", "MarkdownNote"}
+from graph_runner import to_api
 
 
 def call(url: str, body: dict | None = None) -> dict:
@@ -37,38 +37,11 @@ def call(url: str, body: dict | None = None) -> dict:
         return json.loads(exc.read())
 
 
-def widget_names(definition: dict) -> list[tuple[str, bool]]:
-    """[(input name, is a real value)] in widgets_values order, as the front end lays them out."""
-    slots = []
-    for section in ("required", "optional"):
-        for name, entry in definition["input"].get(section, {}).items():
-            kind, options = entry[0], (entry[1] if len(entry) > 1 else {})
-            if not (isinstance(kind, list) or kind in WIDGET_TYPES) or options.get("forceInput"):
-                continue
-            slots.append((name, True))
-            if kind == "INT" and (name in ("seed", "noise_seed") or options.get("control_after_generate")):
-                slots.append((name, False))  # control after generate
-            if options.get("image_upload"):
-                slots.append((name, False))  # the upload button
-    return slots
-
-
-def to_api(ui: dict, definitions: dict) -> dict:
-    links = {link[0]: link for link in ui["links"]}
-    api = {}
-    for node in ui["nodes"]:
-        if node["type"] in FRONTEND_ONLY or node.get("mode", 0) == 2:
-            continue
-        if node["type"] not in definitions:
-            raise SystemExit(f"node type {node['type']} is not known to this ComfyUI")
-        inputs = {name: value for (name, real), value in
-                  zip(widget_names(definitions[node["type"]]), node.get("widgets_values", [])) if real}
-        for item in node.get("inputs", []):
-            if item.get("link") is not None:
-                _, source, slot, *_ = links[item["link"]]
-                inputs[item["name"]] = [str(source), slot]
-        api[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
-    return api
+def server_classes(definitions: dict) -> dict:
+    """Stand-in classes carrying the server's own INPUT_TYPES and RETURN_TYPES, for graph_runner.to_api."""
+    return {name: type(name, (), {"INPUT_TYPES": classmethod(lambda cls, d=definition: d["input"]),
+                                  "RETURN_TYPES": tuple(definition["output"])})
+            for name, definition in definitions.items()}
 
 
 def apply_settings(api: dict, settings: list[str]) -> None:
@@ -119,8 +92,7 @@ def check_links(url: str, path: Path) -> bool:
 
 
 def run(url: str, path: Path, settings: list[str], expect_error: str | None, timeout: float) -> bool:
-    definitions = call(f"{url}/object_info")
-    api = to_api(json.loads(path.read_text()), definitions)
+    api = to_api(json.loads(path.read_text()), server_classes(call(f"{url}/object_info")))
     apply_settings(api, settings)
     started = time.monotonic()
     reply = call(f"{url}/prompt", {"prompt": api, "client_id": "live_comfyui"})

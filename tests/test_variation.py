@@ -289,3 +289,17 @@ def test_workflow_without_loaders_on_local_says_what_to_connect():
         node["inputs"] = {k: v for k, v in node["inputs"].items() if not (isinstance(v, list) and v[0] not in api)}
     with pytest.raises(variation.MissingBackendInputError, match="connect Load FLUX Model"):
         gr.execute(copy.deepcopy(api), CLASSES)
+
+
+@pytest.mark.parametrize("changes, verdict", [
+    (dict(image_size="custom", width=1000, height=512), "width=1000 is not allowed: must be a multiple of 16"),
+    (dict(image_size="square", width=1000, height=512), True),  # width and height count for custom only
+])
+def test_sizes_are_checked_when_the_prompt_is_queued(changes, verdict):
+    api, node_id = workflow_api("fal")
+    api[node_id]["inputs"].update(changes)
+    result = Node.VALIDATE_INPUTS(**{k: api[node_id]["inputs"][k] for k in ("image_size", "width", "height")})
+    assert result is True if verdict is True else verdict in result
+    if verdict is not True:
+        with pytest.raises(gr.PromptError, match=verdict):
+            gr.execute(api, CLASSES)
