@@ -1,7 +1,8 @@
 """Every workflow's loaders carry download links the way ComfyUI's own templates do: `properties.models`, a list
 of {name, url, directory}, which the front end offers to download into models/<directory> when a file is
 missing. Checked: each loader file widget has an entry with its file name and the ComfyUI folder the node
-really lists, every URL is https and ends in that file name, and the README's table lists every workflow."""
+really lists, every URL is https from a source the front end downloads from and ends in that file name, and
+the README's table lists every workflow."""
 
 from __future__ import annotations
 
@@ -12,43 +13,28 @@ import pytest
 from packloader import ROOT, pack, submodule
 
 import graph_runner as gr
+import workflow_links as wl
 
 bridge = submodule("nodes.comfy_bridge")
 
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
-# node type -> {file widget: the ComfyUI models/ folder it lists}; DualCLIPLoader is ComfyUI's own (text_encoders)
-LOADER_FILE_WIDGETS = {
-    "FluxReduxLoadEncoder": {"redux_model": "style_models", "clip_vision": "clip_vision"},
-    "FluxReduxLoadModel": {"transformer": "diffusion_models", "vae": "vae"},
-    "DualCLIPLoader": {"clip_name1": "text_encoders", "clip_name2": "text_encoders"},
-}
 WEIGHT_SUFFIXES = (".safetensors", ".sft", ".gguf")
 # ComfyUI's front end (MissingModelsWarning) downloads only from these sources and only files with these suffixes
 DOWNLOAD_SOURCES = ("https://huggingface.co/", "https://civitai.com/")
 DOWNLOAD_SUFFIXES = (".safetensors", ".sft")
-CLASSES = {**pack.NODE_CLASS_MAPPINGS, **gr.BUILTINS}
 
 
 def nodes_of(path):
     return json.loads(path.read_text())["nodes"]
 
 
-def widget_values(node) -> dict:
-    """{widget name: value} of a saved node (control/upload companions left out)."""
-    slots = gr.widget_slots(CLASSES[node["type"]])
-    return {name: value for (name, role), value in zip(slots, node["widgets_values"]) if role == "value"}
-
-
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_every_loader_file_has_a_download_link(path):
     for node in nodes_of(path):
-        if node["type"] not in LOADER_FILE_WIDGETS:
-            assert "models" not in node.get("properties", {}), f"{node['type']} is no loader"
-            continue
-        links = node["properties"]["models"]
-        values = widget_values(node)
-        wanted = [(values[widget], folder) for widget, folder in LOADER_FILE_WIDGETS[node["type"]].items()]
-        assert [(link["name"], link["directory"]) for link in links] == wanted, node["type"]
+        links = node.get("properties", {}).get("models", [])
+        wanted = [(name, folder) for name, folder in wl.file_widgets(node) if folder not in wl.USER_CHOSEN_FOLDERS]
+        assert [(link["name"], link["directory"]) for link in links] == wanted, f"{node['type']} {node['id']}"
+        assert links == wl.wanted_links(node), "run: python tests/workflow_links.py"
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
@@ -64,32 +50,45 @@ def test_every_link_is_https_from_a_source_the_front_end_downloads(path):
 
 
 def test_remote_only_workflows_carry_no_links():
-    for path in WORKFLOWS:
-        if not any(node["type"] in LOADER_FILE_WIDGETS for node in nodes_of(path)):
-            assert all("models" not in node.get("properties", {}) for node in nodes_of(path)), path.name
+    remote_only = [p for p in WORKFLOWS if not any(wl.file_widgets(node) for node in nodes_of(p))]
+    assert {"remote_fal_dev.json", "remote_fal_schnell.json"} <= {p.name for p in remote_only}
+    for path in remote_only:
+        assert all("models" not in node.get("properties", {}) for node in nodes_of(path)), path.name
 
 
-def test_every_weight_file_widget_belongs_to_a_known_loader():
-    """A new loader type in a workflow must be added to LOADER_FILE_WIDGETS (and get links)."""
+def test_every_weight_file_in_a_workflow_is_a_known_loaders_file_widget():
+    """A new loader type in a workflow must be added to workflow_links.LOADER_FILES (and get its links)."""
     for path in WORKFLOWS:
         for node in nodes_of(path):
-            if node["type"] in ("Note", "MarkdownNote"):
-                continue
-            for name, value in widget_values(node).items():
+            known = range(len(wl.file_widgets(node)))
+            for index, value in enumerate(node.get("widgets_values") or []):
                 if isinstance(value, str) and value.lower().endswith(WEIGHT_SUFFIXES):
-                    assert name in LOADER_FILE_WIDGETS.get(node["type"], {}), f"{path.name}: {node['type']}.{name}"
+                    assert index in known, f"{path.name}: {node['type']} widget {index} = {value}"
 
 
 @pytest.mark.parametrize("node_type", ["FluxReduxLoadEncoder", "FluxReduxLoadModel"])
-def test_link_folders_are_the_folders_the_loaders_list(node_type, tmp_path, monkeypatch):
-    """A probe file in each claimed folder shows up in that widget's choices, and in no other widget's."""
+def test_link_folders_are_the_folders_the_pack_loaders_list(node_type, tmp_path, monkeypatch):
+    """The pack's loaders: the first widgets are the file widgets, and a probe file in each claimed folder shows
+    up in that widget's choices only."""
     monkeypatch.setattr(bridge, "MODELS_ROOT", tmp_path)
-    for widget, folder in LOADER_FILE_WIDGETS[node_type].items():
+    folders = wl.LOADER_FILES[node_type]
+    widgets = [name for name, role in gr.widget_slots(pack.NODE_CLASS_MAPPINGS[node_type])][:len(folders)]
+    for widget, folder in zip(widgets, folders):
         (tmp_path / folder).mkdir(parents=True, exist_ok=True)
         (tmp_path / folder / f"probe-{widget}.safetensors").write_bytes(b"")
     inputs = pack.NODE_CLASS_MAPPINGS[node_type].INPUT_TYPES()["required"]
-    for widget in LOADER_FILE_WIDGETS[node_type]:
+    for widget in widgets:
         assert [c for c in inputs[widget][0] if c.startswith("probe-")] == [f"probe-{widget}.safetensors"]
+
+
+def test_comfyuis_own_loaders_get_links_and_a_users_lora_none():
+    unet = {"id": 1, "type": "UNETLoader", "widgets_values": ["flux1-schnell.safetensors", "default"]}
+    assert [link["directory"] for link in wl.wanted_links(unet)] == ["diffusion_models"]
+    lora = {"id": 2, "type": "LoraLoaderModelOnly", "widgets_values": ["your_flux_lora.safetensors", 1.0]}
+    assert wl.wanted_links(lora) == []
+    unknown = {"id": 3, "type": "UNETLoader", "widgets_values": ["flux1-krea-dev.safetensors", "default"]}
+    with pytest.raises(KeyError, match="diffusion_models/flux1-krea-dev.safetensors, which has no public"):
+        wl.wanted_links(unknown)
 
 
 def test_readme_lists_every_workflow():
