@@ -154,8 +154,8 @@ def run_local(image, model: str, generation: Generation, flux_model, redux_encod
     local.plan_generation(variant, *settings)  # every value checked before the encoder loads
     jobs, outputs = [], []
     for frame in images_from_comfy(image):
-        (conditioning,) = local.FluxReduxEncode().encode(redux_encoder, frame[None], LOCAL_CROP)
-        images, info = local.run_generation(flux_model, conditioning, settings)
+        encoded = local.FluxReduxEncode().encode(image=frame[None], crop=LOCAL_CROP, redux_encoder=redux_encoder)
+        images, info = local.run_generation(flux_model, encoded[0], settings)
         outputs.append(images)
         jobs.append(json.loads(info))
     return torch.cat(outputs), {"backend": "local", "model": variant, "seeds": [job["seed"] for job in jobs],

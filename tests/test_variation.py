@@ -162,7 +162,7 @@ def test_local_is_redux_encode_then_redux_generate():
     """The local backend reuses the local nodes: the same images as Encode (center) + Generate."""
     model, encoder, image = load_model(), load_encoder(), photo(3)
     images, info = run(image, "local", flux_model=model, redux_encoder=encoder, num_images=2)
-    (cond,) = local.FluxReduxEncode().encode(encoder, image, "center")
+    (cond,) = local.FluxReduxEncode().encode(image=image, crop="center", redux_encoder=encoder)
     expected, expected_info = local.FluxReduxGenerate().generate(model, cond, "custom", 256, 256, 2, 3.5, 7, 2)
     assert torch.equal(images, expected)
     assert set(info) == INFO_KEYS and (info["backend"], info["model"], info["seeds"]) == ("local", "dev", [7])
