@@ -44,6 +44,14 @@ def model_variant(spec: FluxModelSpec) -> str:
     return detect_variant(spec.transformer)
 
 
+def files_checked_when_run() -> bool:
+    """The loaders' VALIDATE_INPUTS: taking the file inputs turns off ComfyUI's queue-time "value not in list"
+    check for them, so a graph whose loaders feed only Redux Variation's lazy inputs runs on a hosted backend
+    on a machine without the files (the loaders never run). A missing file is reported when the loader runs,
+    naming the folders searched."""
+    return True
+
+
 class FluxReduxLoadEncoder:
     CATEGORY = CATEGORY
     FUNCTION = "load"
@@ -67,6 +75,10 @@ class FluxReduxLoadEncoder:
             "device": (DEVICE_CHOICES, {"default": "auto", "tooltip": DEVICE_TOOLTIP}),
             "dtype": (params.DTYPE_CHOICES, {"default": "auto", "tooltip": DTYPE_TOOLTIP}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, redux_model, clip_vision):
+        return files_checked_when_run()
 
     def load(self, redux_model, clip_vision, device, dtype):
         redux = bridge.resolve_model("style_models", "image_embedder", redux_model)
@@ -111,6 +123,10 @@ class FluxReduxLoadModel:
                 "Decode in tiles to save memory. auto: on above 2048x2048 pixels.")}),
             "device": (DEVICE_CHOICES, {"default": "auto", "tooltip": DEVICE_TOOLTIP}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, transformer, vae):
+        return files_checked_when_run()
 
     def load(self, transformer, vae, variant, weight_dtype, offload, vae_tiling, device):
         params.check_choice("weight_dtype", weight_dtype, WEIGHT_DTYPE_CHOICES)

@@ -92,18 +92,25 @@ class FluxReduxRemoteVariation:
             num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
             random_seed=random_seed, num_images=num_images, enable_safety_checker=enable_safety_checker,
             output_format=output_format, acceleration=acceleration, sync_mode=sync_mode)
-        pictures = image_batch_to_pils(image)
-        progress = _ProgressRelay(len(pictures))
-        try:
-            results = run_remote_variation(pictures, request, settings=client_settings(max_concurrency),
-                                           on_progress=progress.update, should_abort=bridge.interrupt_requested)
-        except RemoteCancelledError:
-            bridge.check_interrupt()  # raise ComfyUI's own exception when the user cancelled
-            raise
-        outputs = [picture for result in results for picture in result.images]
-        info = {"provider": request.provider, "model": request.model, "warnings": warnings,
-                "seeds": [result.seed for result in results], "jobs": [result.info() for result in results]}
-        return pils_to_image_batch(outputs), json.dumps(info, indent=2)
+        images, info = run_request(image, request, warnings, max_concurrency)
+        return images, json.dumps(info, indent=2)
+
+
+def run_request(image, request: RemoteRequest, warnings: list[str], max_concurrency: int):
+    """(ComfyUI IMAGE, info dict) for a built request: one job per input image, with ComfyUI's progress bar
+    and Cancel. Shared by this node and the Redux Variation node."""
+    pictures = image_batch_to_pils(image)
+    progress = _ProgressRelay(len(pictures))
+    try:
+        results = run_remote_variation(pictures, request, settings=client_settings(max_concurrency),
+                                       on_progress=progress.update, should_abort=bridge.interrupt_requested)
+    except RemoteCancelledError:
+        bridge.check_interrupt()  # raise ComfyUI's own exception when the user cancelled
+        raise
+    outputs = [picture for result in results for picture in result.images]
+    info = {"provider": request.provider, "model": request.model, "warnings": warnings,
+            "seeds": [result.seed for result in results], "jobs": [result.info() for result in results]}
+    return pils_to_image_batch(outputs), info
 
 
 def client_settings(max_concurrency: int) -> ClientSettings:

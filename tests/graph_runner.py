@@ -5,8 +5,9 @@
   image_upload combo by the upload widget's value).
 - `validate_workflow(ui, classes)`: check a saved UI workflow against node definitions; returns problems.
 - `to_api(ui, classes)`: the API format that `POST /prompt` takes ({id: {class_type, inputs}}).
-- `execute(api, classes)`: validate like ComfyUI's server, then run the nodes that output nodes need.
-Built-in LoadImage / SaveImage / PreviewImage stand-ins read INPUT_DIR and write OUTPUT_DIR (set by tests);
+- `execute(api, classes)`: validate like ComfyUI's server, then run the nodes that output nodes need (a lazy
+  input's node only when the node's `check_lazy_status` asks for it).
+Built-in LoadImage / SaveImage / PreviewImage / PreviewAny stand-ins read INPUT_DIR and write OUTPUT_DIR (set by tests);
 DualCLIPLoader (type flux) / CLIPTextEncode stand-ins load the tiny CLIP + T5 files of TEXT_ENCODERS_DIR
 (tiny_models.write_text_encoders) and return a ComfyUI-shaped CONDITIONING.
 """
@@ -14,6 +15,7 @@ DualCLIPLoader (type flux) / CLIPTextEncode stand-ins load the tiny CLIP + T5 fi
 from __future__ import annotations
 
 import inspect
+import json
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +82,18 @@ class PreviewImage:
         return {"ui": {"images": [{"shape": list(images.shape), "type": "temp"}]}}
 
 
+class PreviewAny:
+    """ComfyUI's 'Preview Any' (comfy_extras): shows any value as text."""
+    CATEGORY, FUNCTION, RETURN_TYPES, OUTPUT_NODE = "utils", "main", (), True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"source": ("*", {})}}
+
+    def main(self, source=None):
+        return {"ui": {"text": [source if isinstance(source, str) else json.dumps(source)]}}
+
+
 class TinyFluxClip:
     """What DualCLIPLoader (type flux) gives CLIPTextEncode: CLIP-L and T5 with their tokenizers (tiny here)."""
 
@@ -133,7 +147,7 @@ class CLIPTextEncode:
         return (clip.encode(text),)
 
 
-BUILTINS = {"LoadImage": LoadImage, "SaveImage": SaveImage, "PreviewImage": PreviewImage,
+BUILTINS = {"LoadImage": LoadImage, "SaveImage": SaveImage, "PreviewImage": PreviewImage, "PreviewAny": PreviewAny,
             "DualCLIPLoader": DualCLIPLoader, "CLIPTextEncode": CLIPTextEncode}
 
 
@@ -276,6 +290,17 @@ def to_api(ui: dict, classes: dict) -> dict:
 
 # -- executor ----------------------------------------------------------------------------------------------------
 
+def _lazy_requests(instance, kwargs: dict, node_id: str, pending: set) -> list[str]:
+    """The unevaluated lazy inputs `check_lazy_status` asks for (all of them when the node has no such method).
+    Naming an input that is not connected fails, as ComfyUI's make_input_strong_link does."""
+    check = getattr(instance, "check_lazy_status", None)
+    wanted = check(**kwargs) if check is not None else list(pending)
+    for name in wanted:
+        if name not in kwargs:
+            raise PromptError(f"node {node_id} says it needs input {name}, but there is no input to that node at all")
+    return [name for name in wanted if name in pending]
+
+
 class PromptError(ValueError):
     """What ComfyUI would reject at POST /prompt (before running anything)."""
 
@@ -319,15 +344,24 @@ def execute(api: dict, classes: dict, skip_types: frozenset = frozenset()) -> di
         if node_id in results or node_id in skipped:
             return
         node = api[node_id]
+        cls = classes[node["class_type"]]
         links = {k: v for k, v in node["inputs"].items() if isinstance(v, list)}
-        for source, _ in links.values():
-            run(source)
+        lazy = {k for k in links if (all_inputs(cls)[k][1:] or [{}])[0].get("lazy")}
+        for name, (source, _) in links.items():
+            if name not in lazy:
+                run(source)
         if node["class_type"] in skip_types or any(source in skipped for source, _ in links.values()):
             skipped.add(node_id)
             return
-        kwargs = {k: (results[v[0]][v[1]] if k in links else v) for k, v in node["inputs"].items()}
-        cls = classes[node["class_type"]]
-        out = getattr(cls(), cls.FUNCTION)(**kwargs)
+        kwargs = {k: (None if k in lazy else results[v[0]][v[1]] if k in links else v)
+                  for k, v in node["inputs"].items()}
+        instance = cls()
+        while lazy and (wanted := _lazy_requests(instance, kwargs, node_id, lazy)):
+            for name in wanted:  # like ComfyUI: run what check_lazy_status names, then ask again
+                run(links[name][0])
+                kwargs[name] = results[links[name][0]][links[name][1]]
+                lazy.discard(name)
+        out = getattr(instance, cls.FUNCTION)(**kwargs)
         results[node_id] = out["ui"] if isinstance(out, dict) and "ui" in out else out
 
     for node_id, node in api.items():
