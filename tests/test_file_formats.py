@@ -206,3 +206,11 @@ def test_city96_style_gguf_with_bfl_names(tmp_path):
     with torch.no_grad():
         out, expected = model(**x).sample.float(), reference(**x).sample.float()
     torch.testing.assert_close(out, expected, rtol=2e-2, atol=2e-2 * expected.abs().max().item())
+
+
+def test_loader_node_offers_gguf_files(tmp_path, monkeypatch, gguf_source):
+    bridge = submodule("nodes.comfy_bridge")
+    tm.write_gguf(tmp_path / "models" / "unet" / "flux1-dev-Q8_0.gguf", tm._contiguous(gguf_source.state_dict()), "Q8_0")
+    monkeypatch.setattr(bridge, "MODELS_ROOT", tmp_path / "models")
+    assert "flux1-dev-Q8_0.gguf" in bridge.model_choices("diffusion_models", "transformer")
+    assert bridge.resolve_model("diffusion_models", "transformer", "flux1-dev-Q8_0.gguf").endswith(".gguf")
