@@ -64,6 +64,14 @@ def folder_dirs(folder: str) -> list[Path]:
     return [root / sub for sub in FALLBACK_FOLDERS.get(folder, (folder,))] if root else []
 
 
+def _files_in(folder: str) -> list[str]:
+    names = []
+    for base in folder_dirs(folder):
+        if base.is_dir():
+            names += [p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file()]
+    return names
+
+
 def list_files(folder: str) -> list[str]:
     """Weight files in a ComfyUI folder, names relative to it ('sub/file.safetensors')."""
     fp = _comfy("folder_paths")
@@ -72,11 +80,9 @@ def list_files(folder: str) -> list[str]:
             names = fp.get_filename_list(folder)
         except KeyError:
             names = []
+        names += [n for n in _files_in(folder) if n.lower().endswith(".gguf")]  # not among ComfyUI's extensions
     else:
-        names = []
-        for base in folder_dirs(folder):
-            if base.is_dir():
-                names += [p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file()]
+        names = _files_in(folder)
     return sorted({n for n in names if n.lower().endswith(WEIGHT_SUFFIXES)})
 
 

@@ -163,8 +163,8 @@ def resolve_placement(spec: FluxModelSpec, device: torch.device, dtype: torch.dt
     opts = spec.options
     if opts.offload != "auto":
         offload = opts.offload
-        if offload != "none" and device.type != "cuda":
-            log.warning("offload=%s ignored: it needs a CUDA device, the model runs on %s", offload, device)
+        if offload != "none" and device.type == "cpu":
+            log.warning("offload=%s ignored: the model already runs on the CPU", offload)
             offload = "none"
         return Placement(offload, opts.weight_storage, "chosen in the options")
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None

@@ -132,3 +132,17 @@ def test_redux_projector_stays_fp32_and_t5_keeps_its_fp32_layers(models, tmp_pat
     t5 = encoders.pipe.text_encoder_2
     assert t5.encoder.block[0].layer[1].DenseReluDense.wo.weight.dtype == torch.float32
     assert t5.encoder.block[0].layer[1].DenseReluDense.wi_0.weight.dtype == torch.float16
+
+
+@pytest.mark.parametrize("spare, expected", [(10**9, ("none", "default")), (0.6, ("none", "fp8")),
+                                             (0.3, ("sequential", "default"))])
+def test_auto_reads_the_files_and_the_free_vram(models, monkeypatch, spare, expected):
+    """The wiring on a CUDA device: header sizes and torch's free-VRAM figure go into the decision (the tiny
+    model has 2 blocks, so streaming them would need as much as the whole model: no group row here)."""
+    footprint = weights.transformer_footprint(models["files"]["dev"])
+    vae = weights.component_params(models["files"]["vae"], "vae", "vae") * 2
+    free = placement.ACTIVATION_BYTES + vae + int(spare * footprint.params * 2)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 80 * GB))
+    spec = models_mod.FluxModelSpec(str(models["files"]["dev"]), str(models["files"]["vae"]))
+    decision = models_mod.resolve_placement(spec, torch.device("cuda"), torch.bfloat16)
+    assert (decision.offload, decision.weight_storage) == expected
