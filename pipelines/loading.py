@@ -24,15 +24,17 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """How to place a model: device, compute dtype, fp8 weight storage, offload, VAE tiling."""
+    """How to place a model: device, compute dtype, fp8 weight storage, offload, VAE tiling, speed modes."""
 
     device: str = "auto"
     dtype: str = "auto"
     weight_storage: str = "default"
     offload: str = "none"
     vae_tiling: str = "auto"
+    speed: str = params.SPEED_NONE  # speed helper: load-time speed modes (pipelines/speed.py); part of the cache key
 
     def __post_init__(self):
+        object.__setattr__(self, "speed", "+".join(params.parse_speed(self.speed)) or params.SPEED_NONE)
         params.check_choice("dtype", self.dtype, params.DTYPE_CHOICES)
         params.check_choice("weight_storage", self.weight_storage, params.WEIGHT_STORAGE_CHOICES)
         params.check_choice("offload", self.offload, params.OFFLOAD_CHOICES)

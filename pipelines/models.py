@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from . import params
+from . import params, speed
 from .cache import CACHE, ModelCache, file_identity
 from .loading import (LoadOptions, load_redux_projector, load_scheduler, load_siglip, load_transformer,
                       load_vae)
@@ -24,6 +24,9 @@ class FluxModelSpec:
     vae: str
     variant: str = "auto"
     options: LoadOptions = field(default_factory=LoadOptions)
+    # speed helper: applied at generate time, deliberately NOT in cache_key (changing them never reloads)
+    loras: tuple = ()  # of lora.LoraSpec
+    cache_threshold: float = 0.0  # First Block Cache; 0 = off
 
     def cache_key(self) -> tuple:
         return ("flux", file_identity(self.transformer), file_identity(self.vae), self.variant, self.options)
@@ -41,6 +44,10 @@ class ReduxEncoderSpec:
 
 class FluxModel:
     """A FluxPipeline without text encoders, plus what the engine needs to know about it."""
+
+    speed_state = None  # speed helper: speed.SpeedState from speed.apply; loras/cache_threshold per call view
+    loras: tuple = ()
+    cache_threshold: float = 0.0
 
     def __init__(self, spec: FluxModelSpec, pipe, variant: str, device: torch.device, dtype: torch.dtype):
         self.spec, self.pipe, self.variant, self.device, self.dtype = spec, pipe, variant, device, dtype
@@ -103,7 +110,9 @@ def _build_flux(spec: FluxModelSpec) -> FluxModel:
         pipe.enable_sequential_cpu_offload(device=device)
     else:
         pipe.to(device)
-    return FluxModel(spec, pipe, variant, device, dtype)
+    model = FluxModel(spec, pipe, variant, device, dtype)
+    model.speed_state = speed.apply(pipe, opts.speed, device, opts.weight_storage, offload)  # speed helper
+    return model
 
 
 def _build_redux(spec: ReduxEncoderSpec) -> ReduxEncoder:
@@ -119,7 +128,8 @@ def _build_redux(spec: ReduxEncoderSpec) -> ReduxEncoder:
 
 
 def load_flux_model(spec: FluxModelSpec, cache: ModelCache = CACHE) -> FluxModel:
-    return cache.get(spec.cache_key(), lambda: _build_flux(spec))
+    runtime = speed.runtime_settings(spec.loras, spec.cache_threshold)  # speed helper: validated before loading
+    return speed.with_runtime(cache.get(spec.cache_key(), lambda: _build_flux(spec)), *runtime)
 
 
 def load_redux_encoder(spec: ReduxEncoderSpec, cache: ModelCache = CACHE) -> ReduxEncoder:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import params
+from . import params, speed
 from .models import FluxModel
 from .redux import ReduxConditioning
 
@@ -103,10 +103,11 @@ def generate(model: FluxModel, conditioning: ReduxConditioning, gen: params.Gene
             raise GenerationAborted(f"stopped after step {step + 1} of {steps_run}")
         return tensors
 
+    speed.before_generate(model, gen.width, gen.height)  # speed helper: LoRAs, First Block Cache, compile sizes
     pipe.set_progress_bar_config(disable=not show_progress, leave=False)
     kwargs = {} if gen.guidance_scale is None else {"guidance_scale": gen.guidance_scale}
     started = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), speed.WarmupTimer(model.speed_state):
         output = pipe(prompt_embeds=prompt_embeds.to(model.dtype), pooled_prompt_embeds=pooled.to(model.dtype),
                       height=gen.height, width=gen.width, num_inference_steps=gen.num_inference_steps,
                       num_images_per_prompt=gen.num_images, generator=generator, output_type="pt",
@@ -117,6 +118,6 @@ def generate(model: FluxModel, conditioning: ReduxConditioning, gen: params.Gene
         metadata_extra = {"img2img": True, "denoise": denoise, "steps_run": steps_run}
     else:
         metadata_extra = {}
-    metadata = dict(gen.as_dict(), **metadata_extra, seed=seed, model=model.variant,
+    metadata = dict(gen.as_dict(), **metadata_extra, **speed.report(model), seed=seed, model=model.variant,
                     timings={"total_s": round(elapsed, 3), "per_image_s": round(elapsed / gen.num_images, 3)})
     return GenerationResult(images, metadata)
