@@ -14,7 +14,7 @@ from pathlib import Path
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from . import cli_restyle, params
+from . import cli_restyle, lora, params
 from .loading import LoadOptions
 from .models import FluxModelSpec, ReduxEncoderSpec, load_flux_model, load_redux_encoder
 from .redux import encode
@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--offload", choices=params.OFFLOAD_CHOICES, default="none",
                    help="model: whole models to GPU in turn; sequential: layer by layer (least VRAM, slowest)")
     v.add_argument("--vae-tiling", choices=params.VAE_TILING_CHOICES, default="auto")
+    # speed helper: speed modes and LoRAs (pipelines/speed.py, pipelines/lora.py)
+    modes = ", ".join(params.SPEED_MODES + params.ATTENTION_MODES)
+    v.add_argument("--speed", default=params.SPEED_NONE, help=f"speed modes joined by + ({modes}), e.g. compile+fp8")
+    v.add_argument("--cache-threshold", type=float, default=params.CACHE_THRESHOLD.default,
+                   help=f"First Block Cache threshold, lossy ({params.CACHE_THRESHOLD.describe()}; 0.08 suggested)")
+    v.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
+                   help=f"a FLUX.1 LoRA .safetensors, strength {params.LORA_STRENGTH.describe()}; repeat to stack")
     cli_restyle.add_arguments(v)
     return p
 
@@ -119,7 +126,7 @@ def run_variation(args) -> list[Path]:
     cli_restyle.validate(args)
     sources = resolve_sources(args)
     options = LoadOptions(device=args.device, dtype=args.dtype, weight_storage=args.weight_storage,
-                          offload=args.offload, vae_tiling=args.vae_tiling)
+                          offload=args.offload, vae_tiling=args.vae_tiling, speed=args.speed)
 
     def validated(variant: str) -> params.GenerationParams:
         return params.validate_generation(variant, args.size, args.width, args.height, args.steps, args.guidance,
@@ -128,7 +135,9 @@ def run_variation(args) -> list[Path]:
     if args.model != "auto":
         validated(args.model)  # fail before loading gigabytes
     prompt = cli_restyle.load_prompt(args, options)
-    flux = load_flux_model(FluxModelSpec(str(sources["transformer"]), str(sources["vae"]), args.model, options))
+    flux = load_flux_model(FluxModelSpec(str(sources["transformer"]), str(sources["vae"]), args.model, options,
+                                         loras=tuple(map(lora.parse_lora_arg, args.lora)),
+                                         cache_threshold=args.cache_threshold))
     gen = validated(flux.variant)
     encoder = load_redux_encoder(ReduxEncoderSpec(str(sources["redux"]), str(sources["siglip"]), options))
     init = cli_restyle.init_image(args)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from .weights import WeightsError, refuse_pickle
 log = logging.getLogger(__name__)
 
 HOTSWAP_RANK = 128  # diffusers' default target rank; LoRAs up to this rank hot-swap under compile
-HOTSWAP_SLOT = "hotswap"
+HOTSWAP_SLOT = "hotswap"  # the adapter name LoRAs are swapped into under compile
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,8 @@ def check_path(path: str | Path) -> Path:
 
 
 def read_lora(path: str | Path) -> dict[str, torch.Tensor]:
-    """The LoRA's tensors in diffusers' key format, or a one-line WeightsError naming the file."""
+    """The LoRA file's tensors as stored, after checking diffusers can convert them to FLUX transformer LoRA
+    keys; a one-line WeightsError naming the file otherwise. (Loading converts again, alphas included.)"""
     from diffusers import FluxPipeline
     from safetensors.torch import load_file
 
@@ -90,7 +92,7 @@ def read_lora(path: str | Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{path}: not a readable safetensors LoRA ({_one_line(exc)}); the download may be "
                            "truncated.") from exc
     try:
-        converted = FluxPipeline.lora_state_dict(tensors)
+        converted = FluxPipeline.lora_state_dict(dict(tensors))  # a copy: the converters pop keys
     except Exception as exc:
         raise WeightsError(f"{path}: not a FLUX.1 LoRA diffusers can read ({_one_line(exc)}); "
                            "is it a LoRA for another model?") from exc
@@ -99,12 +101,15 @@ def read_lora(path: str | Path) -> dict[str, torch.Tensor]:
         first = next(iter(tensors), "no keys")
         raise WeightsError(f"{path}: no FLUX.1 transformer LoRA weights in it (first key: {first}); is it a "
                            "LoRA for another model, or not a LoRA?")
-    return converted
+    return tensors
 
 
-def check_lora_file(path: str | Path) -> None:
-    """Read and convert the file once (the loader node calls this, so a bad file fails there)."""
-    read_lora(path)
+UP_WEIGHT = re.compile(r"(lora_B|lora_up|\.up)\.weight$")  # the LoRA's output matrix in every key format
+
+
+def scaled(tensors: dict[str, torch.Tensor], strength: float) -> dict[str, torch.Tensor]:
+    """The LoRA with its strength folded into the up matrices (its delta is linear in them)."""
+    return {k: v * strength if UP_WEIGHT.search(k) else v for k, v in tensors.items()}
 
 
 def _wanted(loras: tuple[LoraSpec, ...]) -> dict[str, tuple[str, float]]:
@@ -117,74 +122,76 @@ def _wanted(loras: tuple[LoraSpec, ...]) -> dict[str, tuple[str, float]]:
     return {n: v for n, v in wanted.items() if v[1] != 0}
 
 
-def _load(pipe, name: str, path: str, hotswap: bool = False) -> None:
+def _load(pipe, name: str, path: str, strength: float | None = None, hotswap: bool = False) -> None:
+    """Load a file as adapter `name`; with `strength`, folded into the weights (the hot-swap path)."""
+    tensors = read_lora(path)
+    if strength is not None:
+        tensors = scaled(tensors, strength)
     try:
-        pipe.load_lora_weights(read_lora(path), adapter_name=name, hotswap=hotswap)
-    except WeightsError:
-        raise
+        pipe.load_lora_weights(tensors, adapter_name=name, hotswap=hotswap)
     except Exception as exc:  # shapes or layer names that do not fit this transformer
         raise WeightsError(f"{path}: this LoRA does not fit the loaded FLUX transformer ({_one_line(exc)})") from exc
 
 
 def loaded_adapters(pipe) -> list[str]:
-    return list(pipe.get_list_adapters().get("transformer", [])) if getattr(pipe.transformer, "peft_config",
-                                                                            None) else []
+    if not getattr(pipe.transformer, "peft_config", None):
+        return []
+    return list(pipe.get_list_adapters().get("transformer", []))
 
 
 class LoraState:
-    """What is in the pipeline now: adapter names and, under compile, which file sits in the hot-swap slot."""
+    """What is in the pipeline now; under compile, which file at which strength sits in the hot-swap slot."""
 
     def __init__(self, compiled: bool = False, quantized: bool = False):
         self.compiled, self.quantized = compiled, quantized
-        self.slot_file: str | None = None  # adapter name of the file in HOTSWAP_SLOT
-        self.hotswap_ready = False
+        self.slot: tuple[str, str, float] | None = None  # (adapter name, path, strength) in HOTSWAP_SLOT
 
 
 def _unload_all(pipe, state: LoraState) -> None:
     if loaded_adapters(pipe):
         pipe.unload_lora_weights()
-        state.slot_file = None
+        state.slot = None
         if state.compiled:
-            log.info("LoRA removed: the compiled blocks recompile once for the plain layers")
+            log.info("LoRAs unloaded: the compiled blocks recompile once")
 
 
-def _try_hotswap(pipe, state: LoraState, name: str, path: str, strength: float) -> bool:
-    """Compiled model, one LoRA: load it into the fixed slot without recompiling. False: use a normal load."""
+def _hotswap(pipe, state: LoraState, name: str, path: str, strength: float) -> bool:
+    """Compiled model, at most one LoRA: its weights (strength folded in) replace the slot's in place, so nothing
+    recompiles; no LoRA = the slot's LoRA at strength 0, which adds exactly zero. False: use a normal load."""
     loaded = loaded_adapters(pipe)
     if loaded and loaded != [HOTSWAP_SLOT]:
         return False
-    if state.slot_file != name:
-        try:
-            if not loaded:
-                if not state.hotswap_ready:
-                    pipe.enable_lora_hotswap(target_rank=HOTSWAP_RANK)
-                    state.hotswap_ready = True
-                _load(pipe, HOTSWAP_SLOT, path)
-            else:
-                _load(pipe, HOTSWAP_SLOT, path, hotswap=True)
-        except WeightsError as exc:
-            if not loaded:
-                raise
-            log.info("LoRA %s cannot hot-swap (%s); loading it normally, the compiled blocks recompile", path, exc)
-            _unload_all(pipe, state)
-            return False
-        state.slot_file = name
-    pipe.set_adapters([HOTSWAP_SLOT], [strength])
+    if state.slot == (name, path, strength):
+        return True
+    try:
+        if not loaded:
+            pipe.enable_lora_hotswap(target_rank=HOTSWAP_RANK)  # pads ranks, makes scalings tensors
+            _load(pipe, HOTSWAP_SLOT, path, strength)
+            log.info("LoRA %s loaded into the hot-swap slot; the compiled blocks recompile once", path)
+        else:
+            _load(pipe, HOTSWAP_SLOT, path, strength, hotswap=True)
+    except WeightsError as exc:
+        if not loaded:
+            raise
+        log.info("LoRA %s cannot be hot-swapped (%s); loading it normally, the compiled blocks recompile", path, exc)
+        _unload_all(pipe, state)
+        return False
+    state.slot = (name, path, strength)
     return True
 
 
 def activate(pipe, loras: tuple[LoraSpec, ...], state: LoraState) -> None:
     """Make the pipeline's adapters exactly `loras` (strength 0 counts as absent)."""
     wanted = _wanted(loras)
-    if not wanted:
-        return _unload_all(pipe, state)
-    if state.quantized:
+    if wanted and state.quantized:
         raise ValueError("LoRAs cannot be applied to the fp8-quantized transformer (speed fp8): choose a speed "
                          "without fp8, or remove the LoRA")
-    if state.compiled and len(wanted) == 1:
-        name, (path, strength) = next(iter(wanted.items()))
-        if _try_hotswap(pipe, state, name, path, strength):
+    if state.compiled and len(wanted) <= 1 and (wanted or state.slot):
+        name, (path, strength) = next(iter(wanted.items())) if wanted else (state.slot[0], (state.slot[1], 0.0))
+        if _hotswap(pipe, state, name, path, strength):
             return
+    if not wanted:
+        return _unload_all(pipe, state)
     if HOTSWAP_SLOT in loaded_adapters(pipe):
         _unload_all(pipe, state)
     stale = [n for n in loaded_adapters(pipe) if n not in wanted]

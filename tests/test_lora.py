@@ -155,3 +155,58 @@ def test_lora_spec_and_cli_argument_validation(lora_files):
     assert lora.parse_lora_arg(str(lora_files["peft"])).strength == 1.0
     with pytest.raises(params.ParameterError, match="FILE:STRENGTH"):
         lora.parse_lora_arg("missing.safetensors:strong")
+
+
+def test_cli_lora_speed_and_cache_flags(models, lora_files, tmp_path):
+    from test_cli import cli
+
+    image = tmp_path / "ref.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(image)
+    out = tmp_path / "out"
+    done = cli("variation", image, "--models-dir", models["root"], "--model", "dev", "--size", "custom", "--width",
+               256, "--height", 256, "--steps", 1, "--seed", 3, "--out", out, "--lora", f"{lora_files['peft']}:0.8",
+               "--lora", lora_files["comfy"], "--speed", "fp8", "--cache-threshold", 0.08)
+    assert done.returncode == 0, done.stderr
+    with Image.open(next(out.iterdir())) as png:
+        meta = __import__("json").loads(png.text["flux_redux"])
+    assert meta["loras"] == [[str(lora_files["peft"]), 0.8], [str(lora_files["comfy"]), 1.0]]
+    assert meta["cache_threshold"] == 0.08 and "fp8" in meta["speed_skipped"]
+    for flags, expected in ((["--lora", tmp_path / "gone.safetensors:0.5"], "gone.safetensors: LoRA file not found"),
+                            (["--speed", "turbo"], "speed='turbo' is not allowed"),
+                            (["--cache-threshold", 2], "cache_threshold=2.0 is not allowed")):
+        failed = cli("variation", image, "--models-dir", models["root"], "--out", out, *flags)
+        assert failed.returncode == 2 and expected in failed.stderr, failed.stderr
+        assert len(failed.stderr.strip().splitlines()) == 1, failed.stderr
+
+
+def test_load_lora_node_chains_without_reloading(models, cache, cond, lora_files, monkeypatch):
+    import shutil
+
+    from packloader import pack
+
+    bridge, loaders = submodule("nodes.comfy_bridge"), submodule("nodes.local_loaders")
+    (models["root"] / "loras").mkdir(exist_ok=True)
+    for path in lora_files.values():
+        shutil.copy(path, models["root"] / "loras" / path.name)
+    monkeypatch.setattr(bridge, "MODELS_ROOT", models["root"])
+    node = pack.NODE_CLASS_MAPPINGS["FluxReduxLoadLora"]
+    assert pack.NODE_DISPLAY_NAME_MAPPINGS["FluxReduxLoadLora"] == "Load LoRA (FLUX Redux)"
+    inputs = node.INPUT_TYPES()["required"]
+    assert "peft.safetensors" in inputs["lora_name"][0] and inputs["strength"][1]["default"] == 1.0
+    base = loaders.FluxReduxLoadModel().load("flux1-dev.safetensors", "ae.safetensors", "auto", "default", "none",
+                                             "auto", "cpu", speed="none", cache_threshold=0.0)[0]
+    one = node().load(base, "peft.safetensors", 0.5)[0]
+    two = node().load(one, "kohya.safetensors", 1.0)[0]
+    assert [(s.path, s.strength) for s in two.loras] == [(str(models["root"] / "loras" / "peft.safetensors"), 0.5),
+                                                         (str(models["root"] / "loras" / "kohya.safetensors"), 1.0)]
+    assert base.cache_key() == two.cache_key(), "LoRAs are not part of the base model's cache key"
+    with pytest.raises(params.ParameterError, match="strength"):
+        node().load(base, "peft.safetensors", 12.0)
+    (models["root"] / "loras" / "cut.safetensors").write_bytes(lora_files["peft"].read_bytes()[:200])
+    with pytest.raises(WeightsError, match="cut.safetensors"):
+        node().load(base, "cut.safetensors", 1.0)
+    node_plain = run(models_mod.load_flux_model(base, cache), cond)
+    loads = cache.loads
+    stacked = run(models_mod.load_flux_model(two, cache), cond)
+    assert not torch.equal(stacked, node_plain) and cache.loads == loads
+    assert torch.equal(run(models_mod.load_flux_model(base, cache), cond), node_plain)
