@@ -11,9 +11,11 @@ Files go through diffusers' own converters (`lora_state_dict`: kohya/sd-scripts,
 XLabs, diffusers/PEFT keys). Only .safetensors files are read; every failure names the file in one line.
 
 With `compile`, one LoRA at a time is hot-swapped into a fixed adapter slot (diffusers' `enable_lora_hotswap`,
-ranks padded to HOTSWAP_RANK), so swapping files or strengths does not recompile. Stacking several LoRAs,
-a rank above HOTSWAP_RANK, or a LoRA touching other layers than the first one falls back to a normal load,
-after which the compiled blocks recompile once (logged).
+ranks padded to HOTSWAP_RANK) with its strength folded into its up matrices, because a changed adapter
+weight is a new Python float to torch.compile and would recompile; so swapping files or strengths, or going
+to no LoRA (the slot at strength 0 adds exactly zero), does not recompile. Stacking several LoRAs, a rank
+above HOTSWAP_RANK, or a LoRA touching other layers than the first one falls back to a normal load, after
+which the compiled blocks recompile once (logged).
 """
 
 from __future__ import annotations

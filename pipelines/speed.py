@@ -187,13 +187,15 @@ def runtime_settings(loras, cache_threshold: float) -> tuple[tuple, float]:
 
 
 def with_runtime(model, loras: tuple, cache_threshold: float):
-    """A light view of the cached base model carrying this call's LoRAs and cache threshold.
+    """The cached base model, or a light view of it carrying this call's LoRAs and cache threshold.
 
     The view shares the pipeline, speed state and LoRA state with the base; `before_generate` makes the
     shared pipeline match the view's settings, so views with different LoRAs can be used in turn.
     """
     if model.speed_state is None:
         model.speed_state = SpeedState()
+    if not loras and cache_threshold == 0:
+        return model  # the base itself carries the plain settings (no LoRA, no cache)
     view = copy.copy(model)
     view.loras, view.cache_threshold = loras, cache_threshold
     return view
