@@ -15,6 +15,7 @@ from ..pipelines.loading import LoadOptions
 from ..pipelines.models import FluxModelSpec, ReduxEncoderSpec
 from ..pipelines.weights import detect_variant, read_index
 from . import comfy_bridge as bridge
+from .widgets import number_widget
 
 CATEGORY = "FLUX Redux/local"
 DEVICE_CHOICES = ("auto", "cuda", "cpu", "mps")
@@ -25,6 +26,9 @@ DTYPE_TOOLTIP = "Compute dtype. auto: bf16 on CUDA (fp16 if bf16 is unsupported)
 WEIGHT_DTYPES = {("default" if d == "auto" else d): (d, "default") for d in params.DTYPE_CHOICES}
 WEIGHT_DTYPES["fp8"] = ("auto", "fp8")
 WEIGHT_DTYPE_CHOICES = tuple(WEIGHT_DTYPES)
+SPEED_TOOLTIP = ("compile: torch.compile of the transformer blocks (warm-up on the first run, same image). fp8: "
+                 "fp8 compute on GPUs with fp8 tensor cores (RTX 40xx, H100; slight changes). best-attention: "
+                 "FlashAttention 3/2 if installed. A mode this machine cannot run is skipped with a note in info.")
 
 
 def device_option(device: str) -> str:
@@ -122,13 +126,17 @@ class FluxReduxLoadModel:
             "vae_tiling": (params.VAE_TILING_CHOICES, {"default": "auto", "tooltip": (
                 "Decode in tiles to save memory. auto: on above 2048x2048 pixels.")}),
             "device": (DEVICE_CHOICES, {"default": "auto", "tooltip": DEVICE_TOOLTIP}),
+        }, "optional": {  # speed helper: optional, so workflows saved before them still load
+            "speed": (params.SPEED_PRESETS, {"default": params.SPEED_NONE, "tooltip": SPEED_TOOLTIP}),
+            "cache_threshold": ("FLOAT", number_widget(params.CACHE_THRESHOLD, params.CACHE_THRESHOLD.help)),
         }}
 
     @classmethod
     def VALIDATE_INPUTS(cls, transformer, vae):
         return files_checked_when_run()
 
-    def load(self, transformer, vae, variant, weight_dtype, offload, vae_tiling, device):
+    def load(self, transformer, vae, variant, weight_dtype, offload, vae_tiling, device, speed=params.SPEED_NONE,
+             cache_threshold=params.CACHE_THRESHOLD.default):
         params.check_choice("weight_dtype", weight_dtype, WEIGHT_DTYPE_CHOICES)
         transformer_path = bridge.resolve_model("diffusion_models", "transformer", transformer)
         vae_path = bridge.resolve_model("vae", "vae", vae)
@@ -136,9 +144,10 @@ class FluxReduxLoadModel:
         check_file(vae_path, "vae")
         dtype, storage = WEIGHT_DTYPES[weight_dtype]
         options = LoadOptions(device=device_option(device), dtype=dtype, weight_storage=storage, offload=offload,
-                              vae_tiling=vae_tiling)
+                              vae_tiling=vae_tiling, speed=speed)
         spec = FluxModelSpec(transformer_path, vae_path, params.check_choice("variant", variant,
-                                                                             params.VARIANT_CHOICES), options)
+                                                                             params.VARIANT_CHOICES), options,
+                             cache_threshold=params.CACHE_THRESHOLD.validate(cache_threshold))
         return (spec,)
 
 

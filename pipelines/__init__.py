@@ -9,6 +9,7 @@
 
 from .cache import CACHE, ModelCache
 from .loading import LoadOptions
+from .lora import LoraSpec  # speed helper
 from .models import FluxModel, FluxModelSpec, ReduxEncoder, ReduxEncoderSpec, load_flux_model, load_redux_encoder
 from .params import GenerationParams, ParameterError, resolve_size, validate_generation
 from .redux import ReduxConditioning, TextConditioning, encode
@@ -17,7 +18,7 @@ from .text import TextEncoderSpec, encode_prompt, load_text_encoders
 from .weights import FoundWeights, WeightsError, find_weights
 
 __all__ = [
-    "CACHE", "ModelCache", "LoadOptions", "FluxModel", "FluxModelSpec", "ReduxEncoder", "ReduxEncoderSpec",
+    "CACHE", "ModelCache", "LoadOptions", "LoraSpec", "FluxModel", "FluxModelSpec", "ReduxEncoder", "ReduxEncoderSpec",
     "load_flux_model", "load_redux_encoder", "GenerationParams", "ParameterError", "resolve_size",
     "validate_generation", "ReduxConditioning", "TextConditioning", "encode", "TextEncoderSpec", "encode_prompt",
     "load_text_encoders", "GenerationAborted", "GenerationResult", "generate",

@@ -18,7 +18,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import cli_checks, cli_restyle, params
+from . import cli_checks, cli_restyle, lora, params, speed
 from .server import cli as server_cli
 from .loading import LoadOptions
 from .cli_outputs import OutputWriter
@@ -84,6 +84,13 @@ def add_variation_parser(sub) -> argparse.ArgumentParser:
     v.add_argument("--offload", choices=params.OFFLOAD_CHOICES, default=LOAD_DEFAULTS.offload,
                    help="where weights wait between uses on a GPU (see the README)")
     v.add_argument("--vae-tiling", choices=params.VAE_TILING_CHOICES, default=LOAD_DEFAULTS.vae_tiling)
+    # speed modes and LoRAs (pipelines/speed.py, pipelines/lora.py)
+    modes = ", ".join(params.SPEED_MODES + params.ATTENTION_MODES)
+    v.add_argument("--speed", default=params.SPEED_NONE, help=f"speed modes joined by + ({modes}), e.g. compile+fp8")
+    v.add_argument("--cache-threshold", type=float, default=params.CACHE_THRESHOLD.default,
+                   help=f"First Block Cache threshold, lossy ({params.CACHE_THRESHOLD.describe()}; 0.08 suggested)")
+    v.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
+                   help=f"a FLUX.1 LoRA .safetensors, strength {params.LORA_STRENGTH.describe()}; repeat to stack")
     cli_restyle.add_arguments(v)
     add_common_options(v)
     return v
@@ -109,6 +116,8 @@ class Plan:
     options: LoadOptions
     text: TextEncoderSpec | None = None  # with --prompt
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    loras: tuple = ()  # lora.LoraSpec entries, applied at generate time
+    cache_threshold: float = 0.0
 
 
 def size_notes(args) -> list[str]:
@@ -135,7 +144,8 @@ def prepare(args) -> Plan:
         cli_checks.check_image_option(option, path)
     cli_checks.check_device(args.device)
     options = LoadOptions(device=args.device, dtype=args.dtype, weight_storage=args.weight_storage,
-                          offload=args.offload, vae_tiling=args.vae_tiling)
+                          offload=args.offload, vae_tiling=args.vae_tiling, speed=args.speed)
+    loras, cache_threshold = speed.runtime_settings(map(lora.parse_lora_arg, args.lora), args.cache_threshold)
     sources = cli_checks.resolve_sources({slot: getattr(args, slot) for slot in SLOTS}, args.models_dir, args.model)
     variant = cli_checks.check_weights(sources, args.model)
     gen = params.validate_generation(variant, args.size, args.width, args.height, args.steps, args.guidance,
@@ -143,14 +153,15 @@ def prepare(args) -> Plan:
     text = cli_restyle.text_spec(args, options)
     cli_restyle.check_text_encoders(text)
     cli_checks.check_out_dir(args.out)
-    return Plan(found.images or [None], sources, gen, options, text, found.skipped)
+    return Plan(found.images or [None], sources, gen, options, text, found.skipped, loras, cache_threshold)
 
 
 def run_variation(args, writer: OutputWriter) -> Plan:
     plan = prepare(args)
     prompt = cli_restyle.load_prompt(plan.text, args.prompt)
     flux = load_flux_model(FluxModelSpec(str(plan.sources["transformer"]), str(plan.sources["vae"]),
-                                         plan.gen.variant, plan.options))
+                                         plan.gen.variant, plan.options, loras=plan.loras,
+                                         cache_threshold=plan.cache_threshold))
     encoder = load_redux_encoder(ReduxEncoderSpec(str(plan.sources["redux"]), str(plan.sources["siglip"]),
                                                   plan.options))
     init = cli_restyle.init_image(args)

@@ -25,7 +25,8 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """How to place a model: device, compute dtype, fp8 weight storage, offload (auto: fit the card).
+    """How to place a model: device, compute dtype, fp8 weight storage, offload (auto: fit the card),
+    speed modes (they change the loaded model, so they are part of the cache key).
 
     vae_tiling is only the default for generate()'s own argument: it changes no weights, so it is left out of
     equality and hashing, and a model cached under other tiling is reused as it is.
@@ -36,8 +37,10 @@ class LoadOptions:
     weight_storage: str = "default"
     offload: str = "auto"
     vae_tiling: str = field(default="auto", compare=False)
+    speed: str = params.SPEED_NONE  # load-time speed modes (pipelines/speed.py)
 
     def __post_init__(self):
+        object.__setattr__(self, "speed", "+".join(params.parse_speed(self.speed)) or params.SPEED_NONE)
         params.check_choice("dtype", self.dtype, params.DTYPE_CHOICES)
         params.check_choice("weight_storage", self.weight_storage, params.WEIGHT_STORAGE_CHOICES)
         params.check_choice("offload", self.offload, params.OFFLOAD_CHOICES)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from . import params
+from . import params, speed
 from .cache import CACHE, ModelCache, file_identity
 from .loading import (PROJECTOR_DTYPE, LoadOptions, load_redux_projector, load_scheduler, load_siglip,
                       load_transformer, load_vae, vae_dtype)
@@ -26,6 +26,9 @@ class FluxModelSpec:
     vae: str
     variant: str = "auto"
     options: LoadOptions = field(default_factory=LoadOptions)
+    # speed helper: applied at generate time, deliberately NOT in cache_key (changing them never reloads)
+    loras: tuple = ()  # of lora.LoraSpec
+    cache_threshold: float = 0.0  # First Block Cache; 0 = off
 
     def cache_key(self) -> tuple:
         return ("flux", file_identity(self.transformer), file_identity(self.vae), self.variant, self.options)
@@ -75,6 +78,10 @@ class FluxModel:
 
     Adapters use modules(), latent_channels and vae_scale_factor instead of reaching into the pipeline.
     """
+
+    speed_state = None  # speed.SpeedState from speed.apply; loras/cache_threshold: a per-call view's
+    loras: tuple = ()
+    cache_threshold: float = 0.0
 
     def __init__(self, spec: FluxModelSpec, pipe, variant: str, device: torch.device, dtype: torch.dtype,
                  placement: Placement | None = None):
@@ -210,8 +217,10 @@ def _build_flux(spec: FluxModelSpec) -> FluxModel:
     pipe = FluxPipeline(scheduler=load_scheduler(variant), vae=vae, text_encoder=None, tokenizer=None,
                         text_encoder_2=None, tokenizer_2=None, transformer=transformer)
     place_pipeline(pipe, placement.offload, device)
-    # Speed options (compile, caches, attention backends) go here: after placement, before the first call.
-    return FluxModel(spec, pipe, variant, device, dtype, placement)
+    model = FluxModel(spec, pipe, variant, device, dtype, placement)
+    # after placement, before the first call: compile, fp8 compute, attention backend
+    model.speed_state = speed.apply(pipe, opts.speed, device, placement.weight_storage, placement.offload)
+    return model
 
 
 def place_pipeline(pipe, offload: str, device: torch.device) -> None:
@@ -243,7 +252,8 @@ def _build_redux(spec: ReduxEncoderSpec) -> ReduxEncoder:
 
 
 def load_flux_model(spec: FluxModelSpec, cache: ModelCache = CACHE) -> FluxModel:
-    return cache.get(spec.cache_key(), lambda: _build_flux(spec))
+    runtime = speed.runtime_settings(spec.loras, spec.cache_threshold)  # speed helper: validated before loading
+    return speed.with_runtime(cache.get(spec.cache_key(), lambda: _build_flux(spec)), *runtime)
 
 
 def load_redux_encoder(spec: ReduxEncoderSpec, cache: ModelCache = CACHE) -> ReduxEncoder:

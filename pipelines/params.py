@@ -125,6 +125,35 @@ WAVESPEED_WIDTH, WAVESPEED_HEIGHT = (  # WAVESPEED_SIDE's range, named as the wi
 MAX_CONCURRENCY = NumberSpec("max_concurrency", 1, 8, 2, help="input images sent as parallel jobs")
 
 
+# Speed modes (pipelines.speed): "+"-joined tokens, e.g. "compile+fp8+best-attention"; "none" = plain diffusers.
+SPEED_MODES: tuple[str, ...] = ("compile", "fp8")  # regional torch.compile; torchao fp8 compute (CUDA cc >= 8.9)
+ATTENTION_MODES: tuple[str, ...] = ("flash", "fa3", "sage", "best-attention")  # at most one; default native SDPA
+SPEED_NONE = "none"
+SPEED_PRESETS: tuple[str, ...] = (SPEED_NONE, "compile", "fp8", "compile+fp8", "compile+fp8+best-attention",
+                                  "compile+best-attention", "best-attention")  # the widget's choices
+CACHE_THRESHOLD = NumberSpec("cache_threshold", 0.0, 1.0, 0.0, step=0.01, integer=False,
+                             help="First Block Cache: 0 = off; 0.08 suggested (~1.5x on 28 steps); lossy, "
+                                  "higher skips more steps' blocks")
+LORA_STRENGTH = NumberSpec("strength", -10.0, 10.0, 1.0, step=0.05, integer=False,
+                           help="LoRA strength: 0 = off, 1 = as trained, negative inverts it")
+
+
+def parse_speed(speed: str) -> tuple[str, ...]:
+    """Validate a speed setting and return its tokens in a fixed order ("none" -> ())."""
+    if not isinstance(speed, str):
+        raise ParameterError("speed", speed, f"expected {SPEED_NONE} or modes joined by + ({', '.join(SPEED_MODES + ATTENTION_MODES)})")
+    tokens = [t.strip() for t in speed.lower().split("+") if t.strip()]
+    if tokens in ([], [SPEED_NONE]):
+        return ()
+    allowed = SPEED_MODES + ATTENTION_MODES
+    for token in tokens:
+        if token not in allowed:
+            raise ParameterError("speed", speed, f"unknown mode {token!r}; combine {', '.join(allowed)} with +")
+    if sum(t in ATTENTION_MODES for t in set(tokens)) > 1:
+        raise ParameterError("speed", speed, f"pick at most one attention mode of {', '.join(ATTENTION_MODES)}")
+    return tuple(t for t in allowed if t in tokens)
+
+
 def variant_spec(variant: str) -> VariantSpec:
     if variant not in VARIANTS:
         raise ParameterError("variant", variant, f"expected one of {', '.join(VARIANTS)}")

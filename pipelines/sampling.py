@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import params
+from . import params, speed
 from .models import FluxModel
 from .redux import ReduxConditioning
 
@@ -96,10 +96,11 @@ def generate(model: FluxModel, conditioning: ReduxConditioning, gen: params.Gene
             raise GenerationAborted(f"stopped after step {step + 1} of {steps_run}")
         return tensors
 
+    speed.before_generate(model, gen.width, gen.height)  # speed helper: LoRAs, First Block Cache, compile sizes
     pipe.set_progress_bar_config(disable=not show_progress, leave=False)
     kwargs = {} if gen.guidance_scale is None else {"guidance_scale": gen.guidance_scale}
     started = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), speed.WarmupTimer(model.speed_state):
         device, dtype = model.execution_device, model.compute_dtype  # now, not at load: modules may have moved
         output = pipe(prompt_embeds=prompt_embeds.to(device, dtype), pooled_prompt_embeds=pooled.to(device, dtype),
                       height=gen.height, width=gen.width, num_inference_steps=gen.num_inference_steps,
@@ -111,7 +112,7 @@ def generate(model: FluxModel, conditioning: ReduxConditioning, gen: params.Gene
         metadata_extra = {"img2img": True, "denoise": denoise, "steps_run": steps_run}
     else:
         metadata_extra = {}
-    metadata = dict(gen.as_dict(), **metadata_extra, seed=seed, model=model.variant,
+    metadata = dict(gen.as_dict(), **metadata_extra, **speed.report(model), seed=seed, model=model.variant,
                     placement=model.placement.describe(), vae_tiling=tiling,
                     timings={"total_s": round(elapsed, 3), "per_image_s": round(elapsed / gen.num_images, 3)})
     return GenerationResult(images, metadata)
