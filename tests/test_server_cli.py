@@ -13,6 +13,7 @@ server_cli = submodule("pipelines.server.cli")
 auth = submodule("pipelines.server.auth")
 worker = submodule("pipelines.server.worker")
 engine = submodule("pipelines.server.engine")
+supervisor = submodule("pipelines.server.supervisor")
 
 
 def parse(*argv):
@@ -36,6 +37,12 @@ def test_gpus(gpus, devices):
     (["--gpus", "cpu"], "--models-dir"), (["--tls-cert", "cert.pem"], "go together"),
     (["--tls-cert", "nope.pem", "--tls-key", "nope.key"], "no such file"),
 ])
+def test_each_gpu_worker_sees_only_its_own_gpu():
+    assert supervisor.device_visibility("cuda:3") == ("3", "cuda")
+    assert supervisor.device_visibility("cpu") == (None, "cpu")
+    assert supervisor.device_visibility("cuda") == (None, "cuda")
+
+
 def test_bad_arguments_exit_2_with_one_line(capsys, argv, words):
     assert cli.main(["serve", *argv]) == 2
     error = capsys.readouterr().err

@@ -97,6 +97,15 @@ def sweep(store: JobStore, queue: JobQueue, config: ServerConfig) -> None:
             requeue_if_abandoned(store, queue, job.id, config, f"worker {job.worker} stopped responding")
 
 
+def device_visibility(device: str) -> tuple[str | None, str]:
+    """("N", "cuda") for cuda:N: each worker process sees only its own GPU, so nothing it does (a CUDA context,
+    a stray allocation on the default device) lands on another worker's GPU. (None, device) otherwise."""
+    kind, _, index = device.partition(":")
+    if kind == "cuda" and index.isdigit():
+        return index, "cuda"
+    return None, device
+
+
 def _death_signal():
     """preexec_fn giving the child SIGKILL when this thread's process dies (Linux PR_SET_PDEATHSIG; it
     survives exec, so it holds from the worker's first instruction). None elsewhere."""
@@ -131,9 +140,11 @@ class Supervisor:
         return self
 
     def _spawn(self, worker: WorkerProcess) -> None:
-        command = [sys.executable, "-m", "pipelines.server.worker", self.config.to_json(), worker.device,
-                   str(os.getpid())]
+        visible, device = device_visibility(worker.device)
+        command = [sys.executable, "-m", "pipelines.server.worker", self.config.to_json(), device, str(os.getpid())]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(PACK_ROOT), os.environ.get("PYTHONPATH")])))
+        if visible is not None:
+            env["CUDA_VISIBLE_DEVICES"] = visible
         worker.process = subprocess.Popen(command, cwd=PACK_ROOT, env=env, preexec_fn=_death_signal())
         log.info("worker process %d started on %s", worker.process.pid, worker.device)
 
