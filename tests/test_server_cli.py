@@ -32,17 +32,17 @@ def test_gpus(gpus, devices):
     assert server_cli.devices(gpus) == devices
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["--gpus", "two"], "gpus"), (["--result-ttl", "0"], "result_ttl"), (["--max-jobs-per-key", "0"], "max_jobs"),
-    (["--gpus", "cpu"], "--models-dir"), (["--tls-cert", "cert.pem"], "go together"),
-    (["--tls-cert", "nope.pem", "--tls-key", "nope.key"], "no such file"),
-])
 def test_each_gpu_worker_sees_only_its_own_gpu():
     assert supervisor.device_visibility("cuda:3") == ("3", "cuda")
     assert supervisor.device_visibility("cpu") == (None, "cpu")
     assert supervisor.device_visibility("cuda") == (None, "cuda")
 
 
+@pytest.mark.parametrize("argv, words", [
+    (["--gpus", "two"], "gpus"), (["--result-ttl", "0"], "result_ttl"), (["--max-jobs-per-key", "0"], "max_jobs"),
+    (["--gpus", "cpu"], "--models-dir"), (["--tls-cert", "cert.pem"], "go together"),
+    (["--tls-cert", "nope.pem", "--tls-key", "nope.key"], "no such file"),
+])
 def test_bad_arguments_exit_2_with_one_line(capsys, argv, words):
     assert cli.main(["serve", *argv]) == 2
     error = capsys.readouterr().err
