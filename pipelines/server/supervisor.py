@@ -66,6 +66,12 @@ def recover(store: JobStore, queue: JobQueue, config: ServerConfig) -> None:
         name, _, pid = (job.worker or "").rpartition(":")
         if name == host and pid.isdigit() and not process_alive(int(pid)):
             requeue_if_abandoned(store, queue, job.id, config, f"its worker {job.worker} stopped (server restart)")
+    resend_lost(store, queue)
+
+
+def resend_lost(store: JobStore, queue: JobQueue) -> None:
+    """Queued jobs whose task is gone (taken by a worker that died before claiming it) get a new one; a
+    duplicate does no harm, the claim decides."""
     pending = queue.pending_job_ids()
     lost = [job_id for job_id in store.queued_ids() if job_id not in pending]
     for job_id in lost:
@@ -175,6 +181,7 @@ class Supervisor:
         delay = RESTART_BACKOFF_S[min(worker.restarts, len(RESTART_BACKOFF_S) - 1)]
         log.error("worker %s on %s exited with code %s (%d job(s) failed); restarting in %d s", name, worker.device,
                   code, failed, delay)
+        resend_lost(self.store, self.queue)
         worker.process, worker.restarts, worker.next_start = None, worker.restarts + 1, time.monotonic() + delay
 
     def _stop_workers(self) -> None:
