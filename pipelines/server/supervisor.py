@@ -173,6 +173,7 @@ class Supervisor:
             return
         code = worker.process.poll()
         if code is None:
+            self._stop_hung(worker)
             return
         name = worker_id(worker.process.pid)
         failed = fail_jobs_of(self.store, name, self.config,
@@ -183,6 +184,18 @@ class Supervisor:
                   code, failed, delay)
         resend_lost(self.store, self.queue)
         worker.process, worker.restarts, worker.next_start = None, worker.restarts + 1, time.monotonic() + delay
+
+    def _stop_hung(self, worker: WorkerProcess) -> None:
+        """A job past --job-timeout fails, and its worker is killed (a hung GPU call ignores cancel)."""
+        name, limit = worker_id(worker.process.pid), self.config.job_timeout_s
+        message = (f"took longer than {limit:g} s (serve --job-timeout); the worker on {worker.device} was "
+                   "restarted")
+        for job in self.store.running():
+            if job.worker == name and job.started_at and time.time() - job.started_at > limit:
+                self.store.update(job.id, lambda j: J.fail(j, self.config.result_ttl_s, message, "timeout")
+                                  if J.owned_by(j, name) else None)
+                log.error("job %s on worker %s %s", job.id, name, message)
+                worker.process.kill()
 
     def _stop_workers(self) -> None:
         running = [w.process for w in self.workers if w.process is not None]
