@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server_support import ServeProcess, data_uri  # noqa: I001  (puts benchmarks/ on sys.path first)
+from server_support import ServeProcess, data_uri, wait_for_workers  # noqa: I001  (puts benchmarks/ on sys.path first)
 from packloader import submodule
 from server_load import KEYS, kill_and_restart, report, run_counts, run_load, serve_args, serve_env
 
@@ -29,6 +29,7 @@ def serve(tmp_path, record, workers=2, job_seconds=0.01, extra_env=None):
 
 def test_load_nothing_lost_each_job_once_positions_only_go_down(tmp_path, record):
     with serve(tmp_path, record) as server:
+        wait_for_workers(tmp_path / "serve.log", 2)
         result = run_load(server.url, jobs=120, clients=12)
     starts, ends, by_worker = run_counts(record)
     print("\n" + report(result, starts, ends, by_worker))
