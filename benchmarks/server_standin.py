@@ -5,7 +5,8 @@ sleeps `seconds` in small slices, checking for cancellation between them as the 
 steps, and returns one flat image per requested output in the colour of the input. With `record` set,
 every run's start and end is appended to that file ("start SEED PID" / "end SEED PID"), so a test can count how
 often each job ran. A job with seed `crash_seed` kills its worker process (os._exit), as a driver crash
-would. In a worker process the settings come from REDUX_STANDIN_SECONDS / _RECORD / _CRASH_SEED.
+would; one with `hang_seed` never returns and ignores cancellation, as a hung GPU call would. In a worker
+process the settings come from REDUX_STANDIN_SECONDS / _RECORD / _CRASH_SEED / _HANG_SEED.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ class StandIn:
         env = os.environ
         self.seconds = seconds if seconds is not None else float(env.get("REDUX_STANDIN_SECONDS", "0.01"))
         self.record = record or env.get("REDUX_STANDIN_RECORD")
-        crash = env.get("REDUX_STANDIN_CRASH_SEED")
+        crash, hang = env.get("REDUX_STANDIN_CRASH_SEED"), env.get("REDUX_STANDIN_HANG_SEED")
         self.crash_seed = crash_seed if crash_seed is not None else (int(crash) if crash else None)
+        self.hang_seed = int(hang) if hang else None
         self.device = device
 
     def _note(self, line: str) -> None:
@@ -51,6 +53,8 @@ class StandIn:
         self._note(f"start {tag}")
         if self.crash_seed is not None and gen.seed == self.crash_seed:
             os._exit(3)
+        while self.hang_seed is not None and gen.seed == self.hang_seed:
+            time.sleep(1)
         started = time.perf_counter()
         while time.perf_counter() - started < self.seconds:
             if should_abort():

@@ -59,3 +59,11 @@ def serve_process(args: list[str], env: dict[str, str], log_path: Path):
         yield server
     finally:
         server.stop()
+
+
+def wait_for_workers(log_path: Path, count: int, timeout: float = 120.0) -> None:
+    """Until `count` worker processes logged that they are ready (they import torch: seconds each)."""
+    deadline = time.monotonic() + timeout
+    while log_path.read_text(errors="replace").count(" ready on ") < count:
+        assert time.monotonic() < deadline, f"{count} workers not ready:\n{log_path.read_text()[-2000:]}"
+        time.sleep(0.1)

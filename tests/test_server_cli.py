@@ -13,6 +13,7 @@ server_cli = submodule("pipelines.server.cli")
 auth = submodule("pipelines.server.auth")
 worker = submodule("pipelines.server.worker")
 engine = submodule("pipelines.server.engine")
+supervisor = submodule("pipelines.server.supervisor")
 
 
 def parse(*argv):
@@ -29,6 +30,12 @@ def test_defaults_listen_on_loopback_only():
                                           ("none", ()), ("cuda:1", ("cuda:1",))])
 def test_gpus(gpus, devices):
     assert server_cli.devices(gpus) == devices
+
+
+def test_each_gpu_worker_sees_only_its_own_gpu():
+    assert supervisor.device_visibility("cuda:3") == ("3", "cuda")
+    assert supervisor.device_visibility("cpu") == (None, "cpu")
+    assert supervisor.device_visibility("cuda") == (None, "cuda")
 
 
 @pytest.mark.parametrize("argv, words", [

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server_support import ServeProcess, data_uri  # noqa: I001  (puts benchmarks/ on sys.path first)
+from server_support import ServeProcess, data_uri, wait_for_workers  # noqa: I001  (puts benchmarks/ on sys.path first)
 from packloader import submodule
 from server_load import KEYS, kill_and_restart, report, run_counts, run_load, serve_args, serve_env
 
@@ -29,6 +29,7 @@ def serve(tmp_path, record, workers=2, job_seconds=0.01, extra_env=None):
 
 def test_load_nothing_lost_each_job_once_positions_only_go_down(tmp_path, record):
     with serve(tmp_path, record) as server:
+        wait_for_workers(tmp_path / "serve.log", 2)
         result = run_load(server.url, jobs=120, clients=12)
     starts, ends, by_worker = run_counts(record)
     print("\n" + report(result, starts, ends, by_worker))
@@ -65,22 +66,26 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def test_a_job_that_kills_its_worker_fails_and_the_next_one_runs(tmp_path, record):
-    with serve(tmp_path, record, workers=1, extra_env={"REDUX_STANDIN_CRASH_SEED": "666"}) as server:
-        with httpx.Client(timeout=10) as http:
-            url = f"{server.url}/fal-ai/flux-1/dev/redux"
-            crash = http.post(url, headers=HEADERS, json={"image_url": data_uri(), "seed": 666}).json()
-            after = http.post(url, headers=HEADERS, json={"image_url": data_uri(), "seed": 7}).json()
-            statuses = {}
-            deadline = time.monotonic() + 90
-            while len(statuses) < 2 and time.monotonic() < deadline:
-                for job in (crash, after):
-                    reply = http.get(job["status_url"], headers=HEADERS)
-                    if reply.status_code == 200:
-                        statuses[job["request_id"]] = reply.json()
-                time.sleep(0.1)
-            failed, done = statuses[crash["request_id"]], statuses[after["request_id"]]
-            assert failed["error_type"] == "worker_crashed" and "exit code 3" in failed["error"]
-            assert http.get(crash["response_url"], headers=HEADERS).status_code == 500
-            assert "error" not in done and http.get(after["response_url"], headers=HEADERS).json()["seed"] == 7
-    assert "exited with code 3" in (tmp_path / "serve.log").read_text()
+def test_a_job_that_kills_or_hangs_its_worker_fails_and_the_next_one_runs(tmp_path, record):
+    env = {"REDUX_STANDIN_CRASH_SEED": "666", "REDUX_STANDIN_HANG_SEED": "667"}
+    server = serve(tmp_path, record, workers=1, extra_env=env)
+    server.command += ["--job-timeout", "2"]
+    with server, httpx.Client(timeout=10) as http:
+        url = f"{server.url}/fal-ai/flux-1/dev/redux"
+        jobs = [http.post(url, headers=HEADERS, json={"image_url": data_uri(), "seed": seed}).json()
+                for seed in (666, 667, 7)]
+        statuses = {}
+        deadline = time.monotonic() + 120
+        while len(statuses) < 3 and time.monotonic() < deadline:
+            for job in jobs:
+                reply = http.get(job["status_url"], headers=HEADERS)
+                if reply.status_code == 200:
+                    statuses[job["request_id"]] = reply.json()
+            time.sleep(0.1)
+        crashed, hung, done = (statuses[job["request_id"]] for job in jobs)
+        assert crashed["error_type"] == "worker_crashed" and "exit code 3" in crashed["error"]
+        assert hung["error_type"] == "timeout" and "longer than 2 s" in hung["error"]
+        assert http.get(jobs[0]["response_url"], headers=HEADERS).status_code == 500
+        assert "error" not in done and http.get(jobs[2]["response_url"], headers=HEADERS).json()["seed"] == 7
+    log = (tmp_path / "serve.log").read_text()
+    assert "exited with code 3" in log and "exited with code -9" in log

@@ -12,7 +12,8 @@ import httpx
 import pytest
 import redis
 
-from server_support import ALICE, BOB, DEV, ServeProcess, StandIn, data_uri, free_port, local_server, wait_done  # noqa: I001
+from server_support import (ALICE, BOB, DEV, ServeProcess, StandIn, data_uri, free_port, local_server,  # noqa: I001
+                            wait_done, wait_for_workers)
 from server_load import report, run_counts, run_load, serve_args, serve_env
 
 
@@ -70,10 +71,11 @@ def test_two_workers_on_redis_run_every_job_exactly_once(tmp_path, redis_url, na
     api = ServeProcess([*serve_args(0, redis_url), *common], env, tmp_path / "api.log")
     gpu_host = ServeProcess(["--workers-only", *serve_args(2, redis_url), *common], env, tmp_path / "workers.log")
     with api, gpu_host.start(wait=False):
-        result = run_load(api.url, jobs=120, clients=12)
+        wait_for_workers(tmp_path / "workers.log", 2)
+        result = run_load(api.url, jobs=80, clients=10)
     starts, ends, by_worker = run_counts(record)
     print("\n" + report(result, starts, ends, by_worker))
     assert result.errors == [] and result.lost() == 0
-    assert all(starts[seed] == 1 and ends[seed] == 1 for seed in range(120))
+    assert all(starts[seed] == 1 and ends[seed] == 1 for seed in range(80))
     assert len(by_worker) == 2 and min(by_worker.values()) > 0  # both workers took jobs
     assert result.positions_rose == []

@@ -39,6 +39,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     s.add_argument("--max-jobs-per-key", type=int, default=8, help="unfinished requests one key may have; "
                                                                    "more get 429 + Retry-After")
     s.add_argument("--sync-timeout", type=float, default=300.0, help="seconds the sync endpoints wait")
+    s.add_argument("--job-timeout", type=float, default=1800.0,
+                   help="seconds a job may run; past that it fails and its worker process is restarted (a hang)")
     s.add_argument("--allow-url-inputs", action="store_true",
                    help="accept http(s) image URLs (off: data URIs only); private addresses stay refused")
     s.add_argument("--url-allow-host", action="append", default=[],
@@ -76,7 +78,8 @@ def config_from(args) -> ServerConfig:
     for name, value in (("port", args.port), ("max_jobs_per_key", args.max_jobs_per_key)):
         if value < 1:
             raise params.ParameterError(name, value, "must be at least 1")
-    for name, value in (("result_ttl", args.result_ttl), ("sync_timeout", args.sync_timeout)):
+    for name, value in (("result_ttl", args.result_ttl), ("sync_timeout", args.sync_timeout),
+                        ("job_timeout", args.job_timeout)):
         if value <= 0:
             raise params.ParameterError(name, value, "must be more than 0 seconds")
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -90,7 +93,7 @@ def config_from(args) -> ServerConfig:
                         weight_storage=args.weight_storage, offload=args.offload, result_ttl_s=args.result_ttl,
                         max_active_per_key=args.max_jobs_per_key, sync_timeout_s=args.sync_timeout,
                         url_inputs=args.allow_url_inputs, url_allow_hosts=tuple(args.url_allow_host),
-                        lease_s=args.lease)
+                        lease_s=args.lease, job_timeout_s=args.job_timeout)
 
 
 def run(args) -> int:

@@ -32,6 +32,7 @@ class ServerConfig:
     retry_after_s: int = 2
     lease_s: float = 30.0  # a running job whose worker stops renewing this long is re-queued
     max_attempts: int = 2  # runs a job may start (crash recovery) before it fails
+    job_timeout_s: float = 1800.0  # a job running longer is failed and its worker process killed (a hang)
     sync_timeout_s: float = 300.0
     max_body_bytes: int = 16 * 2**20
     max_input_bytes: int = 10 * 2**20

@@ -66,6 +66,12 @@ def recover(store: JobStore, queue: JobQueue, config: ServerConfig) -> None:
         name, _, pid = (job.worker or "").rpartition(":")
         if name == host and pid.isdigit() and not process_alive(int(pid)):
             requeue_if_abandoned(store, queue, job.id, config, f"its worker {job.worker} stopped (server restart)")
+    resend_lost(store, queue)
+
+
+def resend_lost(store: JobStore, queue: JobQueue) -> None:
+    """Queued jobs whose task is gone (taken by a worker that died before claiming it) get a new one; a
+    duplicate does no harm, the claim decides."""
     pending = queue.pending_job_ids()
     lost = [job_id for job_id in store.queued_ids() if job_id not in pending]
     for job_id in lost:
@@ -95,6 +101,15 @@ def sweep(store: JobStore, queue: JobQueue, config: ServerConfig) -> None:
     for job in store.running():
         if job.lease_until is not None and job.lease_until < now:
             requeue_if_abandoned(store, queue, job.id, config, f"worker {job.worker} stopped responding")
+
+
+def device_visibility(device: str) -> tuple[str | None, str]:
+    """("N", "cuda") for cuda:N: each worker process sees only its own GPU, so nothing it does (a CUDA context,
+    a stray allocation on the default device) lands on another worker's GPU. (None, device) otherwise."""
+    kind, _, index = device.partition(":")
+    if kind == "cuda" and index.isdigit():
+        return index, "cuda"
+    return None, device
 
 
 def _death_signal():
@@ -131,9 +146,11 @@ class Supervisor:
         return self
 
     def _spawn(self, worker: WorkerProcess) -> None:
-        command = [sys.executable, "-m", "pipelines.server.worker", self.config.to_json(), worker.device,
-                   str(os.getpid())]
+        visible, device = device_visibility(worker.device)
+        command = [sys.executable, "-m", "pipelines.server.worker", self.config.to_json(), device, str(os.getpid())]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(PACK_ROOT), os.environ.get("PYTHONPATH")])))
+        if visible is not None:
+            env["CUDA_VISIBLE_DEVICES"] = visible
         worker.process = subprocess.Popen(command, cwd=PACK_ROOT, env=env, preexec_fn=_death_signal())
         log.info("worker process %d started on %s", worker.process.pid, worker.device)
 
@@ -156,6 +173,7 @@ class Supervisor:
             return
         code = worker.process.poll()
         if code is None:
+            self._stop_hung(worker)
             return
         name = worker_id(worker.process.pid)
         failed = fail_jobs_of(self.store, name, self.config,
@@ -164,7 +182,20 @@ class Supervisor:
         delay = RESTART_BACKOFF_S[min(worker.restarts, len(RESTART_BACKOFF_S) - 1)]
         log.error("worker %s on %s exited with code %s (%d job(s) failed); restarting in %d s", name, worker.device,
                   code, failed, delay)
+        resend_lost(self.store, self.queue)
         worker.process, worker.restarts, worker.next_start = None, worker.restarts + 1, time.monotonic() + delay
+
+    def _stop_hung(self, worker: WorkerProcess) -> None:
+        """A job past --job-timeout fails, and its worker is killed (a hung GPU call ignores cancel)."""
+        name, limit = worker_id(worker.process.pid), self.config.job_timeout_s
+        message = (f"took longer than {limit:g} s (serve --job-timeout); the worker on {worker.device} was "
+                   "restarted")
+        for job in self.store.running():
+            if job.worker == name and job.started_at and time.time() - job.started_at > limit:
+                self.store.update(job.id, lambda j: J.fail(j, self.config.result_ttl_s, message, "timeout")
+                                  if J.owned_by(j, name) else None)
+                log.error("job %s on worker %s %s", job.id, name, message)
+                worker.process.kill()
 
     def _stop_workers(self) -> None:
         running = [w.process for w in self.workers if w.process is not None]
