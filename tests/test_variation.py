@@ -149,7 +149,7 @@ def test_local_names_the_missing_model_inputs_before_any_work(connected, named):
 @pytest.mark.parametrize("changes, message", [
     (dict(model="schnell"), "model='schnell' is not allowed: the connected FLUX model is FLUX.1 dev"),
     (dict(width=1000), "width=1000 is not allowed: must be a multiple of 16"),
-    (dict(num_inference_steps=0), "num_inference_steps=0"),
+    (dict(num_images=5), "num_images=5 is not allowed"),
 ])
 def test_local_checks_every_value_before_loading_anything(changes, message):
     CACHE.unload()
