@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Hashable
+from typing import Any, Callable
 
 import torch
 
-from ..pipelines.cache import CACHE
+from ..pipelines.loading import DTYPES, LoadOptions
+from ..pipelines.models import modules_bytes
 
 log = logging.getLogger(__name__)
 
 MODELS_ROOT: str | Path | None = None  # outside ComfyUI: a `models/` folder (tests set this)
 MODELS_ROOT_ENV = "FLUX_REDUX_MODELS_DIR"
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 WEIGHT_SUFFIXES = (".safetensors", ".sft")  # pickles are refused by the engine, so they are not offered
 DIFFUSERS_PREFIX = "diffusers/"
 
@@ -191,95 +195,78 @@ def make_previewer(device: torch.device, latent_channels: int, vae_scale: int, h
 
 
 # -- ComfyUI memory management ----------------------------------------------------------------------------------
+#
+# The engine keeps its own cache (pipelines.cache.CACHE: one copy of each model, shared by every node) and
+# ComfyUI's memory manager decides where the weights of a cached model live, as it does for its own models:
+# - offload none (the default): the engine builds the model on ComfyUI's offload device (RAM, or VRAM with
+#   --highvram/--gpu-only), in the compute dtype of the load device. The pack wraps the model's modules in a
+#   ComfyUI ModelPatcher and calls load_models_gpu before every use: ComfyUI frees room (unloading its own or
+#   other models) and moves the weights to the GPU. When ComfyUI needs the room later (another model, POST /free,
+#   "Unload models") it moves them back to RAM, as it does its own; the next use moves them in again, with no
+#   disk read. The engine reads the device at call time, so it follows. With --novram ComfyUI moves none of
+#   them (it can only stream its own layer types), so the model computes where it is: use offload sequential.
+# - offload model / sequential / group: diffusers' hooks move the weights during a run, so ComfyUI must not
+#   move them; the pack only asks ComfyUI to free the VRAM the run will take (free_memory) before each use.
+# RAM is freed by the Unload node (CACHE.unload()); the patcher dies with the cached model, and ComfyUI drops
+# its entry when the wrapped modules are garbage-collected.
 
-def _normalised(device: torch.device) -> torch.device:
-    """cuda -> cuda:N, as comfy.model_management.get_torch_device() reports it."""
+class ManagedModules(torch.nn.Module):
+    """One cached model's modules as one nn.Module, the unit ComfyUI's ModelPatcher moves. ModelPatcher sets a
+    plain `device` attribute on what it wraps, which diffusers and transformers models have as a read-only
+    property, so they are held as children instead."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module]):
+        super().__init__()
+        self.parts = torch.nn.ModuleDict(modules)
+
+
+_PATCHERS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()  # engine model -> its patcher
+
+
+def build_placement(options: LoadOptions) -> LoadOptions:
+    """Where the engine should build a model inside ComfyUI: its offload device, in the dtype the load device
+    computes in (auto on CUDA is bf16 even when the weights wait in RAM). Unchanged outside ComfyUI or when
+    diffusers' offload hooks place the model."""
+    mm = _comfy("comfy.model_management")
+    if mm is None or options.offload != "none":
+        return options
+    dtype = options.dtype if options.dtype != "auto" else DTYPE_NAMES[options.torch_dtype()]
+    return replace(options, device=str(mm.unet_offload_device()), dtype=dtype)
+
+
+def _patcher(model, load_device: torch.device):
+    patcher = _PATCHERS.get(model)
+    if patcher is None:
+        mm, mp = _comfy("comfy.model_management"), _comfy("comfy.model_patcher")
+        modules = ManagedModules(model.modules())
+        patcher = mp.ModelPatcher(modules, load_device=load_device, offload_device=mm.unet_offload_device(),
+                                  size=model.memory_bytes())
+        _PATCHERS[model] = patcher
+    return patcher
+
+
+def load_device(options: LoadOptions) -> torch.device:
+    """The device a model computes on, as ComfyUI names it (cuda -> cuda:N, so it compares equal)."""
+    device = options.torch_device()
     if device.type == "cuda" and device.index is None and torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return device
 
 
-class CachedModelEntry:
-    """Stands in comfy.model_management.current_loaded_models for one model in the pack's cache.
-
-    ComfyUI frees memory by calling `model_unload()` on the entries of that list: from unload_all_models()
-    ("Free model and node cache", POST /free, --disable-smart-memory) and from free_memory() when another
-    model needs room on the same device. This object has exactly the members those functions use (ComfyUI
-    0.3.x) and answers by dropping the model from the pack's cache. It reports itself as never
-    `currently_used`, so ComfyUI never tries to load it back the way it reloads its own models.
-    """
-
-    def __init__(self, key: Hashable, device: torch.device, size: int, label: str):
-        self.key, self.device, self.size, self.label = key, _normalised(device), size, label
-        self.model = self  # free_memory logs entry.model.model's class; LoadedModel.__eq__ compares .model
-
-    currently_used = property(lambda self: False, lambda self, value: None)
-
-    def model_memory(self) -> int:
-        return self.size
-
-    def model_loaded_memory(self) -> int:
-        return self.size
-
-    def model_offloaded_memory(self) -> int:
-        return 0
-
-    def model_memory_required(self, device) -> int:
-        return 0
-
-    def is_dead(self) -> bool:
-        return False
-
-    def is_clone(self, other) -> bool:
-        return False
-
-    def model_patches_models(self) -> list:
-        return []
-
-    def real_model(self):
-        return self if self.key in CACHE else None  # None lets ComfyUI's cleanup_models() drop the entry
-
-    def model_unload(self, memory_to_free=None, unpatch_weights=True) -> bool:
-        dropped = CACHE.unload(self.key)
-        log.info("FLUX Redux: ComfyUI freed memory: unloaded %s (%d cached model(s) dropped)", self.label, dropped)
-        return True
-
-    def detach(self, unpatch_all=True) -> None:
-        self.model_unload()
-
-    def __repr__(self) -> str:
-        return f"CachedModelEntry({self.label}, {self.device}, {self.size / 2**20:.0f} MiB)"
-
-
-def module_bytes(*modules) -> int:
-    return sum(t.numel() * t.element_size() for m in modules if m is not None
-               for t in [*m.parameters(), *m.buffers()])
-
-
-def track_in_comfy_memory(key: Hashable, device: torch.device, size: int, label: str) -> CachedModelEntry | None:
-    """Register a cached model with ComfyUI's memory management (once per cache key). No-op outside ComfyUI;
-    if ComfyUI's internals ever differ, a warning is logged and the Unload node remains the way to free memory."""
+def make_ready(model, options: LoadOptions, working_bytes: int = 0) -> None:
+    """Before a run of `model` (built with build_placement(options)): have ComfyUI place it on its device.
+    `working_bytes` is what the run needs beyond the weights (activations). No-op outside ComfyUI."""
     mm = _comfy("comfy.model_management")
-    loaded = getattr(mm, "current_loaded_models", None)
-    if not isinstance(loaded, list):
-        return None
-    try:
-        loaded[:] = [e for e in loaded if not (isinstance(e, CachedModelEntry) and e.key not in CACHE)]
-        for entry in loaded:
-            if isinstance(entry, CachedModelEntry) and entry.key == key:
-                return entry
-        entry = CachedModelEntry(key, device, size, label)
-        loaded.append(entry)
-        return entry
-    except Exception as exc:
-        log.warning("FLUX Redux: could not register %s with ComfyUI's memory management (%s); "
-                    "use the Unload node to free it", label, exc)
-        return None
-
-
-def forget_unloaded() -> None:
-    """Drop entries whose model is no longer cached (after the Unload node ran)."""
-    mm = _comfy("comfy.model_management")
-    loaded = getattr(mm, "current_loaded_models", None)
-    if isinstance(loaded, list):
-        loaded[:] = [e for e in loaded if not (isinstance(e, CachedModelEntry) and e.key not in CACHE)]
+    if mm is None:
+        return
+    device = load_device(options)
+    if options.offload != "none":  # diffusers' hooks move the weights; ComfyUI only makes room
+        largest = max(modules_bytes({k: m}) for k, m in model.modules().items())
+        if device.type != "cpu":
+            mm.free_memory(working_bytes + (largest if options.offload == "model" else 0), device)
+        return
+    patcher = _patcher(model, device)
+    mm.load_models_gpu([patcher], memory_required=working_bytes, force_full_load=True)
+    if patcher.loaded_size() < patcher.model_size() and device.type != "cpu":
+        log.warning("FLUX Redux: ComfyUI kept %s in RAM (--novram?), so it computes on the CPU; set the "
+                    "loader's offload to sequential to compute on the GPU layer by layer", model)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 
 from ..pipelines import params
 from ..pipelines.models import FluxModelSpec, ReduxEncoderSpec, load_flux_model, load_redux_encoder
@@ -35,16 +36,23 @@ CROP_TOOLTIP = ("How the image is fitted to SigLIP's square input. center: the l
 CONDITIONING_TOOLTIP = "From Redux Encode (or its advanced version), Redux Combine or Redux + Prompt."
 
 
-def track_loaded(key, device, modules, label) -> None:
-    """Register a cached model with ComfyUI's memory management (so 'free memory' unloads it)."""
-    bridge.track_in_comfy_memory(key, device, bridge.module_bytes(*modules), label)
+ENCODE_WORKING_BYTES = 256 * 2**20  # SigLIP activations for one 384x384 image, with room to spare
+GIB_PER_MEGAPIXEL = 2**30  # activations of one image per megapixel (ComfyUI's own FLUX estimate is ~0.9 GiB)
 
 
 def load_encoder(spec: ReduxEncoderSpec):
-    """The Redux encoder from the shared cache, registered with ComfyUI's memory management."""
-    encoder = load_redux_encoder(spec)
-    track_loaded(spec.cache_key(), encoder.device, (encoder.vision, encoder.projector), "Redux encoder")
+    """The Redux encoder from the shared cache, placed on its device by ComfyUI's memory manager."""
+    encoder = load_redux_encoder(replace(spec, options=bridge.build_placement(spec.options)))
+    bridge.make_ready(encoder, spec.options, ENCODE_WORKING_BYTES)
     return encoder
+
+
+def load_flux(spec: FluxModelSpec, gen: params.GenerationParams):
+    """The FLUX model from the shared cache, placed by ComfyUI's memory manager with room for this run."""
+    flux = load_flux_model(replace(spec, options=bridge.build_placement(spec.options)))
+    working = int(gen.num_images * gen.width * gen.height / 1e6 * GIB_PER_MEGAPIXEL)
+    bridge.make_ready(flux, spec.options, working)
+    return flux
 
 
 # -- encode and blend --------------------------------------------------------------------------------------------
@@ -189,15 +197,12 @@ def run_generation(model: FluxModelSpec, conditioning: ReduxConditioning, settin
     before any model work; img2img is `init_image=` and `denoise=`, passed to the engine."""
     gen, warnings = plan_generation(model_variant(model), *settings)
     bridge.check_interrupt()
-    flux = load_flux_model(model)
-    track_loaded(model.cache_key(), flux.device, (flux.pipe.transformer, flux.pipe.vae), f"FLUX.1 {flux.variant}")
-    if flux.variant != gen.variant:  # only if the weights disagree with their header/config
-        gen, warnings = plan_generation(flux.variant, *settings)
+    flux = load_flux(model, gen)
     for warning in warnings:
         log.warning("FLUX Redux Generate: %s", warning)
 
     progress = bridge.Progress(gen.num_inference_steps)
-    preview = bridge.make_previewer(flux.device, flux.pipe.vae.config.latent_channels, flux.pipe.vae_scale_factor,
+    preview = bridge.make_previewer(bridge.load_device(model.options), flux.latent_channels, flux.vae_scale_factor,
                                     gen.height, gen.width)
 
     def on_step(step, total, latents):
@@ -232,7 +237,6 @@ class FluxReduxUnload:
 
     def unload(self, images=None):
         dropped = CACHE.unload()
-        bridge.forget_unloaded()
         log.info("FLUX Redux: unloaded %d model(s)", dropped)
         return (images,)
 

@@ -39,6 +39,11 @@ class ReduxEncoderSpec:
         return ("redux", file_identity(self.redux), file_identity(self.siglip), self.options)
 
 
+def modules_bytes(modules: dict[str, torch.nn.Module]) -> int:
+    """Bytes of the modules' weights and buffers (as stored: fp8 counts one byte)."""
+    return sum(t.numel() * t.element_size() for m in modules.values() for t in [*m.parameters(), *m.buffers()])
+
+
 class FluxModel:
     """A FluxPipeline without text encoders, plus what the engine needs to know about it."""
 
@@ -48,6 +53,21 @@ class FluxModel:
     @property
     def transformer_config(self):
         return self.pipe.transformer.config
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The weight-holding modules, by name: what a memory manager (ComfyUI's) may move between devices."""
+        return {"transformer": self.pipe.transformer, "vae": self.pipe.vae}
+
+    def memory_bytes(self) -> int:
+        return modules_bytes(self.modules())
+
+    @property
+    def latent_channels(self) -> int:
+        return self.pipe.vae.config.latent_channels
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return self.pipe.vae_scale_factor
 
     def release(self) -> None:
         """Detach offload hooks and drop the modules so their memory can be freed."""
@@ -73,6 +93,24 @@ class ReduxEncoder:
     @property
     def token_width(self) -> int:
         return self.projector.config.txt_in_features
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"vision": self.vision, "projector": self.projector}
+
+    def memory_bytes(self) -> int:
+        return modules_bytes(self.modules())
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Square images [N, size, size, 3] in 0..1 -> Redux tokens [N, tokens, width] (float32, CPU).
+        The device is read now: a memory manager may have moved the modules since they were loaded."""
+        mean = torch.tensor(self.processor.image_mean, dtype=torch.float32)
+        std = torch.tensor(self.processor.image_std, dtype=torch.float32)
+        normalised = ((pixels.float() - mean) / std).permute(0, 3, 1, 2)
+        weight = next(self.vision.parameters())
+        with torch.inference_mode():
+            features = self.vision(pixel_values=normalised.to(weight.device, weight.dtype)).last_hidden_state
+            projector_dtype = next(self.projector.parameters()).dtype
+            return self.projector(features.to(projector_dtype)).image_embeds.float().cpu()
 
     def release(self) -> None:
         self.vision = self.projector = None

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from . import params
 from .models import ReduxEncoder
-from .references import prepare, to_pil_rgb  # noqa: F401  (to_pil_rgb is part of this module's API)
+from .references import prepare, square_pixels, to_pil_rgb  # noqa: F401  (to_pil_rgb is part of this module's API)
 
 TEXT_TOKENS = 512  # FLUX's T5 sequence length; Redux tokens follow it
 log = logging.getLogger(__name__)
@@ -176,9 +176,8 @@ def image_tokens(encoder: ReduxEncoder, images, crop: str = "center", masks=None
     if not singles:
         raise ValueError("no reference image given")
     prepared = [prepare(im, m, crop, autocrop_margin) for im, m in zip(singles, _split_masks(masks, len(singles)))]
-    pixels = encoder.processor(images=[p for p, _ in prepared], return_tensors="pt")["pixel_values"]
-    features = encoder.vision(pixel_values=pixels.to(encoder.device, encoder.dtype)).last_hidden_state
-    return encoder.projector(features).image_embeds.float().cpu(), [m for _, m in prepared]
+    tokens = encoder.embed(square_pixels([p for p, _ in prepared], encoder.image_size))
+    return tokens, [m for _, m in prepared]
 
 
 def encode(encoder: ReduxEncoder, images, weights: Sequence[float] | None = None, crop: str = "center", *,
