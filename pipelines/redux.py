@@ -11,18 +11,27 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import params
-from .models import ReduxEncoder
 from .references import prepare, square_pixels, to_pil_rgb  # noqa: F401  (to_pil_rgb is part of this module's API)
 
 TEXT_TOKENS = 512  # FLUX's T5 sequence length; Redux tokens follow it
 log = logging.getLogger(__name__)
+
+
+class ImageTokenEncoder(Protocol):
+    """What encoding needs: the square input size, and square images [N, size, size, 3] in 0..1 -> Redux tokens
+    [N, tokens, width] (float32, CPU). The pack's ReduxEncoder is one; the ComfyUI nodes adapt ComfyUI's own
+    CLIP vision + style model to it."""
+
+    image_size: int
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass
@@ -169,20 +178,27 @@ def mask_to_grid(mask: np.ndarray, side: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def image_tokens(encoder: ReduxEncoder, images, crop: str = "center", masks=None,
-                 autocrop_margin: int | None = None) -> tuple[torch.Tensor, list]:
-    """Redux tokens [N, tokens, width] (float32, CPU) for N images, and their prepared masks."""
+def image_tokens(encoder: ImageTokenEncoder, images, crop: str = "center", masks=None,
+                 autocrop_margin: int | None = None, on_image: Callable[[int, int], None] | None = None
+                 ) -> tuple[torch.Tensor, list]:
+    """Redux tokens [N, tokens, width] (float32, CPU) for N images, and their prepared masks. on_image(done,
+    total) runs after each image (it may raise to stop)."""
     singles = split_images(images)
     if not singles:
         raise ValueError("no reference image given")
     prepared = [prepare(im, m, crop, autocrop_margin) for im, m in zip(singles, _split_masks(masks, len(singles)))]
-    tokens = encoder.embed(square_pixels([p for p, _ in prepared], encoder.image_size))
-    return tokens, [m for _, m in prepared]
+    tokens = []
+    for n, (picture, _) in enumerate(prepared, 1):  # one at a time: progress, and the memory of one image
+        tokens.append(encoder.embed(square_pixels([picture], encoder.image_size)))
+        if on_image is not None:
+            on_image(n, len(prepared))
+    return torch.cat(tokens), [m for _, m in prepared]
 
 
-def encode(encoder: ReduxEncoder, images, weights: Sequence[float] | None = None, crop: str = "center", *,
+def encode(encoder: ImageTokenEncoder, images, weights: Sequence[float] | None = None, crop: str = "center", *,
            masks=None, downsample_factor: float = 1.0, downsample_mode: str = "area",
-           autocrop_margin: int | None = None, blend: str = "sum") -> ReduxConditioning:
+           autocrop_margin: int | None = None, blend: str = "sum",
+           on_image: Callable[[int, int], None] | None = None) -> ReduxConditioning:
     """Encode one or more reference images into one conditioning.
 
     weights multiply each reference's tokens (several are blended by `blend`); downsample_factor shrinks the
@@ -195,7 +211,7 @@ def encode(encoder: ReduxEncoder, images, weights: Sequence[float] | None = None
         raise ValueError(f"got {count} reference images but {len(weights)} weights")
     weights = [params.REFERENCE_WEIGHT.validate(w) for w in weights]
     params.check_choice("blend", blend, params.BLEND_MODES)
-    tokens, pixel_masks = image_tokens(encoder, images, crop, masks, autocrop_margin)
+    tokens, pixel_masks = image_tokens(encoder, images, crop, masks, autocrop_margin, on_image)
     side = math.isqrt(tokens.shape[1])
     grids = [downsample_grid(t.reshape(side, side, -1), downsample_factor, downsample_mode) for t in tokens]
     new_side = grids[0].shape[0]

@@ -21,6 +21,7 @@ NODES = pack.NODE_CLASS_MAPPINGS
 LOCAL = local.NODE_CLASS_MAPPINGS
 GENERATE_PARAMS = ("image_size", "width", "height", "num_inference_steps", "guidance_scale", "seed", "num_images")
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+COMFY_TYPES = {"IMAGE", "MASK", "CONDITIONING", "CLIP_VISION", "STYLE_MODEL"}  # ComfyUI's own types the pack takes
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -49,7 +50,7 @@ def photo(seed=0, h=48, w=64):
 
 @pytest.fixture(scope="module")
 def cond():
-    return local.FluxReduxEncode().encode(load_encoder(), photo(), "center")[0]
+    return local.FluxReduxEncode().encode(photo(), "center", redux_encoder=load_encoder())[0]
 
 
 def run_generate(model, cond, **kw):
@@ -91,7 +92,7 @@ def test_node_contract(name):
                 assert options["min"] <= options["default"] <= options["max"], f"{name}.{input_name}"
                 assert isinstance(options["default"], int if kind == "INT" else float)
             elif kind not in WIDGET_TYPES:
-                assert kind.isupper() and kind in {"IMAGE"} | {t for c in NODES.values() for t in c.RETURN_TYPES}
+                assert kind.isupper() and kind in COMFY_TYPES | {t for c in NODES.values() for t in c.RETURN_TYPES}
     arguments = set(spec.get("required", {})) | set(spec.get("optional", {}))
     code = getattr(cls, cls.FUNCTION).__code__
     assert set(code.co_varnames[1:code.co_argcount]) <= arguments  # every parameter is an input
@@ -113,7 +114,7 @@ def test_generate_inputs_are_the_seed_api_names_and_ranges():
         assert (options["min"], options["max"], options["default"]) == (spec.minimum, spec.maximum, spec.default)
     seed = required["seed"][1]
     assert (seed["min"], seed["max"], seed["control_after_generate"]) == (0, 0xFFFFFFFFFFFFFFFF, True)
-    assert required["num_inference_steps"][1]["default"] == 28
+    assert required["num_inference_steps"][1]["default"] == 0  # the variant's default
     remote = NODES.get("FluxReduxRemoteVariation")
     if remote is not None:  # the remote node swaps in: same names, same widget kinds
         remote_inputs = remote.INPUT_TYPES()["required"]
@@ -181,10 +182,10 @@ def test_variant_known_before_loading(choice, expected):
 def test_encode_batch_and_combine(cond):
     encoder = load_encoder()
     a, b = photo(1), photo(2)
-    one_a = local.FluxReduxEncode().encode(encoder, a, "center")[0]
-    one_b = local.FluxReduxEncode().encode(encoder, b, "squash")[0]
-    batch = local.FluxReduxEncode().encode(encoder, torch.cat([a, a]), "center")[0]
-    torch.testing.assert_close(batch.image_tokens, 2 * one_a.image_tokens)  # a batch is a sum, weight 1 each
+    one_a = local.FluxReduxEncode().encode(a, "center", redux_encoder=encoder)[0]
+    one_b = local.FluxReduxEncode().encode(b, "squash", redux_encoder=encoder)[0]
+    batch = local.FluxReduxEncode().encode(torch.cat([a, a]), "center", redux_encoder=encoder)[0]
+    torch.testing.assert_close(batch.image_tokens, one_a.image_tokens)  # a batch is averaged: weight 1/N each
     blended = local.FluxReduxCombine().combine(one_a, 1.0, conditioning_2=one_b, weight_2=0.5, weight_3=9.0)[0]
     torch.testing.assert_close(blended.image_tokens, one_a.image_tokens + 0.5 * one_b.image_tokens)
     assert local.FluxReduxCombine().combine(one_a, 2.0)[0].weights == (2.0,)
@@ -192,7 +193,7 @@ def test_encode_batch_and_combine(cond):
 
 def test_encode_rejects_non_image():
     with pytest.raises(ValueError, match="ComfyUI IMAGE"):
-        local.FluxReduxEncode().encode(load_encoder(), torch.zeros(2, 3), "center")
+        local.FluxReduxEncode().encode(torch.zeros(2, 3), "center", redux_encoder=load_encoder())
 
 
 # -- generate -------------------------------------------------------------------------------------------------------
@@ -217,20 +218,21 @@ def test_preset_size_ignores_width_and_height(cond, monkeypatch):
     assert images.shape == (1, 256, 256, 3) and (info["width"], info["height"]) == (256, 256)
 
 
-def test_schnell_clamps_steps_to_12_and_ignores_guidance(cond, caplog):
+def test_steps_0_is_the_variants_default_and_schnell_has_no_local_cap(cond, caplog):
     with caplog.at_level("WARNING"):
-        images, info = run_generate(load_model("flux1-schnell.safetensors"), cond, num_inference_steps=28,
-                                    guidance_scale=7.0)
-    assert info["variant"] == "schnell" and info["num_inference_steps"] == 12 and info["guidance_scale"] is None
-    assert any("clamped to 12" in w for w in info["warnings"]) and "clamped to 12" in caplog.text
-    assert any("guidance_scale ignored" in w for w in info["warnings"])
-    _, info = run_generate(load_model("flux1-schnell.safetensors"), cond, num_inference_steps=4)
-    assert info["num_inference_steps"] == 4 and not any("clamped" in w for w in info["warnings"])
+        _, info = run_generate(load_model("flux1-schnell.safetensors"), cond, num_inference_steps=0, guidance_scale=7.0)
+    assert info["variant"] == "schnell" and info["num_inference_steps"] == 4 and info["guidance_scale"] is None
+    assert info["warnings"] == ["guidance_scale ignored: FLUX.1 schnell has no guidance input"]
+    assert "guidance_scale ignored" in caplog.text
+    _, info = run_generate(load_model("flux1-schnell.safetensors"), cond, num_inference_steps=14)
+    assert info["num_inference_steps"] == 14  # 12 is fal's limit, not the model's
+    _, info = run_generate(load_model(), cond, num_inference_steps=0, image_size="custom", width=256, height=256)
+    assert info["num_inference_steps"] == 28
 
 
 def test_variant_from_loader_overrides_weights(cond):
-    _, info = run_generate(load_model(variant="schnell"), cond, num_inference_steps=30)
-    assert info["variant"] == "schnell" and info["num_inference_steps"] == 12
+    _, info = run_generate(load_model(variant="schnell"), cond, num_inference_steps=3)
+    assert info["variant"] == "schnell" and info["guidance_scale"] is None
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -378,7 +380,7 @@ def test_preview_unpacks_flux_latents(monkeypatch):
 def test_models_are_placed_by_comfyuis_memory_manager(fake_comfy, cond):
     model = load_model()
     run_generate(model, cond, num_inference_steps=1, num_images=2)
-    local.FluxReduxEncode().encode(load_encoder(), photo(), "center")
+    local.FluxReduxEncode().encode(photo(), "center", redux_encoder=load_encoder())
     (flux_patcher, working, full), (encoder_patcher, _, _) = [load for load in fake_comfy.loads]
     flux = local.load_flux(model, params.validate_generation("dev", "square", num_images=1))
     assert flux_patcher.model.parts["transformer"] is flux.modules()["transformer"]  # the engine's own modules
