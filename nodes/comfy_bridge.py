@@ -45,10 +45,6 @@ def _comfy(module: str):
         return None
 
 
-def in_comfyui() -> bool:
-    return _comfy("folder_paths") is not None
-
-
 # -- model folders --------------------------------------------------------------------------------------------
 
 def _fallback_root() -> Path | None:
@@ -144,15 +140,13 @@ def interrupt_requested() -> bool:
 
 
 class Progress:
-    """ComfyUI's ProgressBar when there is one; `updates` keeps (step, total, had_preview) for tests."""
+    """ComfyUI's ProgressBar when there is one (outside ComfyUI updates go nowhere)."""
 
     def __init__(self, total: int):
         utils = _comfy("comfy.utils")
         self.bar = utils.ProgressBar(total) if utils is not None else None
-        self.updates: list[tuple[int, int, bool]] = []
 
     def update(self, step: int, total: int, preview: Any = None) -> None:
-        self.updates.append((step, total, preview is not None))
         if self.bar is not None:
             self.bar.update_absolute(step, total, preview)
 

@@ -9,12 +9,13 @@ attention-bias layout), with the pack's Redux tokens, so KSampler / SamplerCusto
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 
 from ..pipelines import params
-from ..pipelines.redux import TEXT_TOKENS, ReduxConditioning
+from ..pipelines.redux import TEXT_TOKENS, ReduxConditioning, TextConditioning
 from .local_loaders import CATEGORY
 from .widgets import number_widget
 
@@ -22,6 +23,7 @@ STRENGTH_TYPES = ("multiply", "attn_bias")  # StyleModelApply's choices
 STRENGTH = params.NumberSpec("strength", 0.0, 10.0, 1.0, step=0.001, integer=False,
                              help="StyleModelApply's strength")
 FLUX_POOLED_WIDTH = 768  # CLIP-L's pooled vector, FLUX's vector input
+log = logging.getLogger(__name__)
 
 
 def empty_flux_conditioning(redux: ReduxConditioning) -> list:
@@ -78,26 +80,41 @@ def append_redux(conditioning: list, tokens: torch.Tensor, strength: float, stre
 def check_conditioning(conditioning, width: int) -> None:
     """A readable error for what is not a FLUX CONDITIONING as wide as the Redux tokens."""
     if not isinstance(conditioning, (list, tuple)) or not conditioning:
-        raise ValueError("conditioning: expected ComfyUI CONDITIONING (from CLIPTextEncode), got "
-                         f"{type(conditioning).__name__}")
-    for embeds, _ in conditioning:
-        if embeds.ndim != 3 or embeds.shape[-1] != width:
-            raise ValueError(f"conditioning is {tuple(embeds.shape)} but the Redux tokens are {width} wide: encode "
-                             "the prompt with DualCLIPLoader type flux (t5xxl + clip_l) and CLIPTextEncode")
+        raise ValueError("expected ComfyUI CONDITIONING (from CLIPTextEncode), a non-empty list of [tensor, dict]; "
+                         f"got {type(conditioning).__name__}")
+    for entry in conditioning:
+        embeds = entry[0] if isinstance(entry, (list, tuple)) and entry else entry
+        if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3:
+            raise ValueError(f"CONDITIONING tensor must be [batch, tokens, width], got "
+                             f"{getattr(embeds, 'shape', type(embeds).__name__)}")
+        if embeds.shape[-1] != width:
+            raise ValueError(f"the prompt CONDITIONING is {embeds.shape[-1]} wide but the Redux tokens are {width} "
+                             "wide: encode the prompt with DualCLIPLoader type flux (t5xxl + clip_l) and "
+                             "CLIPTextEncode; SD 1.5 or SDXL text conditionings do not fit FLUX")
+
+
+def text_from_comfy(conditioning, width: int) -> TextConditioning:
+    """A FLUX CONDITIONING (CLIPTextEncode) -> the engine's prompt: its first entry's T5 tokens [1, L, width] and
+    pooled CLIP-L vector (float32, CPU)."""
+    check_conditioning(conditioning, width)
+    if len(conditioning) > 1:
+        log.warning("CONDITIONING has %d entries; only the first is used as the Redux prompt", len(conditioning))
+    embeds, keys = conditioning[0][0], (conditioning[0][1] if len(conditioning[0]) > 1 else {})
+    pooled = keys.get("pooled_output")
+    to_cpu = lambda t: t[:1].detach().to("cpu", torch.float32)  # noqa: E731
+    return TextConditioning(to_cpu(embeds), None if pooled is None else to_cpu(pooled))
 
 
 class FluxReduxToConditioning:
-    CATEGORY = CATEGORY
-    FUNCTION = "apply"
-    RETURN_TYPES = ("CONDITIONING",)
-    RETURN_NAMES = ("conditioning",)
-    OUTPUT_TOOLTIPS = ("The conditioning with the Redux tokens appended: connect to KSampler's positive, "
-                       "BasicGuider, or FluxGuidance.",)
     DESCRIPTION = ("Append the pack's Redux tokens (with every restyle control of the encode nodes: strength, "
                    "downsampling, masks, auto-crop, several references) to a ComfyUI CONDITIONING, exactly as "
                    "ComfyUI's Apply Style Model does, so KSampler or SamplerCustomAdvanced with any FLUX model "
                    "(UNETLoader, GGUF, LoRAs) use them. Without a conditioning input the node makes FLUX's empty one "
                    "(no text encoder needed), or uses the prompt set with Redux + Prompt.")
+    CATEGORY, FUNCTION = CATEGORY, "apply"
+    RETURN_TYPES, RETURN_NAMES = ("CONDITIONING",), ("conditioning",)
+    OUTPUT_TOOLTIPS = ("The conditioning with the Redux tokens appended: connect to KSampler's positive, "
+                       "BasicGuider, or FluxGuidance.",)
 
     @classmethod
     def INPUT_TYPES(cls):

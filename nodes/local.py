@@ -17,7 +17,7 @@ from dataclasses import replace
 from ..pipelines import params
 from ..pipelines.models import FluxModelSpec, ReduxEncoderSpec, load_flux_model, load_redux_encoder
 from ..pipelines.params import ParameterError
-from ..pipelines.redux import ReduxConditioning, encode
+from ..pipelines.redux import ReduxConditioning, check_encode_options, encode
 from ..pipelines.cache import CACHE
 from ..pipelines.sampling import generate
 from . import comfy_bridge as bridge
@@ -25,7 +25,7 @@ from . import local_loaders
 from .conditioning import ComfyReduxEncoder
 from .convert import images_from_comfy
 from .local_loaders import CATEGORY, model_variant
-from .widgets import apply_variant_rules, number_widget
+from .widgets import GENERATE_RETURN_NAMES, GENERATE_RETURN_TYPES, apply_variant_rules, number_widget
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class FluxReduxEncode:
         }, "optional": dict(ENCODER_INPUTS)}
 
     def encode(self, image, crop, redux_encoder=None, clip_vision=None, style_model=None):
-        params.check_choice("crop", crop, params.CROP_MODES)
+        check_encode_options(crop)
         images = images_from_comfy(image)
         encoder = pick_encoder(redux_encoder, clip_vision, style_model)
         return (encode(encoder, images, [1.0 / len(images)] * len(images), crop, on_image=encode_progress()),)
@@ -182,8 +182,7 @@ def check_size(image_size=None, width=None, height=None) -> None:
 class FluxReduxGenerate:
     CATEGORY = CATEGORY
     FUNCTION = "generate"
-    RETURN_TYPES = ("IMAGE", "STRING")
-    RETURN_NAMES = ("images", "info")
+    RETURN_TYPES, RETURN_NAMES = GENERATE_RETURN_TYPES, GENERATE_RETURN_NAMES
     OUTPUT_TOOLTIPS = ("num_images images, [batch, height, width, 3].",
                        "JSON: seed used, size, steps, guidance, variant, timings and warnings.")
     DESCRIPTION = ("Generate variations of the Redux conditioning with a local FLUX.1 model, in one batched "

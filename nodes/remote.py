@@ -18,7 +18,7 @@ from ..pipelines.remote import (KEY_FILE_NAME, KEY_SOURCES, PROGRESS_STATES, PRO
                                 ProgressEvent, RemoteCancelledError, RemoteRequest, run_remote_variation)
 from . import comfy_bridge as bridge
 from .convert import image_batch_to_pils, pils_to_image_batch
-from .widgets import apply_variant_rules, number_widget
+from .widgets import GENERATE_RETURN_NAMES, GENERATE_RETURN_TYPES, apply_variant_rules, number_widget
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,7 @@ class FluxReduxRemoteVariation:
 
     CATEGORY = "FLUX Redux/remote"
     FUNCTION = "generate"
-    RETURN_TYPES = ("IMAGE", "STRING")
-    RETURN_NAMES = ("images", "info")
+    RETURN_TYPES, RETURN_NAMES = GENERATE_RETURN_TYPES, GENERATE_RETURN_NAMES
     OUTPUT_TOOLTIPS = ("All output images, input order kept (each input gives num_images images).",
                        "JSON: provider, request ids, seed used, has_nsfw flags and timings per input image.")
     DESCRIPTION = ("FLUX.1 Redux image variation on a hosted API (no local GPU needed). Each input image is a "

@@ -8,6 +8,10 @@ from typing import Any
 from ..pipelines.params import VARIANTS, NumberSpec
 
 
+# The outputs both generate nodes have, so one replaces the other in a graph without relinking.
+GENERATE_RETURN_TYPES, GENERATE_RETURN_NAMES = ("IMAGE", "STRING"), ("images", "info")
+
+
 def number_widget(spec: NumberSpec, tooltip: str, **extra) -> dict:
     """ComfyUI INT/FLOAT options from a spec (range, default, step); `extra` adds e.g. round, control_after_generate."""
     default = spec.minimum if spec.default is None else spec.default

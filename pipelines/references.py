@@ -21,20 +21,21 @@ def to_pil_rgb(image) -> Image.Image:
     if isinstance(image, torch.Tensor):
         image = image.detach().to("cpu", torch.float32).numpy()
     if isinstance(image, np.ndarray):
-        image = Image.fromarray(_to_uint8(image))
+        image = Image.fromarray(to_uint8(image))
     if not isinstance(image, Image.Image):
         raise TypeError(f"expected a PIL image, numpy array or torch tensor, got {type(image).__name__}")
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float32)
         scale = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        image = Image.fromarray(_to_uint8(array / scale))
+        image = Image.fromarray(to_uint8(array / scale))
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     return image.convert("RGB")
 
 
-def _to_uint8(array: np.ndarray) -> np.ndarray:
+def to_uint8(array: np.ndarray) -> np.ndarray:
+    """An image array (HW, HWC or CHW; uint8, uint16, or float in 0..1) as HxW(xC) uint8: the one conversion."""
     if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
         array = array.transpose(1, 2, 0)  # CHW -> HWC
     if array.ndim == 3 and array.shape[-1] == 1:

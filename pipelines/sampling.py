@@ -7,7 +7,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -33,8 +32,9 @@ class GenerationResult:
         return self.metadata["seed"]
 
     def pil_images(self) -> list[Image.Image]:
-        arrays = (self.images.clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
-        return [Image.fromarray(a) for a in arrays]
+        from .references import to_uint8
+
+        return [Image.fromarray(to_uint8(a)) for a in self.images.numpy()]
 
 
 StepCallback = Callable[[int, int, torch.Tensor], None]  # (step done, total steps, latents)

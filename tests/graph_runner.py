@@ -14,6 +14,7 @@ DualCLIPLoader (type flux) / CLIPTextEncode stand-ins load the tiny CLIP + T5 fi
 from __future__ import annotations
 
 import inspect
+import json
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,18 @@ class PreviewImage:
 
     def preview(self, images):
         return {"ui": {"images": [{"shape": list(images.shape), "type": "temp"}]}}
+
+
+class PreviewAny:
+    """ComfyUI's 'Preview Any' (comfy_extras): shows any value as text."""
+    CATEGORY, FUNCTION, RETURN_TYPES, OUTPUT_NODE = "utils", "main", (), True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"source": ("*", {})}}
+
+    def main(self, source=None):
+        return {"ui": {"text": [source if isinstance(source, str) else json.dumps(source)]}}
 
 
 class TinyFluxClip:
@@ -179,7 +192,7 @@ SAMPLING_NODES = {  # ComfyUI's own loaders and sampler, as declared in nodes.py
     "VAEDecode": _declared("VAEDecode", "latent", lambda: {"samples": ("LATENT",), "vae": ("VAE",)}, ("IMAGE",)),
 }
 
-BUILTINS = {"LoadImage": LoadImage, "SaveImage": SaveImage, "PreviewImage": PreviewImage,
+BUILTINS = {"LoadImage": LoadImage, "SaveImage": SaveImage, "PreviewImage": PreviewImage, "PreviewAny": PreviewAny,
             "DualCLIPLoader": DualCLIPLoader, "CLIPTextEncode": CLIPTextEncode, **SAMPLING_NODES}
 
 

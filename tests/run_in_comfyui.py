@@ -3,6 +3,8 @@ loaders + KSampler, POST /free between runs. Not part of the pytest suite (it ne
 
     python tests/run_in_comfyui.py COMFYUI_DIR COMFYUI_PYTHON WORK_DIR PORT [ComfyUI flags, e.g. --lowvram]
 
+PARTS=mixed or PARTS=workflows runs one of the two parts (default both).
+
 COMFYUI_DIR is copied to WORK_DIR/ComfyUI (without .venv) with this pack in custom_nodes/ComfyUI-FLUX-Redux and
 random-weight models in models/: the tiny ones of tiny_models.py, plus files ComfyUI's own loaders accept (their
 FLUX geometry is hard-coded): a FLUX.1-dev transformer at full width with 1 double + 1 single block, a FLUX VAE
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -179,11 +182,13 @@ def main() -> int:
         detail = result.get("error") or result.get("detail") or ""
         print(f"{'PASS' if ok else 'FAIL'} {label}: {result['status']} {str(detail)[:300]}", flush=True)
 
+    parts = os.environ.get("PARTS", "mixed,workflows").split(",")  # which checks to run
     try:
-        check("mixed queue: Redux Generate + ComfyUI UNETLoader/LoRA/KSampler", server.run(mixed_queue()))
-        print("  /free ->", server.post("/free", {"unload_models": True, "free_memory": True}), flush=True)
-        check("mixed queue again after /free", server.run(mixed_queue()))
-        for path in sorted((PACK / "workflows").glob("*.json")):
+        if "mixed" in parts:
+            check("mixed queue: Redux Generate + ComfyUI UNETLoader/LoRA/KSampler", server.run(mixed_queue()))
+            print("  /free ->", server.post("/free", {"unload_models": True, "free_memory": True}), flush=True)
+            check("mixed queue again after /free", server.run(mixed_queue()))
+        for path in sorted((PACK / "workflows").glob("*.json")) if "workflows" in parts else []:
             api = small(api_of(path.name), path.name == "redux_restyle_comfy_sampler.json")
             kinds = {n["class_type"] for n in api.values()}
             if "DualCLIPLoader" in kinds:

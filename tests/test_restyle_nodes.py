@@ -196,7 +196,7 @@ def test_wrong_conditioning_is_explained(encoder, prompt, message):
     with pytest.raises(ValueError, match=message):
         prompt_node(advanced(encoder, photo()), prompt)
     with pytest.raises(params.ParameterError, match="prompt_scale=11"):
-        prompt_node(advanced(encoder, photo()), None, prompt_scale=11)
+        prompt_node(advanced(encoder, photo()), [[torch.randn(1, 5, 32), {}]], prompt_scale=11)
 
 
 # -- Redux Generate img2img -------------------------------------------------------------------------------------------

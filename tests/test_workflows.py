@@ -30,19 +30,7 @@ REMOTE_TYPES = frozenset(t for t in pack.NODE_CLASS_MAPPINGS if t not in LOCAL_T
 GENERATE_TYPES = ("FluxReduxGenerate", "FluxReduxGenerateImg2Img")
 
 
-class PreviewAny:
-    """ComfyUI's 'Preview Any' (comfy_extras): shows any value as text."""
-    CATEGORY, FUNCTION, RETURN_TYPES, OUTPUT_NODE = "utils", "main", (), True
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"source": ("*", {})}}
-
-    def main(self, source=None):
-        return {"ui": {"text": [source if isinstance(source, str) else json.dumps(source)]}}
-
-
-CLASSES = {**pack.NODE_CLASS_MAPPINGS, **gr.BUILTINS, "PreviewAny": PreviewAny}
+CLASSES = {**pack.NODE_CLASS_MAPPINGS, **gr.BUILTINS}
 
 
 @pytest.fixture(scope="module", autouse=True)
