@@ -37,6 +37,7 @@ import tiny_models as tm  # noqa: E402
 PACK = HERE.parent
 FLUX_FILE, VAE_FILE, REDUX_FILE, LORA_FILE = ("flux1-dev-comfy.safetensors", "ae-comfy.safetensors",
                                               "flux1-redux-4096.safetensors", "your_flux_lora.safetensors")
+SIGLIP_FILE, REDUX_FULL_FILE = "siglip-so400m-random.safetensors", "flux1-redux-dev-random.safetensors"
 SIZE, STEPS = 256, 1
 AS_SHIPPED_ERRORS = {"masked_reference.json": "is empty"}  # nothing painted in the Mask Editor yet: by design
 
@@ -58,6 +59,46 @@ def write_models(models: Path) -> None:
     tm.write_safetensors(models / "loras" / LORA_FILE, {
         "diffusion_model.img_in.lora_up.weight": torch.randn(3072, 4) * 0.01,
         "diffusion_model.img_in.lora_down.weight": torch.randn(4, 64) * 0.01})
+
+
+def write_full_size_encoder(models: Path) -> None:
+    """SigLIP so400m and the Redux projector at their real sizes (random, fp16): the only ones ComfyUI's
+    Load CLIP Vision and Load Style Model accept."""
+    if (models / "clip_vision" / SIGLIP_FILE).exists():
+        return
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(6)
+    config = SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                                image_size=384, patch_size=14)
+    siglip = SiglipVisionModel(config).half()
+    tm.write_safetensors(models / "clip_vision" / SIGLIP_FILE, tm.siglip_state_comfy(siglip))
+    redux = tm.make_redux(txt_width=4096, redux_dim=1152).half()
+    tm.write_safetensors(models / "style_models" / REDUX_FULL_FILE, tm._contiguous(redux.state_dict()))
+
+
+def clip_vision_queue() -> dict:
+    """The same reference encoded by ComfyUI's CLIP_VISION + STYLE_MODEL and by the pack's own encoder from the same
+    files, each generating with the same seed: the two saved images must match."""
+    def branch(offset: int, encoder_inputs: dict) -> dict:
+        n = lambda k: str(offset + k)  # noqa: E731
+        return {
+            n(1): {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
+            n(2): {"class_type": "FluxReduxEncode", "inputs": {"image": [n(1), 0], "crop": "center", **encoder_inputs}},
+            n(3): {"class_type": "FluxReduxLoadModel", "inputs": {
+                "transformer": FLUX_FILE, "vae": VAE_FILE, "variant": "auto", "weight_dtype": "default",
+                "offload": "none", "vae_tiling": "auto", "device": "auto"}},
+            n(4): {"class_type": "FluxReduxGenerate", "inputs": {
+                "model": [n(3), 0], "conditioning": [n(2), 0], "image_size": "custom", "width": SIZE, "height": SIZE,
+                "num_inference_steps": STEPS, "guidance_scale": 3.5, "seed": 7, "num_images": 1}},
+            n(5): {"class_type": "SaveImage", "inputs": {"images": [n(4), 0], "filename_prefix": f"clipvision_{offset}"}},
+        }
+    comfy = {"900": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": SIGLIP_FILE}},
+             "901": {"class_type": "StyleModelLoader", "inputs": {"style_model_name": REDUX_FULL_FILE}}}
+    pack = {"902": {"class_type": "FluxReduxLoadEncoder", "inputs": {
+        "redux_model": REDUX_FULL_FILE, "clip_vision": SIGLIP_FILE, "device": "auto", "dtype": "fp32"}}}
+    return {**comfy, **pack, **branch(100, {"clip_vision": ["900", 0], "style_model": ["901", 0]}),
+            **branch(200, {"redux_encoder": ["902", 0]})}
 
 
 def install(comfy_src: Path, work: Path) -> Path:
@@ -188,6 +229,15 @@ def main() -> int:
             check("mixed queue: Redux Generate + ComfyUI UNETLoader/LoRA/KSampler", server.run(mixed_queue()))
             print("  /free ->", server.post("/free", {"unload_models": True, "free_memory": True}), flush=True)
             check("mixed queue again after /free", server.run(mixed_queue()))
+        if "clipvision" in parts:
+            write_full_size_encoder(root / "models")
+            result = server.run(clip_vision_queue())
+            check("ComfyUI's CLIP_VISION + STYLE_MODEL in Redux Encode", result)
+            if result["status"] == "success":
+                images = [np.asarray(Image.open(root / "output" / result["outputs"][k]["images"][0]["filename"]),
+                                     dtype=np.int16) for k in ("105", "205")]
+                print(f"  same image from both encoders: max difference {np.abs(images[0] - images[1]).max()} "
+                      "(8-bit levels)", flush=True)
         for path in sorted((PACK / "workflows").glob("*.json")) if "workflows" in parts else []:
             api = small(api_of(path.name), path.name == "redux_restyle_comfy_sampler.json")
             kinds = {n["class_type"] for n in api.values()}
