@@ -9,21 +9,16 @@ from __future__ import annotations
 
 import logging
 import os
-import weakref
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from ..pipelines.loading import DTYPES, LoadOptions
-from ..pipelines.models import modules_bytes
 
 log = logging.getLogger(__name__)
 
 MODELS_ROOT: str | Path | None = None  # outside ComfyUI: a `models/` folder (tests set this)
 MODELS_ROOT_ENV = "FLUX_REDUX_MODELS_DIR"
-DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 WEIGHT_SUFFIXES = (".safetensors", ".sft")  # pickles are refused by the engine, so they are not offered
 DIFFUSERS_PREFIX = "diffusers/"
 
@@ -37,7 +32,7 @@ FALLBACK_FOLDERS = {
 }
 
 
-def _comfy(module: str):
+def comfy_module(module: str):
     """A ComfyUI module, or None outside ComfyUI."""
     try:
         return __import__(module, fromlist=["_"])
@@ -54,7 +49,7 @@ def _fallback_root() -> Path | None:
 
 def folder_dirs(folder: str) -> list[Path]:
     """The directories ComfyUI searches for `folder` (e.g. 'style_models')."""
-    fp = _comfy("folder_paths")
+    fp = comfy_module("folder_paths")
     if fp is not None:
         try:
             return [Path(p) for p in fp.get_folder_paths(folder)]
@@ -66,7 +61,7 @@ def folder_dirs(folder: str) -> list[Path]:
 
 def list_files(folder: str) -> list[str]:
     """Weight files in a ComfyUI folder, names relative to it ('sub/file.safetensors')."""
-    fp = _comfy("folder_paths")
+    fp = comfy_module("folder_paths")
     if fp is not None:
         try:
             names = fp.get_filename_list(folder)
@@ -103,7 +98,7 @@ def resolve_model(folder: str, component: str, name: str) -> str:
     folders = diffusers_folders(component)
     if name in folders:
         return str(folders[name])
-    fp = _comfy("folder_paths")
+    fp = comfy_module("folder_paths")
     if fp is not None:
         path = fp.get_full_path(folder, name)
         if path:
@@ -121,13 +116,13 @@ def resolve_model(folder: str, component: str, name: str) -> str:
 
 def default_device() -> str:
     """ComfyUI's compute device (honours --cpu, --cuda-device), else 'auto' (the engine picks)."""
-    mm = _comfy("comfy.model_management")
+    mm = comfy_module("comfy.model_management")
     return str(mm.get_torch_device()) if mm is not None else "auto"
 
 
 def check_interrupt() -> None:
     """Raise ComfyUI's InterruptProcessingException if the user pressed Cancel."""
-    mm = _comfy("comfy.model_management")
+    mm = comfy_module("comfy.model_management")
     if mm is not None:
         mm.throw_exception_if_processing_interrupted()
 
@@ -143,7 +138,7 @@ class Progress:
     """ComfyUI's ProgressBar when there is one (outside ComfyUI updates go nowhere)."""
 
     def __init__(self, total: int):
-        utils = _comfy("comfy.utils")
+        utils = comfy_module("comfy.utils")
         self.bar = utils.ProgressBar(total) if utils is not None else None
 
     def update(self, step: int, total: int, preview: Any = None) -> None:
@@ -156,7 +151,7 @@ def make_previewer(device: torch.device, latent_channels: int, vae_scale: int, h
     """A function packed FLUX latents -> ComfyUI preview, using ComfyUI's own previewer for FLUX latents
     (Latent2RGB or TAESD, per the user's preview setting). None outside ComfyUI, with previews off, or
     when the latents are not FLUX's 16 channels (the tiny test models)."""
-    lp, formats = _comfy("latent_preview"), _comfy("comfy.latent_formats")
+    lp, formats = comfy_module("latent_preview"), comfy_module("comfy.latent_formats")
     if lp is None or formats is None:
         return None
     flux_format = formats.Flux()
@@ -186,81 +181,3 @@ def make_previewer(device: torch.device, latent_channels: int, vae_scale: int, h
             return None
 
     return preview
-
-
-# -- ComfyUI memory management ----------------------------------------------------------------------------------
-#
-# The engine keeps its own cache (pipelines.cache.CACHE: one copy of each model, shared by every node) and
-# ComfyUI's memory manager decides where the weights of a cached model live, as it does for its own models:
-# - offload none (the default): the engine builds the model on ComfyUI's offload device (RAM, or VRAM with
-#   --highvram/--gpu-only), in the compute dtype of the load device. The pack wraps the model's modules in a
-#   ComfyUI ModelPatcher and calls load_models_gpu before every use: ComfyUI frees room (unloading its own or
-#   other models) and moves the weights to the GPU. When ComfyUI needs the room later (another model, POST /free,
-#   "Unload models") it moves them back to RAM, as it does its own; the next use moves them in again, with no
-#   disk read. The engine reads the device at call time, so it follows. With --novram ComfyUI moves none of
-#   them (it can only stream its own layer types), so the model computes where it is: use offload sequential.
-# - offload model / sequential / group: diffusers' hooks move the weights during a run, so ComfyUI must not
-#   move them; the pack only asks ComfyUI to free the VRAM the run will take (free_memory) before each use.
-# RAM is freed by the Unload node (CACHE.unload()); the patcher dies with the cached model, and ComfyUI drops
-# its entry when the wrapped modules are garbage-collected.
-
-class ManagedModules(torch.nn.Module):
-    """One cached model's modules as one nn.Module, the unit ComfyUI's ModelPatcher moves. ModelPatcher sets a
-    plain `device` attribute on what it wraps, which diffusers and transformers models have as a read-only
-    property, so they are held as children instead."""
-
-    def __init__(self, modules: dict[str, torch.nn.Module]):
-        super().__init__()
-        self.parts = torch.nn.ModuleDict(modules)
-
-
-_PATCHERS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()  # engine model -> its patcher
-
-
-def build_placement(options: LoadOptions) -> LoadOptions:
-    """Where the engine should build a model inside ComfyUI: its offload device, in the dtype the load device
-    computes in (auto on CUDA is bf16 even when the weights wait in RAM). Unchanged outside ComfyUI or when
-    diffusers' offload hooks place the model."""
-    mm = _comfy("comfy.model_management")
-    if mm is None or options.offload != "none":
-        return options
-    dtype = options.dtype if options.dtype != "auto" else DTYPE_NAMES[options.torch_dtype()]
-    return replace(options, device=str(mm.unet_offload_device()), dtype=dtype)
-
-
-def _patcher(model, load_device: torch.device):
-    patcher = _PATCHERS.get(model)
-    if patcher is None:
-        mm, mp = _comfy("comfy.model_management"), _comfy("comfy.model_patcher")
-        modules = ManagedModules(model.modules())
-        patcher = mp.ModelPatcher(modules, load_device=load_device, offload_device=mm.unet_offload_device(),
-                                  size=model.memory_bytes())
-        _PATCHERS[model] = patcher
-    return patcher
-
-
-def load_device(options: LoadOptions) -> torch.device:
-    """The device a model computes on, as ComfyUI names it (cuda -> cuda:N, so it compares equal)."""
-    device = options.torch_device()
-    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return device
-
-
-def make_ready(model, options: LoadOptions, working_bytes: int = 0) -> None:
-    """Before a run of `model` (built with build_placement(options)): have ComfyUI place it on its device.
-    `working_bytes` is what the run needs beyond the weights (activations). No-op outside ComfyUI."""
-    mm = _comfy("comfy.model_management")
-    if mm is None:
-        return
-    device = load_device(options)
-    if options.offload != "none":  # diffusers' hooks move the weights; ComfyUI only makes room
-        largest = max(modules_bytes({k: m}) for k, m in model.modules().items())
-        if device.type != "cpu":
-            mm.free_memory(working_bytes + (largest if options.offload == "model" else 0), device)
-        return
-    patcher = _patcher(model, device)
-    mm.load_models_gpu([patcher], memory_required=working_bytes, force_full_load=True)
-    if patcher.loaded_size() < patcher.model_size() and device.type != "cpu":
-        log.warning("FLUX Redux: ComfyUI kept %s in RAM (--novram?), so it computes on the CPU; set the "
-                    "loader's offload to sequential to compute on the GPU layer by layer", model)

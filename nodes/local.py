@@ -21,6 +21,7 @@ from ..pipelines.redux import ReduxConditioning, check_encode_options, encode
 from ..pipelines.cache import CACHE
 from ..pipelines.sampling import generate
 from . import comfy_bridge as bridge
+from . import comfy_memory as memory
 from . import local_loaders
 from .conditioning import ComfyReduxEncoder
 from .convert import images_from_comfy
@@ -42,16 +43,16 @@ GIB_PER_MEGAPIXEL = 2**30  # activations of one image per megapixel (ComfyUI's o
 
 def load_encoder(spec: ReduxEncoderSpec):
     """The Redux encoder from the shared cache, placed on its device by ComfyUI's memory manager."""
-    encoder = load_redux_encoder(replace(spec, options=bridge.build_placement(spec.options)))
-    bridge.make_ready(encoder, spec.options, ENCODE_WORKING_BYTES)
+    encoder = load_redux_encoder(replace(spec, options=memory.build_placement(spec.options)))
+    memory.make_ready(encoder, spec.options, ENCODE_WORKING_BYTES)
     return encoder
 
 
 def load_flux(spec: FluxModelSpec, gen: params.GenerationParams):
     """The FLUX model from the shared cache, placed by ComfyUI's memory manager with room for this run."""
-    flux = load_flux_model(replace(spec, options=bridge.build_placement(spec.options)))
+    flux = load_flux_model(replace(spec, options=memory.build_placement(spec.options)))
     working = int(gen.num_images * gen.width * gen.height / 1e6 * GIB_PER_MEGAPIXEL)
-    bridge.make_ready(flux, spec.options, working)
+    memory.make_ready(flux, spec.options, working)
     return flux
 
 
@@ -239,7 +240,7 @@ def run_generation(model: FluxModelSpec, conditioning: ReduxConditioning, settin
         log.warning("FLUX Redux Generate: %s", warning)
 
     progress = bridge.Progress(gen.num_inference_steps)
-    preview = bridge.make_previewer(bridge.load_device(model.options), flux.latent_channels, flux.vae_scale_factor,
+    preview = bridge.make_previewer(memory.load_device(model.options), flux.latent_channels, flux.vae_scale_factor,
                                     gen.height, gen.width)
 
     def on_step(step, total, latents):

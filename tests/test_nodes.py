@@ -65,7 +65,7 @@ def run_generate(model, cond, **kw):
 def test_pack_loads_like_comfyui_without_comfyui():
     assert not PACK_NAME.isidentifier() and sys.modules[PACK_NAME] is pack
     assert "comfy" not in sys.modules and "folder_paths" not in sys.modules
-    assert bridge._comfy("folder_paths") is None
+    assert bridge.comfy_module("folder_paths") is None
     assert set(LOCAL) == {"FluxReduxLoadEncoder", "FluxReduxLoadModel", "FluxReduxEncode", "FluxReduxCombine",
                           "FluxReduxGenerate", "FluxReduxUnload"}
     assert set(LOCAL) <= set(NODES)
