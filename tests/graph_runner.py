@@ -190,6 +190,10 @@ SAMPLING_NODES = {  # ComfyUI's own loaders and sampler, as declared in nodes.py
         "positive": ("CONDITIONING",), "negative": ("CONDITIONING",), "latent_image": ("LATENT",),
         "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01})}, ("LATENT",)),
     "VAEDecode": _declared("VAEDecode", "latent", lambda: {"samples": ("LATENT",), "vae": ("VAE",)}, ("IMAGE",)),
+    "CLIPVisionLoader": _declared("CLIPVisionLoader", "loaders", lambda: {"clip_name": (_files("clip_vision")(),)},
+                                  ("CLIP_VISION",)),
+    "StyleModelLoader": _declared("StyleModelLoader", "loaders", lambda: {
+        "style_model_name": (_files("style_models")(),)}, ("STYLE_MODEL",)),
 }
 
 BUILTINS = {"LoadImage": LoadImage, "SaveImage": SaveImage, "PreviewImage": PreviewImage, "PreviewAny": PreviewAny,

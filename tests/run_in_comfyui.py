@@ -39,6 +39,7 @@ FLUX_FILE, VAE_FILE, REDUX_FILE, LORA_FILE = ("flux1-dev-comfy.safetensors", "ae
                                               "flux1-redux-4096.safetensors", "your_flux_lora.safetensors")
 SIGLIP_FILE, REDUX_FULL_FILE = "siglip-so400m-random.safetensors", "flux1-redux-dev-random.safetensors"
 SIZE, STEPS = 256, 1
+COMFY_MODEL_WORKFLOWS = ("redux_restyle_comfy_sampler.json", "redux_with_comfy_clip_vision.json")  # 4096 wide
 AS_SHIPPED_ERRORS = {"masked_reference.json": "is empty"}  # nothing painted in the Mask Editor yet: by design
 
 
@@ -168,7 +169,9 @@ class Server:
 
 
 def api_of(name: str) -> dict:
-    gr.MODEL_FILES = {"diffusion_models": [FLUX_FILE], "loras": [LORA_FILE], "vae": [VAE_FILE, "ae.safetensors"]}
+    gr.MODEL_FILES = {"diffusion_models": [FLUX_FILE], "loras": [LORA_FILE], "vae": [VAE_FILE, "ae.safetensors"],
+                      "clip_vision": [SIGLIP_FILE, "sigclip_vision_patch14_384.safetensors"],
+                      "style_models": [REDUX_FULL_FILE, "flux1-redux-dev.safetensors"]}
     classes = {**packloader.pack.NODE_CLASS_MAPPINGS, **gr.BUILTINS}
     return gr.to_api(json.loads((PACK / "workflows" / name).read_text()), classes)
 
@@ -192,6 +195,10 @@ def small(api: dict, comfy_models: bool) -> dict:
             inputs.update(unet_name=FLUX_FILE)
         elif kind == "VAELoader":
             inputs.update(vae_name=VAE_FILE)
+        elif kind == "CLIPVisionLoader":
+            inputs.update(clip_name=SIGLIP_FILE)
+        elif kind == "StyleModelLoader":
+            inputs.update(style_model_name=REDUX_FULL_FILE)
     return api
 
 
@@ -213,6 +220,7 @@ def mixed_queue() -> dict:
 def main() -> int:
     comfy_src, python, work, port, *flags = sys.argv[1:]
     root = install(Path(comfy_src), Path(work))
+    write_full_size_encoder(root / "models")
     server = Server(root, python, int(port), flags)
     failures = 0
 
@@ -230,7 +238,6 @@ def main() -> int:
             print("  /free ->", server.post("/free", {"unload_models": True, "free_memory": True}), flush=True)
             check("mixed queue again after /free", server.run(mixed_queue()))
         if "clipvision" in parts:
-            write_full_size_encoder(root / "models")
             result = server.run(clip_vision_queue())
             check("ComfyUI's CLIP_VISION + STYLE_MODEL in Redux Encode", result)
             if result["status"] == "success":
@@ -239,7 +246,7 @@ def main() -> int:
                 print(f"  same image from both encoders: max difference {np.abs(images[0] - images[1]).max()} "
                       "(8-bit levels)", flush=True)
         for path in sorted((PACK / "workflows").glob("*.json")) if "workflows" in parts else []:
-            api = small(api_of(path.name), path.name == "redux_restyle_comfy_sampler.json")
+            api = small(api_of(path.name), path.name in COMFY_MODEL_WORKFLOWS)
             kinds = {n["class_type"] for n in api.values()}
             if "DualCLIPLoader" in kinds:
                 print(f"SKIP {path.name}: needs T5-XXL + CLIP-L files that ComfyUI's DualCLIPLoader accepts", flush=True)

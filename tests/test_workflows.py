@@ -22,7 +22,8 @@ WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 LOCAL_WORKFLOWS = ["local_dev_variation.json", "local_schnell_variation.json", "blend_two_references.json",
                    "batch4_custom_size.json"]
 RESTYLE_WORKFLOWS = ["restyle_with_prompt.json", "style_transfer_img2img.json", "masked_reference.json"]
-COMFY_SAMPLER_WORKFLOWS = ["redux_restyle_comfy_sampler.json"]  # ComfyUI's own model + KSampler
+COMFY_SAMPLER_WORKFLOWS = ["redux_restyle_comfy_sampler.json",  # ComfyUI's own model + KSampler
+                           "redux_with_comfy_clip_vision.json"]  # ComfyUI's own CLIP vision + style model
 COMFY_BUILTINS_USED = {"LoadImage", "SaveImage", "PreviewImage", "PreviewAny", "Note", "MarkdownNote",
                        "DualCLIPLoader", "CLIPTextEncode", *gr.SAMPLING_NODES}
 LOCAL_TYPES = {**local.NODE_CLASS_MAPPINGS, **restyle.NODE_CLASS_MAPPINGS}
@@ -45,7 +46,8 @@ def comfy_folders(models, tmp_path_factory):
     bridge.MODELS_ROOT, gr.INPUT_DIR, gr.OUTPUT_DIR = models["root"], inputs, outputs
     gr.TEXT_ENCODERS_DIR = text_encoders
     gr.MODEL_FILES = {"diffusion_models": ["flux1-dev.safetensors"], "loras": ["your_flux_lora.safetensors"],
-                      "vae": ["ae.safetensors"]}
+                      "vae": ["ae.safetensors"], "clip_vision": ["sigclip_vision_patch14_384.safetensors"],
+                      "style_models": ["flux1-redux-dev.safetensors"]}
     yield
     bridge.MODELS_ROOT, gr.INPUT_DIR, gr.OUTPUT_DIR, gr.TEXT_ENCODERS_DIR, gr.MODEL_FILES = saved
 
@@ -306,3 +308,17 @@ def test_comfy_sampler_workflow_feeds_ksampler_the_packs_tokens():
     assert embeds.shape == (1, 512 + 1, tiny_models.JOINT_WIDTH)  # empty text + the 4x4 grid downsampled by 3
     assert torch.count_nonzero(embeds[:, :512]) == 0 and keys["pooled_output"].shape == (1, 768)
     assert sampler_id not in results
+
+
+def test_comfy_clip_vision_workflow_feeds_redux_encode():
+    """Load CLIP Vision + Load Style Model (ComfyUI's; declared here, run in real ComfyUI: see README) into Redux
+    Encode instead of Load Redux Encoder; the rest is the basic variation graph with steps 0 (variant default)."""
+    api = gr.to_api(load("redux_with_comfy_clip_vision.json"), CLASSES)
+    _, encode = node_of(api, "FluxReduxEncode")
+    assert "redux_encoder" not in encode["inputs"]
+    assert {api[encode["inputs"][k][0]]["class_type"] for k in ("clip_vision", "style_model")} == {
+        "CLIPVisionLoader", "StyleModelLoader"}
+    (_, gen), = generate_nodes(api).items()
+    assert gen["inputs"]["num_inference_steps"] == 0
+    results = gr.execute(api, CLASSES, skip_types=frozenset(gr.SAMPLING_NODES))
+    assert not any(api[k]["class_type"] == "FluxReduxGenerate" for k in results)  # downstream of ComfyUI's loaders
