@@ -12,8 +12,8 @@ import json
 import logging
 
 from ..pipelines.params import (ACCELERATIONS, DEFAULT_IMAGE_SIZE, GUIDANCE, HEIGHT, IMAGE_SIZE_CHOICES,
-                                MAX_CONCURRENCY, NUM_IMAGES, SEED, STEPS_LIMITS, VARIANT_DEFAULT_STEPS, VARIANTS,
-                                WAVESPEED_OUTPUT_FORMATS, WIDTH, CUSTOM_SIZE, provider_steps)
+                                MAX_CONCURRENCY, NUM_IMAGES, SEED, STEPS_LIMITS, VARIANTS, WAVESPEED_OUTPUT_FORMATS,
+                                WIDTH, CUSTOM_SIZE)
 from ..pipelines.remote import (KEY_FILE_NAME, KEY_SOURCES, PROGRESS_STATES, PROVIDER_NAMES, ClientSettings,
                                 ProgressEvent, RemoteCancelledError, RemoteRequest, run_remote_variation)
 from . import comfy_bridge as bridge
@@ -115,10 +115,8 @@ def build_request(*, provider, model, base_url, image_size, width, height, num_i
                   seed, random_seed, num_images, enable_safety_checker, output_format, acceleration, sync_mode):
     """Map widget values to a RemoteRequest, plus warnings for info. Widgets that do not apply to the chosen
     provider/model are left out, with the same rules and wording as the local generate node (so swapping the two
-    nodes behaves the same); steps outside what the provider's endpoint takes are an error naming its range."""
+    nodes behaves the same); the client checks each provider's own limits (fal's schnell: 1-12 steps)."""
     num_inference_steps, guidance_scale, warnings = apply_variant_rules(model, num_inference_steps, guidance_scale)
-    if model in VARIANTS and num_inference_steps != VARIANT_DEFAULT_STEPS:
-        provider_steps(provider, model).validate(num_inference_steps, f"{provider}'s FLUX.1 {model} endpoint")
     if provider == "wavespeed":
         acceleration = None
         warnings.append("acceleration ignored: WaveSpeed has no acceleration setting")
