@@ -101,7 +101,8 @@ def square_pixels(images: list[Image.Image], size: int) -> torch.Tensor:
     SigLIP processor; done here so the result never depends on which optional packages (torchvision) are
     installed. ComfyUI's CLIP vision preprocessing leaves an image of this size unresized and 8-bit values
     unchanged, so its CLIP_VISION sees the same pixels."""
-    arrays = [np.asarray(image.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32) for image in images]
+    arrays = [np.asarray(image.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32)
+              for image in images]
     return torch.from_numpy(np.stack(arrays) / np.float32(255.0))
 
 

@@ -89,7 +89,8 @@ def generate(model: FluxModel, conditioning: ReduxConditioning, gen: params.Gene
     config = pipe.transformer.config
     prompt_embeds, pooled = conditioning.prompt_embeds(config.joint_attention_dim, config.pooled_projection_dim)
     seed = pick_seed(gen.seed)
-    generator = torch.Generator("cpu").manual_seed(seed)  # CPU noise: the same noise on any device (images match on one device and dtype)
+    # CPU noise: the same noise on any device; the images match on one device and dtype
+    generator = torch.Generator("cpu").manual_seed(seed)
     tiling = model.spec.options.vae_tiling
     if tiling == "on" or (tiling == "auto" and gen.width * gen.height > params.VAE_TILING_AUTO_PIXELS):
         pipe.vae.enable_tiling()

@@ -68,9 +68,10 @@ def preprocessing() -> None:
             square, _ = references.fit_square(image, None, crop)
             ours = ((references.square_pixels([square], SIZE) - 0.5) / 0.5).permute(0, 3, 1, 2)
             comfy_pixels = clip_preprocess(loaded, size=SIZE, mean=[0.5] * 3, std=[0.5] * 3, crop=crop == "center")
-            print(f"{name} crop {crop}: PIL processor {levels(ours, pil(images=[square], return_tensors='pt')['pixel_values'])}"
-                  f"; torchvision processor {levels(ours, torchvision(images=[square], return_tensors='pt')['pixel_values'])}"
-                  f"; ComfyUI CLIPVisionEncode {levels(ours, comfy_pixels)}")
+            by_pil, by_torchvision = (processor(images=[square], return_tensors="pt")["pixel_values"]
+                                      for processor in (pil, torchvision))
+            print(f"{name} crop {crop}: PIL processor {levels(ours, by_pil)}; torchvision processor "
+                  f"{levels(ours, by_torchvision)}; ComfyUI CLIPVisionEncode {levels(ours, comfy_pixels)}")
 
 
 def tokens() -> None:
