@@ -10,11 +10,10 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Hashable
+from typing import Any, Callable
 
 import torch
 
-from ..pipelines.cache import CACHE
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +32,12 @@ FALLBACK_FOLDERS = {
 }
 
 
-def _comfy(module: str):
+def comfy_module(module: str):
     """A ComfyUI module, or None outside ComfyUI."""
     try:
         return __import__(module, fromlist=["_"])
     except ImportError:
         return None
-
-
-def in_comfyui() -> bool:
-    return _comfy("folder_paths") is not None
 
 
 # -- model folders --------------------------------------------------------------------------------------------
@@ -54,7 +49,7 @@ def _fallback_root() -> Path | None:
 
 def folder_dirs(folder: str) -> list[Path]:
     """The directories ComfyUI searches for `folder` (e.g. 'style_models')."""
-    fp = _comfy("folder_paths")
+    fp = comfy_module("folder_paths")
     if fp is not None:
         try:
             return [Path(p) for p in fp.get_folder_paths(folder)]
@@ -74,7 +69,7 @@ def _files_in(folder: str) -> list[str]:
 
 def list_files(folder: str) -> list[str]:
     """Weight files in a ComfyUI folder, names relative to it ('sub/file.safetensors')."""
-    fp = _comfy("folder_paths")
+    fp = comfy_module("folder_paths")
     if fp is not None:
         try:
             names = fp.get_filename_list(folder)
@@ -109,7 +104,7 @@ def resolve_model(folder: str, component: str, name: str) -> str:
     folders = diffusers_folders(component)
     if name in folders:
         return str(folders[name])
-    fp = _comfy("folder_paths")
+    fp = comfy_module("folder_paths")
     if fp is not None:
         path = fp.get_full_path(folder, name)
         if path:
@@ -127,13 +122,13 @@ def resolve_model(folder: str, component: str, name: str) -> str:
 
 def default_device() -> str:
     """ComfyUI's compute device (honours --cpu, --cuda-device), else 'auto' (the engine picks)."""
-    mm = _comfy("comfy.model_management")
+    mm = comfy_module("comfy.model_management")
     return str(mm.get_torch_device()) if mm is not None else "auto"
 
 
 def check_interrupt() -> None:
     """Raise ComfyUI's InterruptProcessingException if the user pressed Cancel."""
-    mm = _comfy("comfy.model_management")
+    mm = comfy_module("comfy.model_management")
     if mm is not None:
         mm.throw_exception_if_processing_interrupted()
 
@@ -146,15 +141,13 @@ def interrupt_requested() -> bool:
 
 
 class Progress:
-    """ComfyUI's ProgressBar when there is one; `updates` keeps (step, total, had_preview) for tests."""
+    """ComfyUI's ProgressBar when there is one (outside ComfyUI updates go nowhere)."""
 
     def __init__(self, total: int):
-        utils = _comfy("comfy.utils")
+        utils = comfy_module("comfy.utils")
         self.bar = utils.ProgressBar(total) if utils is not None else None
-        self.updates: list[tuple[int, int, bool]] = []
 
     def update(self, step: int, total: int, preview: Any = None) -> None:
-        self.updates.append((step, total, preview is not None))
         if self.bar is not None:
             self.bar.update_absolute(step, total, preview)
 
@@ -164,7 +157,7 @@ def make_previewer(device: torch.device, latent_channels: int, vae_scale: int, h
     """A function packed FLUX latents -> ComfyUI preview, using ComfyUI's own previewer for FLUX latents
     (Latent2RGB or TAESD, per the user's preview setting). None outside ComfyUI, with previews off, or
     when the latents are not FLUX's 16 channels (the tiny test models)."""
-    lp, formats = _comfy("latent_preview"), _comfy("comfy.latent_formats")
+    lp, formats = comfy_module("latent_preview"), comfy_module("comfy.latent_formats")
     if lp is None or formats is None:
         return None
     flux_format = formats.Flux()
@@ -194,98 +187,3 @@ def make_previewer(device: torch.device, latent_channels: int, vae_scale: int, h
             return None
 
     return preview
-
-
-# -- ComfyUI memory management ----------------------------------------------------------------------------------
-
-def _normalised(device: torch.device) -> torch.device:
-    """cuda -> cuda:N, as comfy.model_management.get_torch_device() reports it."""
-    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return device
-
-
-class CachedModelEntry:
-    """Stands in comfy.model_management.current_loaded_models for one model in the pack's cache.
-
-    ComfyUI frees memory by calling `model_unload()` on the entries of that list: from unload_all_models()
-    ("Free model and node cache", POST /free, --disable-smart-memory) and from free_memory() when another
-    model needs room on the same device. This object has exactly the members those functions use (ComfyUI
-    0.3.x) and answers by dropping the model from the pack's cache. It reports itself as never
-    `currently_used`, so ComfyUI never tries to load it back the way it reloads its own models.
-    """
-
-    def __init__(self, key: Hashable, device: torch.device, size: int, label: str):
-        self.key, self.device, self.size, self.label = key, _normalised(device), size, label
-        self.model = self  # free_memory logs entry.model.model's class; LoadedModel.__eq__ compares .model
-
-    currently_used = property(lambda self: False, lambda self, value: None)
-
-    def model_memory(self) -> int:
-        return self.size
-
-    def model_loaded_memory(self) -> int:
-        return self.size
-
-    def model_offloaded_memory(self) -> int:
-        return 0
-
-    def model_memory_required(self, device) -> int:
-        return 0
-
-    def is_dead(self) -> bool:
-        return False
-
-    def is_clone(self, other) -> bool:
-        return False
-
-    def model_patches_models(self) -> list:
-        return []
-
-    def real_model(self):
-        return self if self.key in CACHE else None  # None lets ComfyUI's cleanup_models() drop the entry
-
-    def model_unload(self, memory_to_free=None, unpatch_weights=True) -> bool:
-        dropped = CACHE.unload(self.key)
-        log.info("FLUX Redux: ComfyUI freed memory: unloaded %s (%d cached model(s) dropped)", self.label, dropped)
-        return True
-
-    def detach(self, unpatch_all=True) -> None:
-        self.model_unload()
-
-    def __repr__(self) -> str:
-        return f"CachedModelEntry({self.label}, {self.device}, {self.size / 2**20:.0f} MiB)"
-
-
-def module_bytes(*modules) -> int:
-    return sum(t.numel() * t.element_size() for m in modules if m is not None
-               for t in [*m.parameters(), *m.buffers()])
-
-
-def track_in_comfy_memory(key: Hashable, device: torch.device, size: int, label: str) -> CachedModelEntry | None:
-    """Register a cached model with ComfyUI's memory management (once per cache key). No-op outside ComfyUI;
-    if ComfyUI's internals ever differ, a warning is logged and the Unload node remains the way to free memory."""
-    mm = _comfy("comfy.model_management")
-    loaded = getattr(mm, "current_loaded_models", None)
-    if not isinstance(loaded, list):
-        return None
-    try:
-        loaded[:] = [e for e in loaded if not (isinstance(e, CachedModelEntry) and e.key not in CACHE)]
-        for entry in loaded:
-            if isinstance(entry, CachedModelEntry) and entry.key == key:
-                return entry
-        entry = CachedModelEntry(key, device, size, label)
-        loaded.append(entry)
-        return entry
-    except Exception as exc:
-        log.warning("FLUX Redux: could not register %s with ComfyUI's memory management (%s); "
-                    "use the Unload node to free it", label, exc)
-        return None
-
-
-def forget_unloaded() -> None:
-    """Drop entries whose model is no longer cached (after the Unload node ran)."""
-    mm = _comfy("comfy.model_management")
-    loaded = getattr(mm, "current_loaded_models", None)
-    if isinstance(loaded, list):
-        loaded[:] = [e for e in loaded if not (isinstance(e, CachedModelEntry) and e.key not in CACHE)]

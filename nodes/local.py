@@ -3,28 +3,30 @@
 A basic variation graph is 6 nodes: Load Redux Encoder, Load FLUX Model, LoadImage, Redux Encode,
 Redux Generate, SaveImage. The nodes only declare and convert; the work is in ..pipelines.
 
-Steps rule for schnell: the steps widget defaults to 28 (dev's default) so that the generate node, like the
-remote node, carries one value. A schnell model accepts 1-12 steps; a larger value is clamped to 12 with a
-warning in the log and in the `info` output (set 4 for schnell's usual setting). Guidance is ignored for
-schnell (it has no guidance input), also with a note in `info`.
+Steps: the widget defaults to 0, the variant's default (28 dev, 4 schnell), so one graph suits both; any
+1-50 runs as set on either variant. Guidance is ignored for schnell (it has no guidance input), with a note in
+`info`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 
 from ..pipelines import params
 from ..pipelines.models import FluxModelSpec, ReduxEncoderSpec, load_flux_model, load_redux_encoder
 from ..pipelines.params import ParameterError
-from ..pipelines.redux import ReduxConditioning, encode
+from ..pipelines.redux import ReduxConditioning, check_encode_options, encode
 from ..pipelines.cache import CACHE
 from ..pipelines.sampling import generate
 from . import comfy_bridge as bridge
+from . import comfy_memory as memory
 from . import local_loaders
+from .conditioning import ComfyReduxEncoder
 from .convert import images_from_comfy
 from .local_loaders import CATEGORY, model_variant
-from .widgets import apply_variant_rules, number_widget
+from .widgets import GENERATE_RETURN_NAMES, GENERATE_RETURN_TYPES, apply_variant_rules, number_widget
 
 log = logging.getLogger(__name__)
 
@@ -35,42 +37,87 @@ CROP_TOOLTIP = ("How the image is fitted to SigLIP's square input. center: the l
 CONDITIONING_TOOLTIP = "From Redux Encode (or its advanced version), Redux Combine or Redux + Prompt."
 
 
-def track_loaded(key, device, modules, label) -> None:
-    """Register a cached model with ComfyUI's memory management (so 'free memory' unloads it)."""
-    bridge.track_in_comfy_memory(key, device, bridge.module_bytes(*modules), label)
+ENCODE_WORKING_BYTES = 256 * 2**20  # SigLIP activations for one 384x384 image, with room to spare
+GIB_PER_MEGAPIXEL = 2**30  # activations of one image per megapixel (ComfyUI's own FLUX estimate is ~0.9 GiB)
 
 
 def load_encoder(spec: ReduxEncoderSpec):
-    """The Redux encoder from the shared cache, registered with ComfyUI's memory management."""
-    encoder = load_redux_encoder(spec)
-    track_loaded(spec.cache_key(), encoder.device, (encoder.vision, encoder.projector), "Redux encoder")
+    """The Redux encoder from the shared cache, placed on its device by ComfyUI's memory manager."""
+    encoder = load_redux_encoder(replace(spec, options=memory.build_placement(spec.options)))
+    memory.make_ready(encoder, spec.options, ENCODE_WORKING_BYTES)
     return encoder
 
 
+def load_flux(spec: FluxModelSpec, gen: params.GenerationParams):
+    """The FLUX model from the shared cache, placed by ComfyUI's memory manager with room for this run."""
+    flux = load_flux_model(replace(spec, options=memory.build_placement(spec.options)))
+    working = int(gen.num_images * gen.width * gen.height / 1e6 * GIB_PER_MEGAPIXEL)
+    memory.make_ready(flux, spec.options, working)
+    return flux
+
+
 # -- encode and blend --------------------------------------------------------------------------------------------
+
+ENCODER_INPUTS = {
+    "redux_encoder": ("REDUX_ENCODER", {"tooltip": "From Load Redux Encoder; or connect clip_vision and "
+                                                   "style_model instead."}),
+    "clip_vision": ("CLIP_VISION", {"tooltip": (
+        "ComfyUI's Load CLIP Vision (sigclip_vision_patch14_384), with style_model: reuses the SigLIP the graph "
+        "already loaded instead of redux_encoder.")}),
+    "style_model": ("STYLE_MODEL", {"tooltip": "ComfyUI's Load Style Model (flux1-redux-dev), with clip_vision."}),
+}
+
+
+def pick_encoder(redux_encoder: ReduxEncoderSpec | None = None, clip_vision=None, style_model=None):
+    """ComfyUI's CLIP vision + style model when both are connected, else the pack's Redux encoder."""
+    if clip_vision is not None and style_model is not None:
+        return ComfyReduxEncoder(clip_vision, style_model)
+    if clip_vision is not None or style_model is not None:
+        raise ValueError("connect both clip_vision (Load CLIP Vision: sigclip_vision_patch14_384) and style_model "
+                         "(Load Style Model: flux1-redux-dev), or neither and use redux_encoder")
+    if redux_encoder is None:
+        raise ValueError("no encoder: connect redux_encoder (Load Redux Encoder), or clip_vision and style_model "
+                         "from ComfyUI's Load CLIP Vision and Load Style Model")
+    return load_encoder(redux_encoder)
+
+
+def encode_progress():
+    """on_image for the engine's encode: ComfyUI's progress bar, and Cancel between images."""
+    progress = None
+
+    def on_image(done: int, total: int) -> None:
+        nonlocal progress
+        progress = progress or bridge.Progress(total)
+        progress.update(done, total)
+        bridge.check_interrupt()
+
+    return on_image
+
 
 class FluxReduxEncode:
     CATEGORY = CATEGORY
     FUNCTION = "encode"
     RETURN_TYPES = ("REDUX_CONDITIONING",)
     RETURN_NAMES = ("conditioning",)
-    OUTPUT_TOOLTIPS = ("Redux image tokens (small, on the CPU): connect to Redux Generate or Redux Combine.",)
-    DESCRIPTION = ("Encode reference image(s) with SigLIP + the Redux projector. A batch of several images is "
-                   "blended as the sum of their tokens, one weight each (as diffusers' Redux pipeline does); "
-                   "use Redux Combine for other weights.")
+    OUTPUT_TOOLTIPS = ("Redux image tokens (small, on the CPU): connect to Redux Generate, Redux Combine or "
+                       "Redux → Conditioning.",)
+    DESCRIPTION = ("Encode reference image(s) with SigLIP + the Redux projector (the pack's Load Redux Encoder, or "
+                   "ComfyUI's Load CLIP Vision + Load Style Model). A batch of N images is averaged (weight 1/N "
+                   "each), so it is as strong as one image and keeps 729 tokens; use Redux Combine for other "
+                   "weights, or blend concat to keep every image's tokens.")
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "redux_encoder": ("REDUX_ENCODER", {"tooltip": "From Load Redux Encoder."}),
-            "image": ("IMAGE", {"tooltip": "Reference image(s); every image of a batch is blended in."}),
+            "image": ("IMAGE", {"tooltip": "Reference image(s); the images of a batch are averaged."}),
             "crop": (params.CROP_MODES, {"default": "center", "tooltip": CROP_TOOLTIP}),
-        }}
+        }, "optional": dict(ENCODER_INPUTS)}
 
-    def encode(self, redux_encoder: ReduxEncoderSpec, image, crop):
-        params.check_choice("crop", crop, params.CROP_MODES)
+    def encode(self, image, crop, redux_encoder=None, clip_vision=None, style_model=None):
+        check_encode_options(crop)
         images = images_from_comfy(image)
-        return (encode(load_encoder(redux_encoder), images, crop=crop),)
+        encoder = pick_encoder(redux_encoder, clip_vision, style_model)
+        return (encode(encoder, images, [1.0 / len(images)] * len(images), crop, on_image=encode_progress()),)
 
 
 class FluxReduxCombine:
@@ -111,7 +158,7 @@ class FluxReduxCombine:
 
 def plan_generation(variant: str, image_size, width, height, num_inference_steps, guidance_scale, seed,
                     num_images) -> tuple[params.GenerationParams, list[str]]:
-    """Validated parameters for `variant`, and the warnings to report (the schnell rules)."""
+    """Validated parameters for `variant`, and the warnings to report (guidance ignored for schnell)."""
     num_inference_steps, guidance_scale, warnings = apply_variant_rules(variant, num_inference_steps, guidance_scale)
     width, height = (width, height) if image_size == params.CUSTOM_SIZE else (None, None)
     gen = params.validate_generation(variant, image_size, width, height, num_inference_steps, guidance_scale,
@@ -136,15 +183,14 @@ def check_size(image_size=None, width=None, height=None) -> None:
 class FluxReduxGenerate:
     CATEGORY = CATEGORY
     FUNCTION = "generate"
-    RETURN_TYPES = ("IMAGE", "STRING")
-    RETURN_NAMES = ("images", "info")
+    RETURN_TYPES, RETURN_NAMES = GENERATE_RETURN_TYPES, GENERATE_RETURN_NAMES
     OUTPUT_TOOLTIPS = ("num_images images, [batch, height, width, 3].",
                        "JSON: seed used, size, steps, guidance, variant, timings and warnings.")
     DESCRIPTION = ("Generate variations of the Redux conditioning with a local FLUX.1 model, in one batched "
-                   "call. Parameters are validated before any model work. Steps: dev takes 1-50 (28 usual); "
-                   "schnell takes 1-12 (4 usual), and a larger value (such as the default 28) is clamped to 12 "
-                   "with a warning in the log and in info. guidance_scale is ignored for schnell. Same inputs and "
-                   "seed give the same images on any device (the noise is drawn on the CPU).")
+                   "call. Parameters are validated before any model work. Steps: 0 = the variant's default (28 dev, "
+                   "4 schnell), or 1-50. guidance_scale is ignored for schnell. The same inputs and seed reproduce "
+                   "the same images on the same device and dtype (the noise is drawn on the CPU, but CPU fp32 and "
+                   "GPU bf16 compute differ).")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -158,12 +204,12 @@ class FluxReduxGenerate:
             "height": ("INT", number_widget(params.HEIGHT,
                                             "Output height when image_size is custom; a multiple of 16.")),
             "num_inference_steps": ("INT", number_widget(params.STEPS_LIMITS, (
-                "Denoising steps. dev: 1-50 (28 usual). schnell: 1-12 (4 usual); above 12 is clamped to 12 "
-                "with a warning."))),
+                "Denoising steps: 0 = the variant's default (28 dev, 4 schnell), or 1-50 on either."))),
             "guidance_scale": ("FLOAT", number_widget(params.GUIDANCE, (
                 "Distilled guidance (dev only): higher follows the references more closely. Ignored for "
                 "schnell."), round=0.01)),
-            "seed": ("INT", number_widget(params.SEED, "Seed of the noise; the same seed gives the same images.",
+            "seed": ("INT", number_widget(params.SEED, "Seed of the noise; the same seed gives the same images on "
+                                                       "the same device and dtype.",
                                           control_after_generate=True)),
             "num_images": ("INT", number_widget(params.NUM_IMAGES, "Images generated in one batched call (1-4).")),
         }}
@@ -189,15 +235,12 @@ def run_generation(model: FluxModelSpec, conditioning: ReduxConditioning, settin
     before any model work; img2img is `init_image=` and `denoise=`, passed to the engine."""
     gen, warnings = plan_generation(model_variant(model), *settings)
     bridge.check_interrupt()
-    flux = load_flux_model(model)
-    track_loaded(model.cache_key(), flux.device, (flux.pipe.transformer, flux.pipe.vae), f"FLUX.1 {flux.variant}")
-    if flux.variant != gen.variant:  # only if the weights disagree with their header/config
-        gen, warnings = plan_generation(flux.variant, *settings)
+    flux = load_flux(model, gen)
     for warning in warnings:
         log.warning("FLUX Redux Generate: %s", warning)
 
     progress = bridge.Progress(gen.num_inference_steps)
-    preview = bridge.make_previewer(flux.device, flux.pipe.vae.config.latent_channels, flux.pipe.vae_scale_factor,
+    preview = bridge.make_previewer(memory.load_device(model.options), flux.latent_channels, flux.vae_scale_factor,
                                     gen.height, gen.width)
 
     def on_step(step, total, latents):
@@ -232,7 +275,6 @@ class FluxReduxUnload:
 
     def unload(self, images=None):
         dropped = CACHE.unload()
-        bridge.forget_unloaded()
         log.info("FLUX Redux: unloaded %d model(s)", dropped)
         return (images,)
 

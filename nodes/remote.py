@@ -18,7 +18,7 @@ from ..pipelines.remote import (KEY_FILE_NAME, KEY_SOURCES, PROGRESS_STATES, PRO
                                 ProgressEvent, RemoteCancelledError, RemoteRequest, run_remote_variation)
 from . import comfy_bridge as bridge
 from .convert import image_batch_to_pils, pils_to_image_batch
-from .widgets import apply_variant_rules, number_widget
+from .widgets import GENERATE_RETURN_NAMES, GENERATE_RETURN_TYPES, apply_variant_rules, number_widget
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,7 @@ class FluxReduxRemoteVariation:
 
     CATEGORY = "FLUX Redux/remote"
     FUNCTION = "generate"
-    RETURN_TYPES = ("IMAGE", "STRING")
-    RETURN_NAMES = ("images", "info")
+    RETURN_TYPES, RETURN_NAMES = GENERATE_RETURN_TYPES, GENERATE_RETURN_NAMES
     OUTPUT_TOOLTIPS = ("All output images, input order kept (each input gives num_images images).",
                        "JSON: provider, request ids, seed used, has_nsfw flags and timings per input image.")
     DESCRIPTION = ("FLUX.1 Redux image variation on a hosted API (no local GPU needed). Each input image is a "
@@ -46,7 +45,8 @@ class FluxReduxRemoteVariation:
                 "fal: fal.ai (key FAL_KEY). wavespeed: WaveSpeed (WAVESPEED_API_KEY, dev only). custom: a service "
                 "exposing fal's paths under base_url with Bearer auth (REDUX_CUSTOM_API_KEY).")}),
             "model": (tuple(VARIANTS), {"default": "dev", "tooltip": (
-                "FLUX.1 dev (guidance, up to 50 steps) or schnell (up to 12 steps, no guidance; not on WaveSpeed).")}),
+                "FLUX.1 dev (guidance, up to 50 steps) or schnell (no guidance; fal takes 1-12 steps; not on "
+                "WaveSpeed).")}),
             "base_url": ("STRING", {"default": "", "tooltip": (
                 "custom provider only: base URL that serves fal's paths, e.g. https://api.example.com/fal. "
                 "https required except for localhost. Ignored for fal and wavespeed.")}),
@@ -57,7 +57,7 @@ class FluxReduxRemoteVariation:
             "height": ("INT", number_widget(HEIGHT, "Output height when image_size is custom; multiple of 16 "
                                                     "(WaveSpeed: 256-1536).")),
             "num_inference_steps": ("INT", number_widget(STEPS_LIMITS, (
-                "Denoising steps: dev 1-50 (28 usual), schnell 1-12 (4 usual; higher values are clamped to 12)."))),
+                "Denoising steps: 0 = the model's default (28 dev, 4 schnell); fal's schnell takes 1-12."))),
             "guidance_scale": ("FLOAT", number_widget(GUIDANCE, "Distilled guidance (dev only; ignored for "
                                                                 "schnell).", round=0.01)),
             "seed": ("INT", number_widget(SEED, "Seed for reproducible results (WaveSpeed accepts up to "
@@ -121,8 +121,8 @@ def client_settings(max_concurrency: int) -> ClientSettings:
 def build_request(*, provider, model, base_url, image_size, width, height, num_inference_steps, guidance_scale,
                   seed, random_seed, num_images, enable_safety_checker, output_format, acceleration, sync_mode):
     """Map widget values to a RemoteRequest, plus warnings for info. Widgets that do not apply to the chosen
-    provider/model are left out, and schnell steps above its limit are clamped, with the same rules and
-    wording as the local generate node (so swapping the two nodes behaves the same)."""
+    provider/model are left out, with the same rules and wording as the local generate node (so swapping the two
+    nodes behaves the same); the client checks each provider's own limits (fal's schnell: 1-12 steps)."""
     num_inference_steps, guidance_scale, warnings = apply_variant_rules(model, num_inference_steps, guidance_scale)
     if provider == "wavespeed":
         acceleration = None

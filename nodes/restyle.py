@@ -12,10 +12,10 @@ from dataclasses import replace
 
 from ..pipelines import params
 from ..pipelines.models import FluxModelSpec, ReduxEncoderSpec
-from ..pipelines.redux import ReduxConditioning, TextConditioning, encode
+from ..pipelines.redux import ReduxConditioning, check_encode_options, encode
+from .conditioning import text_from_comfy
 from .convert import image_batch_to_pils, images_from_comfy, masks_from_comfy
-from . import local
-from .local import FluxReduxEncode, FluxReduxGenerate, run_generation
+from .local import ENCODER_INPUTS, FluxReduxEncode, FluxReduxGenerate, encode_progress, pick_encoder, run_generation
 from .widgets import number_widget
 
 CATEGORY = "FLUX Redux/restyle"
@@ -38,9 +38,9 @@ class FluxReduxEncodeAdvanced:
 
     @classmethod
     def INPUT_TYPES(cls):
-        inputs = dict(FluxReduxEncode.INPUT_TYPES()["required"])  # redux_encoder, image, crop
-        inputs["image"] = ("IMAGE", {"tooltip": "Reference image(s); the images of a batch are summed, each with "
-                                                "this strength."})
+        inputs = dict(FluxReduxEncode.INPUT_TYPES()["required"])  # image, crop
+        inputs["image"] = ("IMAGE", {"tooltip": "Reference image(s); the images of a batch are averaged, then "
+                                                "multiplied by strength."})
         return {"required": {
             **inputs,
             "strength": ("FLOAT", number_widget(STRENGTH, (
@@ -58,16 +58,16 @@ class FluxReduxEncodeAdvanced:
             "autocrop_margin": ("INT", number_widget(params.AUTOCROP_MARGIN, (
                 "Pixels kept around the mask's bounding box when autocrop is on."))),
         }, "optional": {
+            **ENCODER_INPUTS,
             "mask": ("MASK", {"tooltip": (
                 "Only the Redux tokens this mask covers (1 = keep) count; it is resized to the image and follows "
                 "the crop. LoadImage's MASK is the area painted in its Mask Editor.")}),
         }}
 
-    def encode(self, redux_encoder: ReduxEncoderSpec, image, crop, strength, downsample_factor, downsample_mode,
-               autocrop, autocrop_margin, mask=None):
-        params.check_choice("crop", crop, params.CROP_MODES)  # everything is checked before the encoder loads
-        params.check_choice("downsample_mode", downsample_mode, params.DOWNSAMPLE_MODES)
-        params.DOWNSAMPLE_FACTOR.validate(downsample_factor)
+    def encode(self, image, crop, strength, downsample_factor, downsample_mode, autocrop, autocrop_margin,
+               redux_encoder: ReduxEncoderSpec | None = None, clip_vision=None, style_model=None, mask=None):
+        margin = autocrop_margin if autocrop else None
+        check_encode_options(crop, downsample_factor, downsample_mode, margin)  # all before the encoder loads
         strength = STRENGTH.validate(strength)
         images = images_from_comfy(image)
         masks = None if mask is None else masks_from_comfy(mask, len(images))
@@ -75,15 +75,15 @@ class FluxReduxEncodeAdvanced:
             if masks is None:
                 raise ValueError("autocrop needs a mask: connect a MASK (e.g. LoadImage's, painted in its Mask "
                                  "Editor) or turn autocrop off")
-            params.AUTOCROP_MARGIN.validate(autocrop_margin)
         for n, m in enumerate(masks or [], 1):
             if float(m.max()) < 0.5:
                 raise ValueError(f"mask {n} is empty (no value >= 0.5), so no Redux token would be kept. LoadImage "
                                  "gives an empty mask when nothing was painted: open the reference in the Mask "
                                  "Editor and paint the part to keep, or disconnect the mask")
-        return (encode(local.load_encoder(redux_encoder), images, [strength] * len(images), crop, masks=masks,
+        encoder = pick_encoder(redux_encoder, clip_vision, style_model)
+        return (encode(encoder, images, [strength / len(images)] * len(images), crop, masks=masks,
                        downsample_factor=downsample_factor, downsample_mode=downsample_mode,
-                       autocrop_margin=autocrop_margin if autocrop else None),)
+                       autocrop_margin=margin, on_image=encode_progress()),)
 
 
 class FluxReduxPrompt:
@@ -114,16 +114,9 @@ class FluxReduxPrompt:
         }}
 
     def apply(self, conditioning: ReduxConditioning, prompt_scale, pooled_scale, prompt=None):
-        params.PROMPT_SCALE.validate(prompt_scale)
-        params.POOLED_SCALE.validate(pooled_scale)
         if prompt is None:
             return (conditioning,)
-        text = TextConditioning.from_comfy(prompt)
-        if text.embeds.shape[-1] != conditioning.width:
-            raise ValueError(f"the prompt CONDITIONING is {text.embeds.shape[-1]} wide but the Redux tokens are "
-                             f"{conditioning.width} wide: encode the prompt with DualCLIPLoader type flux (t5xxl + "
-                             "clip_l) and CLIPTextEncode; SD 1.5 or SDXL text conditionings do not fit FLUX")
-        return (conditioning.with_prompt(text, prompt_scale, pooled_scale),)
+        return (conditioning.with_prompt(text_from_comfy(prompt, conditioning.width), prompt_scale, pooled_scale),)
 
 
 def match_size(width: int, height: int, pixels: int | None = None) -> tuple[int, int]:

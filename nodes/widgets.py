@@ -8,6 +8,10 @@ from typing import Any
 from ..pipelines.params import VARIANTS, NumberSpec
 
 
+# The outputs both generate nodes have, so one replaces the other in a graph without relinking.
+GENERATE_RETURN_TYPES, GENERATE_RETURN_NAMES = ("IMAGE", "STRING"), ("images", "info")
+
+
 def number_widget(spec: NumberSpec, tooltip: str, **extra) -> dict:
     """ComfyUI INT/FLOAT options from a spec (range, default, step); `extra` adds e.g. round, control_after_generate."""
     default = spec.minimum if spec.default is None else spec.default
@@ -16,19 +20,9 @@ def number_widget(spec: NumberSpec, tooltip: str, **extra) -> dict:
 
 
 def apply_variant_rules(variant: str, steps: Any, guidance: Any) -> tuple[Any, Any, list[str]]:
-    """(steps, guidance, warnings) for `variant`. The steps and guidance widgets always carry a value: a variant
-    without a guidance input (schnell) gets None, and schnell steps above its limit are clamped to it, each
-    with a warning. Other values pass unchanged (validation reports them, an unknown variant included)."""
-    warnings: list[str] = []
+    """(steps, guidance, warnings) for `variant`. The guidance widget always carries a value: a variant without
+    a guidance input (schnell) gets None, with a warning. Steps pass unchanged (0 = the variant's default)."""
     spec = VARIANTS.get(variant)
-    if spec is None:
-        return steps, guidance, warnings
-    if spec.guidance is None:
-        guidance = None
-        warnings.append(f"guidance_scale ignored: FLUX.1 {variant} has no guidance input")
-    limit = spec.steps.maximum
-    if variant == "schnell" and isinstance(steps, int) and steps > limit:
-        warnings.append(f"num_inference_steps {steps} clamped to {limit}, the most FLUX.1 schnell takes "
-                        f"(4 is its usual setting)")
-        steps = limit
-    return steps, guidance, warnings
+    if spec is None or spec.guidance is not None:
+        return steps, guidance, []
+    return steps, None, [f"guidance_scale ignored: FLUX.1 {variant} has no guidance input"]

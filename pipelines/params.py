@@ -88,9 +88,22 @@ VARIANTS: dict[str, VariantSpec] = {
         NumberSpec("guidance_scale", 1.0, 20.0, 3.5, step=0.1, integer=False,
                    help="distilled guidance: higher follows the conditioning more closely"),
     ),
-    "schnell": VariantSpec("schnell", NumberSpec("num_inference_steps", 1, 12, 4, help="denoising steps"), None),
+    "schnell": VariantSpec("schnell", NumberSpec("num_inference_steps", 1, 50, 4, help="denoising steps"), None),
 }
-STEPS_LIMITS = NumberSpec("num_inference_steps", 1, max(v.steps.maximum for v in VARIANTS.values()), 28)
+VARIANT_DEFAULT_STEPS = 0  # a steps value meaning "the variant's default" (28 dev, 4 schnell), for widgets
+STEPS_LIMITS = NumberSpec("num_inference_steps", VARIANT_DEFAULT_STEPS, max(v.steps.maximum for v in VARIANTS.values()),
+                          VARIANT_DEFAULT_STEPS, help="denoising steps; 0 = the variant's default (28 dev, 4 schnell)")
+# What each hosted API accepts, where it is narrower than the local rule above (fal's schnell endpoint: 1-12 steps).
+_FAL_SCHNELL_STEPS = NumberSpec("num_inference_steps", 1, 12, 4, help="fal's FLUX.1 schnell Redux: 1-12 steps")
+PROVIDER_STEPS: dict[tuple[str, str], NumberSpec] = {
+    ("fal", "schnell"): _FAL_SCHNELL_STEPS,
+    ("custom", "schnell"): _FAL_SCHNELL_STEPS,  # custom services expose fal's API
+}
+
+
+def provider_steps(provider: str, variant: str) -> NumberSpec:
+    """The steps a provider's endpoint for `variant` accepts (the local range where it sets none of its own)."""
+    return PROVIDER_STEPS.get((provider, variant), variant_spec(variant).steps)
 GUIDANCE = VARIANTS["dev"].guidance
 NUM_IMAGES = NumberSpec("num_images", 1, 4, 1, help="images generated in one batched call")
 SEED = NumberSpec("seed", 0, 2**64 - 1, None, help="random seed; empty/None picks one and reports it")
@@ -209,7 +222,7 @@ def validate_generation(variant: str = "dev", image_size: str = DEFAULT_IMAGE_SI
                         height: int | None = None, num_inference_steps: int | None = None,
                         guidance_scale: float | None = None, seed: int | None = None,
                         num_images: int = 1) -> GenerationParams:
-    """Validate everything up front (before any model work); None picks the variant's default.
+    """Validate everything up front (before any model work); None (and steps 0) picks the variant's default.
 
     A guidance_scale given for schnell is an error: schnell has no guidance input, and silently dropping a
     value the user set would hide a mistake. Callers that always carry a guidance value (a node widget)
@@ -217,7 +230,8 @@ def validate_generation(variant: str = "dev", image_size: str = DEFAULT_IMAGE_SI
     """
     spec = variant_spec(variant)
     w, h = resolve_size(image_size, width, height)
-    steps = spec.steps.default if num_inference_steps is None else spec.steps.validate(num_inference_steps, variant)
+    default = num_inference_steps is None or num_inference_steps == VARIANT_DEFAULT_STEPS
+    steps = spec.steps.default if default else spec.steps.validate(num_inference_steps, variant)
     if spec.guidance is None:
         if guidance_scale is not None:
             raise ParameterError("guidance_scale", guidance_scale,

@@ -11,18 +11,27 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import params
-from .models import ReduxEncoder
-from .references import prepare, to_pil_rgb  # noqa: F401  (to_pil_rgb is part of this module's API)
+from .references import prepare, square_pixels, to_pil_rgb  # noqa: F401  (to_pil_rgb is part of this module's API)
 
 TEXT_TOKENS = 512  # FLUX's T5 sequence length; Redux tokens follow it
 log = logging.getLogger(__name__)
+
+
+class ImageTokenEncoder(Protocol):
+    """What encoding needs: the square input size, and square images [N, size, size, 3] in 0..1 -> Redux tokens
+    [N, tokens, width] (float32, CPU). The pack's ReduxEncoder is one; the ComfyUI nodes adapt ComfyUI's own
+    CLIP vision + style model to it."""
+
+    image_size: int
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass
@@ -31,24 +40,6 @@ class TextConditioning:
 
     embeds: torch.Tensor
     pooled: torch.Tensor | None = None
-
-    @staticmethod
-    def from_comfy(conditioning) -> "TextConditioning":
-        """ComfyUI CONDITIONING: a list of [tensor [1, L, 4096], {"pooled_output": [1, 768], ...}]."""
-        if not isinstance(conditioning, (list, tuple)) or not conditioning:
-            raise ValueError("expected ComfyUI CONDITIONING (a non-empty list of [tensor, dict])")
-        if len(conditioning) > 1:
-            log.warning("CONDITIONING has %d entries; only the first is used as the Redux prompt",
-                        len(conditioning))
-        entry = conditioning[0]
-        embeds = entry[0]
-        extras = entry[1] if len(entry) > 1 and isinstance(entry[1], dict) else {}
-        if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3:
-            raise ValueError(f"CONDITIONING tensor must be [batch, tokens, width], got "
-                             f"{getattr(embeds, 'shape', type(embeds).__name__)}")
-        pooled = extras.get("pooled_output")
-        to_cpu = lambda t: t[:1].detach().to("cpu", torch.float32)  # noqa: E731
-        return TextConditioning(to_cpu(embeds), None if pooled is None else to_cpu(pooled))
 
 
 @dataclass
@@ -105,23 +96,33 @@ class ReduxConditioning:
         The first prompt found is kept."""
         if not items:
             raise ValueError("combine needs at least one Redux conditioning")
-        params.check_choice("blend", blend, params.BLEND_MODES)
         widths = {c.width for c, _ in items}
         if len(widths) > 1:
             raise ValueError(f"cannot combine Redux conditionings of different widths {sorted(widths)}")
         weights = [params.REFERENCE_WEIGHT.validate(w) for _, w in items]
-        kept = [(c, w) for (c, _), w in zip(items, weights) if w > 0] or [(items[0][0], 0.0)]
-        if blend == "sum":
-            counts = {c.token_count for c, _ in kept}
-            if len(counts) > 1:
-                raise ValueError(f"cannot sum Redux conditionings with different token counts {sorted(counts)} "
-                                 "(different downsampling or masks): use blend=concat")
-            tokens = sum(c.image_tokens * w for c, w in kept)
-        else:
-            tokens = torch.cat([c.image_tokens * w for c, w in kept], dim=1)
+        tokens = blend_tokens([(c.image_tokens[0], None, w) for (c, _), w in zip(items, weights)], blend)[None]
+        kept = [(c, w) for (c, _), w in zip(items, weights) if w > 0]
         text = next((c for c, _ in items if c.text is not None), items[0][0])
         return ReduxConditioning(tokens, tuple(w * cw for c, w in kept for cw in c.weights), text.text,
                                  text.prompt_scale, text.pooled_scale)
+
+
+def blend_tokens(parts: Sequence[tuple[torch.Tensor, torch.Tensor | None, float]], blend: str) -> torch.Tensor:
+    """The one blend of Redux token sets, each (tokens [n, width], which to keep [n] bool or None = all, weight).
+    sum: the weighted sum (diffusers' Redux), kept where any part covers a token, so masked references
+    composite; concat: the kept tokens one after another (ComfyUI's chained Apply Style Model). Weight 0 leaves
+    a part out (all 0: zero tokens). Returns [tokens, width]."""
+    params.check_choice("blend", blend, params.BLEND_MODES)
+    live = [part for part in parts if part[2] > 0] or [(parts[0][0], parts[0][1], 0.0)]
+    if blend == "concat":
+        return torch.cat([(t if k is None else t[k]) * w for t, k, w in live])
+    counts = {t.shape[0] for t, _, _ in live}
+    if len(counts) > 1:
+        raise ValueError(f"cannot sum Redux conditionings with different token counts {sorted(counts)} "
+                         "(different downsampling or masks): use blend=concat")
+    keeps = [torch.ones(t.shape[0], dtype=torch.bool) if k is None else k for t, k, _ in live]
+    summed = sum(t * k[:, None] * w for (t, _, w), k in zip(live, keeps))
+    return summed[torch.stack(keeps).any(dim=0)]
 
 
 def split_images(images) -> list:
@@ -169,24 +170,39 @@ def mask_to_grid(mask: np.ndarray, side: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def image_tokens(encoder: ReduxEncoder, images, crop: str = "center", masks=None,
-                 autocrop_margin: int | None = None) -> tuple[torch.Tensor, list]:
-    """Redux tokens [N, tokens, width] (float32, CPU) for N images, and their prepared masks."""
+def image_tokens(encoder: ImageTokenEncoder, images, crop: str = "center", masks=None,
+                 autocrop_margin: int | None = None, on_image: Callable[[int, int], None] | None = None
+                 ) -> tuple[torch.Tensor, list]:
+    """Redux tokens [N, tokens, width] (float32, CPU) for N images, and their prepared masks. on_image(done,
+    total) runs after each image (it may raise to stop)."""
     singles = split_images(images)
     if not singles:
         raise ValueError("no reference image given")
     prepared = [prepare(im, m, crop, autocrop_margin) for im, m in zip(singles, _split_masks(masks, len(singles)))]
-    pixels = encoder.processor(images=[p for p, _ in prepared], return_tensors="pt")["pixel_values"]
-    device = encoder.execution_device  # now, not at load: modules may have moved since
-    features = encoder.vision(pixel_values=pixels.to(device, encoder.vision.dtype)).last_hidden_state
-    projector_dtype = next(encoder.projector.parameters()).dtype
-    tokens = encoder.projector(features.to(projector_dtype)).image_embeds
-    return tokens.float().cpu(), [m for _, m in prepared]
+    tokens = []
+    for n, (picture, _) in enumerate(prepared, 1):  # one at a time: progress, and the memory of one image
+        tokens.append(encoder.embed(square_pixels([picture], encoder.image_size)))
+        if on_image is not None:
+            on_image(n, len(prepared))
+    return torch.cat(tokens), [m for _, m in prepared]
 
 
-def encode(encoder: ReduxEncoder, images, weights: Sequence[float] | None = None, crop: str = "center", *,
+def check_encode_options(crop: str = "center", downsample_factor: float = 1.0, downsample_mode: str = "area",
+                         autocrop_margin: int | None = None, blend: str = "sum") -> None:
+    """Every option of encode(), checked before any image is encoded; callers that load the encoder
+    themselves call it first, so a bad value fails before any model work."""
+    params.check_choice("crop", crop, params.CROP_MODES)
+    params.DOWNSAMPLE_FACTOR.validate(downsample_factor)
+    params.check_choice("downsample_mode", downsample_mode, params.DOWNSAMPLE_MODES)
+    if autocrop_margin is not None:
+        params.AUTOCROP_MARGIN.validate(autocrop_margin)
+    params.check_choice("blend", blend, params.BLEND_MODES)
+
+
+def encode(encoder: ImageTokenEncoder, images, weights: Sequence[float] | None = None, crop: str = "center", *,
            masks=None, downsample_factor: float = 1.0, downsample_mode: str = "area",
-           autocrop_margin: int | None = None, blend: str = "sum") -> ReduxConditioning:
+           autocrop_margin: int | None = None, blend: str = "sum",
+           on_image: Callable[[int, int], None] | None = None) -> ReduxConditioning:
     """Encode one or more reference images into one conditioning.
 
     weights multiply each reference's tokens (several are blended by `blend`); downsample_factor shrinks the
@@ -198,25 +214,14 @@ def encode(encoder: ReduxEncoder, images, weights: Sequence[float] | None = None
     if len(weights) != count:
         raise ValueError(f"got {count} reference images but {len(weights)} weights")
     weights = [params.REFERENCE_WEIGHT.validate(w) for w in weights]
-    params.check_choice("blend", blend, params.BLEND_MODES)
-    tokens, pixel_masks = image_tokens(encoder, images, crop, masks, autocrop_margin)
+    check_encode_options(crop, downsample_factor, downsample_mode, autocrop_margin, blend)
+    tokens, pixel_masks = image_tokens(encoder, images, crop, masks, autocrop_margin, on_image)
     side = math.isqrt(tokens.shape[1])
     grids = [downsample_grid(t.reshape(side, side, -1), downsample_factor, downsample_mode) for t in tokens]
     new_side = grids[0].shape[0]
     keeps = [None if m is None else mask_to_grid(m, new_side).flatten() for m in pixel_masks]
     flat = [g.reshape(new_side * new_side, -1) for g in grids]
-    if all(k is None for k in keeps) and blend == "sum":  # diffusers' weighted sum
-        scale = torch.tensor(weights, dtype=tokens.dtype)[:, None, None]
-        return ReduxConditioning((torch.stack(flat) * scale).sum(dim=0, keepdim=True), tuple(weights))
-    everywhere = torch.ones(new_side * new_side, dtype=torch.bool)
-    keeps = [everywhere if k is None else k for k in keeps]
-    if blend == "concat":
-        parts = [t[k] * w for t, k, w in zip(flat, keeps, weights) if w > 0]
-        joined = torch.cat(parts) if parts else flat[0][:0]
-    else:  # sum where any reference's mask is on; a token no reference covers is dropped
-        covered = torch.stack([k & (w > 0) for k, w in zip(keeps, weights)]).any(dim=0)
-        summed = sum(t * k[:, None] * w for t, k, w in zip(flat, keeps, weights))
-        joined = summed[covered]
+    joined = blend_tokens(list(zip(flat, keeps, weights)), blend)
     if joined.shape[0] == 0:
         raise ValueError("the masks leave no Redux token: make the masked area larger, or check the mask "
                          "is white (1) where the reference should count")

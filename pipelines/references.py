@@ -138,6 +138,18 @@ def fit_square(image: Image.Image, mask: np.ndarray | None, crop: str):
     return canvas, full
 
 
+def square_pixels(images: list[Image.Image], size: int) -> torch.Tensor:
+    """SigLIP's input before normalisation: [N, size, size, 3] float32 in 0..1, in steps of 1/255.
+
+    PIL's bicubic resize of the 8-bit image, exactly what diffusers' Redux pipeline gets from transformers' PIL
+    SigLIP processor; done here so the result never depends on which optional packages (torchvision) are
+    installed. ComfyUI's CLIP vision preprocessing leaves an image of this size unresized and 8-bit values
+    unchanged, so its CLIP_VISION sees the same pixels."""
+    arrays = [np.asarray(image.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32)
+              for image in images]
+    return torch.from_numpy(np.stack(arrays) / np.float32(255.0))
+
+
 def prepare(image, mask=None, crop: str = "center", autocrop_margin: int | None = None):
     """-> (square-ish PIL RGB image for SigLIP, float mask HxW or None)."""
     pil = to_pil_rgb(image)

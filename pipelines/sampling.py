@@ -7,7 +7,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -33,8 +32,9 @@ class GenerationResult:
         return self.metadata["seed"]
 
     def pil_images(self) -> list[Image.Image]:
-        arrays = (self.images.clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
-        return [Image.fromarray(a) for a in arrays]
+        from .references import to_uint8
+
+        return [Image.fromarray(to_uint8(a)) for a in self.images.numpy()]
 
 
 StepCallback = Callable[[int, int, torch.Tensor], None]  # (step done, total steps, latents)
@@ -81,7 +81,8 @@ def generate(model: FluxModel, conditioning: ReduxConditioning, gen: params.Gene
     config = pipe.transformer.config
     prompt_embeds, pooled = conditioning.prompt_embeds(config.joint_attention_dim, config.pooled_projection_dim)
     seed = pick_seed(gen.seed)
-    generator = torch.Generator("cpu").manual_seed(seed)  # CPU noise: the same images on any device
+    # CPU noise: the same noise on any device; the images match on one device and dtype
+    generator = torch.Generator("cpu").manual_seed(seed)
     tiling = params.check_choice("vae_tiling", model.spec.options.vae_tiling if vae_tiling is None else vae_tiling,
                                  params.VAE_TILING_CHOICES)
     if tiling == "on" or (tiling == "auto" and gen.width * gen.height > params.VAE_TILING_AUTO_PIXELS):

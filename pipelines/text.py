@@ -3,7 +3,7 @@
 Sources: a diffusers FLUX folder (text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/), or ComfyUI's
 `text_encoders` single files (clip_l.safetensors, t5xxl_*.safetensors) plus a local folder holding the two
 tokenizers (tokenizer/ and tokenizer_2/, as in a FLUX diffusers folder): tokenizers are never downloaded.
-Inside ComfyUI the prompt comes from its own CLIPTextEncode instead (TextConditioning.from_comfy).
+Inside ComfyUI the prompt comes from its own CLIPTextEncode instead (nodes/conditioning.py reads it).
 """
 
 from __future__ import annotations

@@ -147,8 +147,58 @@ class CLIPTextEncode:
         return (clip.encode(text),)
 
 
+MODEL_FILES: dict[str, list[str]] = {}  # ComfyUI model folder -> file names the loader stand-ins offer (tests set it)
+
+
+def _declared(name: str, category: str, inputs: dict, returns: tuple) -> type:
+    """A ComfyUI node known by its declaration only (same inputs and outputs), for validating and converting
+    workflows; tests never run it (they pass it in skip_types): the tiny models do not fit ComfyUI's own loaders."""
+
+    def run(self, **kwargs):
+        raise NotImplementedError(f"{name} is declared for validation only; pass it in skip_types")
+
+    return type(name, (), {"CATEGORY": category, "FUNCTION": "run", "RETURN_TYPES": returns, "run": run,
+                           "INPUT_TYPES": classmethod(lambda cls: {"required": inputs()})})
+
+
+def _files(folder):
+    return lambda: MODEL_FILES.get(folder, [])
+
+
+SAMPLING_NODES = {  # ComfyUI's own loaders and sampler, as declared in nodes.py / comfy_extras (0.3.54 and 0.8.0)
+    "UNETLoader": _declared("UNETLoader", "advanced/loaders", lambda: {
+        "unet_name": (_files("diffusion_models")(),), "weight_dtype": (["default", "fp8_e4m3fn", "fp8_e4m3fn_fast",
+                                                                       "fp8_e5m2"],)}, ("MODEL",)),
+    "LoraLoaderModelOnly": _declared("LoraLoaderModelOnly", "loaders", lambda: {
+        "model": ("MODEL",), "lora_name": (_files("loras")(),),
+        "strength_model": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01})}, ("MODEL",)),
+    "VAELoader": _declared("VAELoader", "loaders", lambda: {"vae_name": (_files("vae")(),)}, ("VAE",)),
+    "EmptySD3LatentImage": _declared("EmptySD3LatentImage", "latent/sd3", lambda: {
+        "width": ("INT", {"default": 1024, "min": 16, "max": 16384, "step": 16}),
+        "height": ("INT", {"default": 1024, "min": 16, "max": 16384, "step": 16}),
+        "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096})}, ("LATENT",)),
+    "FluxGuidance": _declared("FluxGuidance", "advanced/conditioning/flux", lambda: {
+        "conditioning": ("CONDITIONING",),
+        "guidance": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1})}, ("CONDITIONING",)),
+    "ConditioningZeroOut": _declared("ConditioningZeroOut", "advanced/conditioning", lambda: {
+        "conditioning": ("CONDITIONING",)}, ("CONDITIONING",)),
+    "KSampler": _declared("KSampler", "sampling", lambda: {
+        "model": ("MODEL",), "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff,
+                                              "control_after_generate": True}),
+        "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
+        "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+        "sampler_name": (["euler", "euler_ancestral", "dpmpp_2m"],), "scheduler": (["simple", "normal", "beta"],),
+        "positive": ("CONDITIONING",), "negative": ("CONDITIONING",), "latent_image": ("LATENT",),
+        "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01})}, ("LATENT",)),
+    "VAEDecode": _declared("VAEDecode", "latent", lambda: {"samples": ("LATENT",), "vae": ("VAE",)}, ("IMAGE",)),
+    "CLIPVisionLoader": _declared("CLIPVisionLoader", "loaders", lambda: {"clip_name": (_files("clip_vision")(),)},
+                                  ("CLIP_VISION",)),
+    "StyleModelLoader": _declared("StyleModelLoader", "loaders", lambda: {
+        "style_model_name": (_files("style_models")(),)}, ("STYLE_MODEL",)),
+}
+
 BUILTINS = {"LoadImage": LoadImage, "SaveImage": SaveImage, "PreviewImage": PreviewImage, "PreviewAny": PreviewAny,
-            "DualCLIPLoader": DualCLIPLoader, "CLIPTextEncode": CLIPTextEncode}
+            "DualCLIPLoader": DualCLIPLoader, "CLIPTextEncode": CLIPTextEncode, **SAMPLING_NODES}
 
 
 # -- node definitions --------------------------------------------------------------------------------------------

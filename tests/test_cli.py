@@ -64,14 +64,14 @@ def test_missing_weights_lists_where_it_looked(inputs, tmp_path):
 
 
 def test_bad_parameter_fails_before_loading(models, inputs):
-    done = cli("variation", inputs, "--models-dir", models["root"], "--model", "schnell", "--steps", 28)
+    done = cli("variation", inputs, "--models-dir", models["root"], "--model", "schnell", "--steps", 51)
     assert done.returncode == 2
-    assert "num_inference_steps=28 is not allowed: allowed range is 1–12 for schnell" in done.stderr
+    assert "num_inference_steps=51 is not allowed: allowed range is 1–50 for schnell" in done.stderr
 
 
 def test_help_documents_ranges():
     text = cli("variation", "--help").stdout
-    for fragment in ("dev 1–50, default 28", "schnell 1–12", "1.0–20.0, default 3.5", "(1–4)", "square_hd",
+    for fragment in ("dev 1–50, default 28", "schnell 1–50", "1.0–20.0, default 3.5", "(1–4)", "square_hd",
                      "landscape_16_9", "256–4096, a multiple of 16"):
         assert fragment in text
 

@@ -21,6 +21,7 @@ NODES = pack.NODE_CLASS_MAPPINGS
 LOCAL = local.NODE_CLASS_MAPPINGS
 GENERATE_PARAMS = ("image_size", "width", "height", "num_inference_steps", "guidance_scale", "seed", "num_images")
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+COMFY_TYPES = {"IMAGE", "MASK", "CONDITIONING", "CLIP_VISION", "STYLE_MODEL"}  # ComfyUI's own types the pack takes
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -49,7 +50,7 @@ def photo(seed=0, h=48, w=64):
 
 @pytest.fixture(scope="module")
 def cond():
-    return local.FluxReduxEncode().encode(load_encoder(), photo(), "center")[0]
+    return local.FluxReduxEncode().encode(photo(), "center", redux_encoder=load_encoder())[0]
 
 
 def run_generate(model, cond, **kw):
@@ -64,7 +65,7 @@ def run_generate(model, cond, **kw):
 def test_pack_loads_like_comfyui_without_comfyui():
     assert not PACK_NAME.isidentifier() and sys.modules[PACK_NAME] is pack
     assert "comfy" not in sys.modules and "folder_paths" not in sys.modules
-    assert not bridge.in_comfyui()
+    assert bridge.comfy_module("folder_paths") is None
     assert set(LOCAL) == {"FluxReduxLoadEncoder", "FluxReduxLoadModel", "FluxReduxEncode", "FluxReduxCombine",
                           "FluxReduxGenerate", "FluxReduxUnload"}
     assert set(LOCAL) <= set(NODES)
@@ -91,7 +92,7 @@ def test_node_contract(name):
                 assert options["min"] <= options["default"] <= options["max"], f"{name}.{input_name}"
                 assert isinstance(options["default"], int if kind == "INT" else float)
             elif kind not in WIDGET_TYPES:
-                assert kind.isupper() and kind in {"IMAGE"} | {t for c in NODES.values() for t in c.RETURN_TYPES}
+                assert kind.isupper() and kind in COMFY_TYPES | {t for c in NODES.values() for t in c.RETURN_TYPES}
     arguments = set(spec.get("required", {})) | set(spec.get("optional", {}))
     code = getattr(cls, cls.FUNCTION).__code__
     assert set(code.co_varnames[1:code.co_argcount]) <= arguments  # every parameter is an input
@@ -113,7 +114,7 @@ def test_generate_inputs_are_the_seed_api_names_and_ranges():
         assert (options["min"], options["max"], options["default"]) == (spec.minimum, spec.maximum, spec.default)
     seed = required["seed"][1]
     assert (seed["min"], seed["max"], seed["control_after_generate"]) == (0, 0xFFFFFFFFFFFFFFFF, True)
-    assert required["num_inference_steps"][1]["default"] == 28
+    assert required["num_inference_steps"][1]["default"] == 0  # the variant's default
     remote = NODES.get("FluxReduxRemoteVariation")
     if remote is not None:  # the remote node swaps in: same names, same widget kinds
         remote_inputs = remote.INPUT_TYPES()["required"]
@@ -181,10 +182,10 @@ def test_variant_known_before_loading(choice, expected):
 def test_encode_batch_and_combine(cond):
     encoder = load_encoder()
     a, b = photo(1), photo(2)
-    one_a = local.FluxReduxEncode().encode(encoder, a, "center")[0]
-    one_b = local.FluxReduxEncode().encode(encoder, b, "squash")[0]
-    batch = local.FluxReduxEncode().encode(encoder, torch.cat([a, a]), "center")[0]
-    torch.testing.assert_close(batch.image_tokens, 2 * one_a.image_tokens)  # a batch is a sum, weight 1 each
+    one_a = local.FluxReduxEncode().encode(a, "center", redux_encoder=encoder)[0]
+    one_b = local.FluxReduxEncode().encode(b, "squash", redux_encoder=encoder)[0]
+    batch = local.FluxReduxEncode().encode(torch.cat([a, a]), "center", redux_encoder=encoder)[0]
+    torch.testing.assert_close(batch.image_tokens, one_a.image_tokens)  # a batch is averaged: weight 1/N each
     blended = local.FluxReduxCombine().combine(one_a, 1.0, conditioning_2=one_b, weight_2=0.5, weight_3=9.0)[0]
     torch.testing.assert_close(blended.image_tokens, one_a.image_tokens + 0.5 * one_b.image_tokens)
     assert local.FluxReduxCombine().combine(one_a, 2.0)[0].weights == (2.0,)
@@ -192,7 +193,7 @@ def test_encode_batch_and_combine(cond):
 
 def test_encode_rejects_non_image():
     with pytest.raises(ValueError, match="ComfyUI IMAGE"):
-        local.FluxReduxEncode().encode(load_encoder(), torch.zeros(2, 3), "center")
+        local.FluxReduxEncode().encode(torch.zeros(2, 3), "center", redux_encoder=load_encoder())
 
 
 # -- generate -------------------------------------------------------------------------------------------------------
@@ -217,20 +218,21 @@ def test_preset_size_ignores_width_and_height(cond, monkeypatch):
     assert images.shape == (1, 256, 256, 3) and (info["width"], info["height"]) == (256, 256)
 
 
-def test_schnell_clamps_steps_to_12_and_ignores_guidance(cond, caplog):
+def test_steps_0_is_the_variants_default_and_schnell_has_no_local_cap(cond, caplog):
     with caplog.at_level("WARNING"):
-        images, info = run_generate(load_model("flux1-schnell.safetensors"), cond, num_inference_steps=28,
-                                    guidance_scale=7.0)
-    assert info["variant"] == "schnell" and info["num_inference_steps"] == 12 and info["guidance_scale"] is None
-    assert any("clamped to 12" in w for w in info["warnings"]) and "clamped to 12" in caplog.text
-    assert any("guidance_scale ignored" in w for w in info["warnings"])
-    _, info = run_generate(load_model("flux1-schnell.safetensors"), cond, num_inference_steps=4)
-    assert info["num_inference_steps"] == 4 and not any("clamped" in w for w in info["warnings"])
+        _, info = run_generate(load_model("flux1-schnell.safetensors"), cond, num_inference_steps=0, guidance_scale=7.0)
+    assert info["variant"] == "schnell" and info["num_inference_steps"] == 4 and info["guidance_scale"] is None
+    assert info["warnings"] == ["guidance_scale ignored: FLUX.1 schnell has no guidance input"]
+    assert "guidance_scale ignored" in caplog.text
+    _, info = run_generate(load_model("flux1-schnell.safetensors"), cond, num_inference_steps=14)
+    assert info["num_inference_steps"] == 14  # 12 is fal's limit, not the model's
+    _, info = run_generate(load_model(), cond, num_inference_steps=0, image_size="custom", width=256, height=256)
+    assert info["num_inference_steps"] == 28
 
 
 def test_variant_from_loader_overrides_weights(cond):
-    _, info = run_generate(load_model(variant="schnell"), cond, num_inference_steps=30)
-    assert info["variant"] == "schnell" and info["num_inference_steps"] == 12
+    _, info = run_generate(load_model(variant="schnell"), cond, num_inference_steps=3)
+    assert info["variant"] == "schnell" and info["guidance_scale"] is None
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -272,8 +274,9 @@ class Interrupted(Exception):
 
 @pytest.fixture
 def fake_comfy(monkeypatch, models):
-    """Minimal comfy.utils / comfy.model_management / folder_paths with the members the pack uses."""
-    state = types.SimpleNamespace(bars=[], interrupt_after=None, checks=0, loaded=[])
+    """Minimal comfy.utils / comfy.model_management / comfy.model_patcher / folder_paths with the members the
+    pack uses (ComfyUI itself is not installed here; the real ones are exercised in real ComfyUI, see README)."""
+    state = types.SimpleNamespace(bars=[], interrupt_after=None, checks=0, loads=[], loaded=[], freed=[])
 
     class ProgressBar:
         def __init__(self, total):
@@ -288,8 +291,39 @@ def fake_comfy(monkeypatch, models):
         if state.interrupt_after is not None and state.checks > state.interrupt_after:
             raise Interrupted
 
-    mm = types.SimpleNamespace(get_torch_device=lambda: torch.device("cpu"), current_loaded_models=state.loaded,
-                               throw_exception_if_processing_interrupted=throw_exception_if_processing_interrupted)
+    class ModelPatcher:  # the public constructor and the two sizes the pack reads
+        def __init__(self, model, load_device, offload_device, size=0):
+            self.model, self.load_device, self.offload_device, self.size = model, load_device, offload_device, size
+            self.loaded = 0
+            model.device = offload_device  # as ComfyUI's does: fails on a diffusers model's read-only property
+
+        def model_size(self):
+            return self.size
+
+        def loaded_size(self):
+            return self.loaded
+
+        def detach(self, unpatch_all=True):
+            self.model.to(self.offload_device)
+            self.loaded = 0
+
+    def load_models_gpu(models, memory_required=0, force_full_load=False):
+        for patcher in models:
+            state.loads.append((patcher, memory_required, force_full_load))
+            patcher.model.to(patcher.load_device)
+            patcher.loaded = patcher.size
+            state.loaded[:] = [p for p in state.loaded if p is not patcher] + [patcher]
+
+    def unload_all_models():  # what POST /free does to every loaded patcher
+        for patcher in state.loaded:
+            patcher.detach()
+        state.loaded.clear()
+
+    mm = types.SimpleNamespace(
+        get_torch_device=lambda: torch.device("cpu"), unet_offload_device=lambda: torch.device("cpu"),
+        load_models_gpu=load_models_gpu, unload_all_models=unload_all_models,
+        free_memory=lambda memory, device: state.freed.append((memory, device)),
+        throw_exception_if_processing_interrupted=throw_exception_if_processing_interrupted)
     root = models["root"]
     dirs = {k: [str(root / d) for d in v] for k, v in bridge.FALLBACK_FOLDERS.items()}
     fp = types.SimpleNamespace(
@@ -300,15 +334,16 @@ def fake_comfy(monkeypatch, models):
                                             if __import__("os").path.isfile(f"{d}/{f}")), None))
     comfy = types.ModuleType("comfy")
     comfy.utils, comfy.model_management = types.SimpleNamespace(ProgressBar=ProgressBar), mm
+    comfy.model_patcher = types.SimpleNamespace(ModelPatcher=ModelPatcher)
     for name, module in (("comfy", comfy), ("comfy.utils", comfy.utils), ("comfy.model_management", mm),
-                         ("folder_paths", fp)):
+                         ("comfy.model_patcher", comfy.model_patcher), ("folder_paths", fp)):
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(bridge, "MODELS_ROOT", None)
     return state
 
 
 def test_in_comfyui_lists_and_devices_come_from_comfy(fake_comfy, models):
-    assert bridge.in_comfyui() and bridge.default_device() == "cpu"
+    assert bridge.default_device() == "cpu"
     assert load_model(device="auto").options.device == "cpu"  # ComfyUI's device, e.g. under --cpu
     assert NODES["FluxReduxLoadModel"].INPUT_TYPES()["required"]["transformer"][0][-1] == "diffusers/FLUX.1-dev"
     assert load_model("flux1-schnell.safetensors").transformer == str(models["files"]["schnell"])
@@ -342,41 +377,43 @@ def test_preview_unpacks_flux_latents(monkeypatch):
     assert bridge.make_previewer(torch.device("cpu"), 16, 8, 256, 320) is None  # not FLUX's channel count
 
 
-def free_memory_like_comfyui(mm, memory_required, device):
-    """What comfy.model_management.free_memory does with each entry (0.3.x), for the fake."""
-    unloaded = []
-    for i in range(len(mm.current_loaded_models) - 1, -1, -1):
-        entry = mm.current_loaded_models[i]
-        if entry.device == device and not entry.is_dead():
-            order = (-entry.model_offloaded_memory(), sys.getrefcount(entry.model), entry.model_memory(), i)
-            assert entry.model.model.__class__.__name__ and order
-            entry.currently_used = False
-            if entry.model_unload(memory_required):
-                unloaded.append(mm.current_loaded_models.pop(i))
-    return unloaded
-
-
-def test_comfyui_free_memory_unloads_the_cache(fake_comfy, cond):
+def test_models_are_placed_by_comfyuis_memory_manager(fake_comfy, cond):
     model = load_model()
-    run_generate(model, cond, num_inference_steps=1)
-    local.FluxReduxEncode().encode(load_encoder(), photo(), "center")
-    entries = list(fake_comfy.loaded)
-    assert {e.label for e in entries} == {"FLUX.1 dev", "Redux encoder"}
-    assert all(e.model_memory() > 0 and not e.currently_used and e.real_model() is e for e in entries)
-    run_generate(model, cond, num_inference_steps=1)
-    assert len(fake_comfy.loaded) == 2  # registered once per cached model
-    assert len(free_memory_like_comfyui(sys.modules["comfy.model_management"], 1e30, torch.device("cpu"))) == 2
-    assert model.cache_key() not in CACHE and len(fake_comfy.loaded) == 0
+    run_generate(model, cond, num_inference_steps=1, num_images=2)
+    local.FluxReduxEncode().encode(photo(), "center", redux_encoder=load_encoder())
+    (flux_patcher, working, full), (encoder_patcher, _, _) = [load for load in fake_comfy.loads]
+    flux = local.load_flux(model, params.validate_generation("dev", "square", num_images=1))
+    assert flux_patcher.model.parts["transformer"] is flux.modules()["transformer"]  # the engine's own modules
+    assert flux_patcher.model_size() == flux.memory_bytes() > 0 and full
+    assert working == 2 * 256 * 256 / 1e6 * local.GIB_PER_MEGAPIXEL // 1  # room for two 256x256 images
+    assert set(encoder_patcher.model.parts) == {"vision", "projector"}
     loads = CACHE.loads
-    run_generate(model, cond, num_inference_steps=1)  # loads again from disk, on demand
-    assert CACHE.loads == loads + 1 and len(fake_comfy.loaded) == 1
+    run_generate(model, cond, num_inference_steps=1)
+    assert fake_comfy.loads[-1][0] is flux_patcher and CACHE.loads == loads  # placed again before every use
+    sys.modules["comfy.model_management"].unload_all_models()  # POST /free: weights back to the offload device
+    assert flux_patcher.loaded_size() == 0 and model.cache_key() in CACHE  # still cached in RAM: no disk read
+    run_generate(model, cond, num_inference_steps=1)
+    assert flux_patcher.loaded_size() == flux.memory_bytes() and CACHE.loads == loads
+
+
+def test_offload_hooks_place_the_model_and_comfyui_only_makes_room(fake_comfy, cond):
+    model = load_model(offload="model", device="cpu")
+    run_generate(model, cond, num_inference_steps=1)
+    assert fake_comfy.loads == [] and fake_comfy.freed == []  # on the CPU there is no VRAM to free
 
 
 def test_unload_node_frees_everything(fake_comfy, cond):
+    import gc
+    import weakref
+
     run_generate(load_model(), cond, num_inference_steps=1)
-    assert len(CACHE) >= 1 and fake_comfy.loaded
+    patcher = weakref.ref(fake_comfy.loads[-1][0])
+    fake_comfy.loads.clear()
+    fake_comfy.loaded.clear()  # ComfyUI holds weak references only
+    assert len(CACHE) >= 1
     images = torch.zeros(1, 8, 8, 3)
     unload = NODES["FluxReduxUnload"]
     assert unload.OUTPUT_NODE and math.isnan(unload.IS_CHANGED(images=images))
     assert unload().unload(images)[0] is images
-    assert len(CACHE) == 0 and fake_comfy.loaded == []
+    gc.collect()
+    assert len(CACHE) == 0 and patcher() is None  # the patcher died with the cached model

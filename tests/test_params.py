@@ -32,9 +32,9 @@ def test_custom_size_accepted_and_never_rounded():
 
 
 @pytest.mark.parametrize("kwargs, name, fragment", [
-    (dict(variant="dev", num_inference_steps=0), "num_inference_steps", "1–50"),
+    (dict(variant="dev", num_inference_steps=-1), "num_inference_steps", "1–50"),
     (dict(variant="dev", num_inference_steps=51), "num_inference_steps", "1–50"),
-    (dict(variant="schnell", num_inference_steps=13), "num_inference_steps", "1–12 for schnell"),
+    (dict(variant="schnell", num_inference_steps=51), "num_inference_steps", "1–50 for schnell"),
     (dict(variant="dev", num_inference_steps=2.5), "num_inference_steps", "whole number"),
     (dict(variant="dev", guidance_scale=0.5), "guidance_scale", "1.0–20.0"),
     (dict(variant="dev", guidance_scale=20.5), "guidance_scale", "1.0–20.0"),
@@ -68,3 +68,13 @@ def test_bounds_are_inclusive():
 def test_choices_are_checked():
     with pytest.raises(params.ParameterError, match="crop='stretch'.*center, squash"):
         params.check_choice("crop", "stretch", params.CROP_MODES)
+
+
+def test_steps_0_is_the_variants_default_and_providers_keep_their_limits():
+    assert params.validate_generation("dev", num_inference_steps=0).num_inference_steps == 28
+    assert params.validate_generation("schnell", num_inference_steps=0).num_inference_steps == 4
+    assert params.validate_generation("schnell", num_inference_steps=28).num_inference_steps == 28  # no local cap
+    assert (params.STEPS_LIMITS.minimum, params.STEPS_LIMITS.default) == (0, 0)
+    assert params.provider_steps("fal", "schnell").maximum == 12 and params.provider_steps("fal", "dev").maximum == 50
+    with pytest.raises(params.ParameterError, match="num_inference_steps=13 .*1–12 for fal's FLUX.1 schnell"):
+        params.provider_steps("fal", "schnell").validate(13, "fal's FLUX.1 schnell endpoint")

@@ -35,8 +35,20 @@ def wide_setup(models, tmp_path_factory):
     spec = models_mod.ReduxEncoderSpec(str(path), str(models["files"]["siglip"]))
     ours = models_mod.load_redux_encoder(spec, submodule("pipelines.cache").ModelCache())
     theirs = FluxPriorReduxPipeline(image_encoder=models["sources"]["siglip"],
-                                    feature_extractor=models["sources"]["processor"], image_embedder=projector)
+                                    feature_extractor=pil_processor(models["sources"]["processor"]),
+                                    image_embedder=projector)
     return ours, theirs
+
+
+def pil_processor(processor):
+    """The same SigLIP preprocessing settings with PIL resizing: what diffusers' Redux pipeline runs with
+    transformers 4, and with transformers 5 when torchvision is absent (its default class then switches to the
+    torchvision backend, see test_torchvision_processor_differs_by_resampling_only)."""
+    try:
+        from transformers import SiglipImageProcessorPil as pil_class
+    except ImportError:  # transformers 4: SiglipImageProcessor is the PIL one
+        return processor
+    return pil_class(**{k: getattr(processor, k) for k in ("size", "resample", "image_mean", "image_std")})
 
 
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)  # float32 on CPU; differences come only from summation order
@@ -58,6 +70,32 @@ def test_weighted_images_match_flux_prior_redux_pipeline(wide_setup):
     expected = theirs(image=images, prompt_embeds_scale=weights, pooled_prompt_embeds_scale=weights)
     embeds, _ = redux.encode(ours, images, weights=weights, crop="squash").prompt_embeds(4096, 768)
     torch.testing.assert_close(embeds, expected.prompt_embeds, **TOLERANCE)
+
+
+def test_pixels_are_pils_whatever_is_installed(models):
+    """The pack resizes with PIL itself, so the SigLIP input is bit-identical to transformers' PIL processor and
+    does not depend on torchvision."""
+    image = _photo(200, 150)
+    processor = pil_processor(models["sources"]["processor"])
+    expected = processor(images=[image], return_tensors="pt")["pixel_values"]
+    size = tm.SIGLIP["image_size"]
+    ours = (redux.square_pixels([image], size) - 0.5) / 0.5
+    torch.testing.assert_close(ours.permute(0, 3, 1, 2), expected, rtol=0, atol=1e-6)
+
+
+def test_torchvision_processor_differs_by_resampling_only(models):
+    """transformers 5's default SiglipImageProcessor resizes with torchvision when it is installed (as in every
+    ComfyUI environment): its input differs from PIL's by at most a few 8-bit levels, so the pack does not use it."""
+    pytest.importorskip("torchvision")
+    from transformers import SiglipImageProcessor
+
+    image = _photo(200, 150)
+    size = tm.SIGLIP["image_size"]
+    theirs = SiglipImageProcessor(size={"height": size, "width": size}, resample=3, image_mean=[0.5] * 3,
+                                  image_std=[0.5] * 3)(images=[image], return_tensors="pt")["pixel_values"]
+    ours = ((redux.square_pixels([image], size) - 0.5) / 0.5).permute(0, 3, 1, 2)
+    levels = ((ours - theirs).abs() * 255 / 2).max().item()  # normalised by std 0.5: 2/255 per 8-bit level
+    assert 0 < levels <= 8, levels
 
 
 def test_text_part_is_zero_and_tokens_follow(encoder):

@@ -121,12 +121,15 @@ def test_random_seed_sends_null_and_always_reruns(run_node, fal_fake):
     assert math.isnan(Node.IS_CHANGED(random_seed=True)) and Node.IS_CHANGED(random_seed=False) == ""
 
 
-def test_schnell_leaves_guidance_out_and_clamps_steps_like_the_local_node(run_node, fal_fake):
-    _, info_text = run_node(batch((1, 2, 3)), model="schnell", num_inference_steps=28)
+def test_schnell_leaves_guidance_out_and_fal_steps_are_checked_before_network(run_node, fal_fake):
+    _, info_text = run_node(batch((1, 2, 3)), model="schnell", num_inference_steps=0)
     body = fal_fake.hits_on("submit")[0].json()
-    assert "guidance_scale" not in body and body["num_inference_steps"] == 12
-    warnings = json.loads(info_text)["warnings"]
-    assert warnings[0].startswith("guidance_scale ignored") and warnings[1].startswith("num_inference_steps 28 clamped")
+    assert "guidance_scale" not in body and body["num_inference_steps"] == 4  # 0 = the model's default
+    assert json.loads(info_text)["warnings"][0].startswith("guidance_scale ignored")
+    hits = len(fal_fake.hits)
+    with pytest.raises(params.ParameterError, match="num_inference_steps=28 .*1–12 for fal's FLUX.1 schnell"):
+        run_node(batch((1, 2, 3)), model="schnell", num_inference_steps=28)
+    assert len(fal_fake.hits) == hits
 
 
 def test_wavespeed_schnell_fails_before_network(run_node, fal_fake):

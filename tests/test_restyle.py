@@ -193,10 +193,10 @@ def test_prompt_matches_flux_prior_redux_pipeline_with_prompt_embeds(encoder):
 
 
 @pytest.mark.parametrize("with_pooled", [True, False])
-def test_comfy_conditioning_list_is_accepted(encoder, with_pooled):
+def test_prompt_is_scaled_before_the_tokens(encoder, with_pooled):
     tokens = torch.randn(1, 77, tm.JOINT_WIDTH)
     extras = {"pooled_output": torch.randn(1, tm.POOLED_WIDTH), "guidance": 3.5} if with_pooled else {}
-    prompt = redux.TextConditioning.from_comfy([[tokens, extras]])
+    prompt = redux.TextConditioning(tokens, extras.get("pooled_output"))
     cond = redux.encode(encoder, photo()).with_prompt(prompt, prompt_scale=0.5, pooled_scale=2.0)
     embeds, pooled = cond.prompt_embeds(tm.JOINT_WIDTH, tm.POOLED_WIDTH)
     assert embeds.shape == (1, 77 + GRID * GRID, tm.JOINT_WIDTH)
@@ -208,8 +208,6 @@ def test_comfy_conditioning_list_is_accepted(encoder, with_pooled):
 
 
 def test_prompt_errors(encoder):
-    with pytest.raises(ValueError, match="CONDITIONING"):
-        redux.TextConditioning.from_comfy([])
     cond = redux.encode(encoder, photo()).with_prompt(redux.TextConditioning(torch.randn(1, 5, 7)))
     with pytest.raises(ValueError, match="prompt's tokens are 7 wide"):
         cond.prompt_embeds(tm.JOINT_WIDTH, tm.POOLED_WIDTH)

@@ -56,7 +56,7 @@ def photo(seed=0, h=48, w=64, batch=1):
 
 
 def advanced(encoder, image, **kw):
-    return restyle.FluxReduxEncodeAdvanced().encode(encoder, image, **(DEFAULTS | kw))[0]
+    return restyle.FluxReduxEncodeAdvanced().encode(image=image, redux_encoder=encoder, **(DEFAULTS | kw))[0]
 
 
 def prompt_node(cond, prompt, prompt_scale=1.0, pooled_scale=1.0):
@@ -109,7 +109,7 @@ def test_combine_blend_is_the_last_widget_so_older_graphs_still_load():
 
 def test_defaults_equal_redux_encode_and_controls_act(encoder):
     image = photo()
-    plain = local.FluxReduxEncode().encode(encoder, image, "center")[0]
+    plain = local.FluxReduxEncode().encode(image, "center", redux_encoder=encoder)[0]
     torch.testing.assert_close(advanced(encoder, image).image_tokens, plain.image_tokens)
     torch.testing.assert_close(advanced(encoder, image, strength=0.5).image_tokens, 0.5 * plain.image_tokens)
     assert advanced(encoder, image, downsample_factor=2.0, downsample_mode="bicubic").token_count == (GRID // 2) ** 2
@@ -196,7 +196,7 @@ def test_wrong_conditioning_is_explained(encoder, prompt, message):
     with pytest.raises(ValueError, match=message):
         prompt_node(advanced(encoder, photo()), prompt)
     with pytest.raises(params.ParameterError, match="prompt_scale=11"):
-        prompt_node(advanced(encoder, photo()), None, prompt_scale=11)
+        prompt_node(advanced(encoder, photo()), [[torch.randn(1, 5, 32), {}]], prompt_scale=11)
 
 
 # -- Redux Generate img2img -------------------------------------------------------------------------------------------

@@ -22,8 +22,10 @@ WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 LOCAL_WORKFLOWS = ["local_dev_variation.json", "local_schnell_variation.json", "blend_two_references.json",
                    "batch4_custom_size.json"]
 RESTYLE_WORKFLOWS = ["restyle_with_prompt.json", "style_transfer_img2img.json", "masked_reference.json"]
+COMFY_SAMPLER_WORKFLOWS = ["redux_restyle_comfy_sampler.json",  # ComfyUI's own model + KSampler
+                           "redux_with_comfy_clip_vision.json"]  # ComfyUI's own CLIP vision + style model
 COMFY_BUILTINS_USED = {"LoadImage", "SaveImage", "PreviewImage", "PreviewAny", "Note", "MarkdownNote",
-                       "DualCLIPLoader", "CLIPTextEncode"}
+                       "DualCLIPLoader", "CLIPTextEncode", *gr.SAMPLING_NODES}
 LOCAL_TYPES = {**local.NODE_CLASS_MAPPINGS, **restyle.NODE_CLASS_MAPPINGS}
 REMOTE_TYPES = frozenset(t for t in pack.NODE_CLASS_MAPPINGS if t not in LOCAL_TYPES)
 GENERATE_TYPES = ("FluxReduxGenerate", "FluxReduxGenerateImg2Img")
@@ -40,11 +42,14 @@ def comfy_folders(models, tmp_path_factory):
     pixels = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(inputs / "example.png")
     text_encoders = tiny_models.write_text_encoders(tmp_path_factory.mktemp("text"))["clip_file"].parent
-    saved = bridge.MODELS_ROOT, gr.INPUT_DIR, gr.OUTPUT_DIR, gr.TEXT_ENCODERS_DIR
+    saved = bridge.MODELS_ROOT, gr.INPUT_DIR, gr.OUTPUT_DIR, gr.TEXT_ENCODERS_DIR, gr.MODEL_FILES
     bridge.MODELS_ROOT, gr.INPUT_DIR, gr.OUTPUT_DIR = models["root"], inputs, outputs
     gr.TEXT_ENCODERS_DIR = text_encoders
+    gr.MODEL_FILES = {"diffusion_models": ["flux1-dev.safetensors"], "loras": ["your_flux_lora.safetensors"],
+                      "vae": ["ae.safetensors"], "clip_vision": ["sigclip_vision_patch14_384.safetensors"],
+                      "style_models": ["flux1-redux-dev.safetensors"]}
     yield
-    bridge.MODELS_ROOT, gr.INPUT_DIR, gr.OUTPUT_DIR, gr.TEXT_ENCODERS_DIR = saved
+    bridge.MODELS_ROOT, gr.INPUT_DIR, gr.OUTPUT_DIR, gr.TEXT_ENCODERS_DIR, gr.MODEL_FILES = saved
 
 
 def load(name):
@@ -74,7 +79,7 @@ def saved_since(count):
 # -- static checks ------------------------------------------------------------------------------------------------
 
 def test_the_local_workflows_exist():
-    assert set(LOCAL_WORKFLOWS + RESTYLE_WORKFLOWS) <= {p.name for p in WORKFLOWS}
+    assert set(LOCAL_WORKFLOWS + RESTYLE_WORKFLOWS + COMFY_SAMPLER_WORKFLOWS) <= {p.name for p in WORKFLOWS}
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
@@ -86,7 +91,7 @@ def test_workflow_matches_node_definitions(path):
     assert types <= set(pack.NODE_CLASS_MAPPINGS) | COMFY_BUILTINS_USED
     notes = [n["widgets_values"][0] for n in ui["nodes"] if n["type"] in ("Note", "MarkdownNote")]
     assert notes, "each workflow has a Note saying which model files go where"
-    if path.name in LOCAL_WORKFLOWS + RESTYLE_WORKFLOWS:
+    if path.name in LOCAL_WORKFLOWS + RESTYLE_WORKFLOWS + COMFY_SAMPLER_WORKFLOWS:
         for folder in ("style_models/", "clip_vision/", "vae/", "diffusion_models/"):
             assert any(folder in note for note in notes), folder
     if "DualCLIPLoader" in types:
@@ -218,7 +223,8 @@ def test_prompt_validation_rejects_bad_values_before_running(changes, message):
     assert submodule("pipelines.cache").CACHE.loads == loads
 
 
-@pytest.mark.parametrize("path", [p for p in WORKFLOWS if p.name not in LOCAL_WORKFLOWS + RESTYLE_WORKFLOWS],
+@pytest.mark.parametrize("path", [p for p in WORKFLOWS
+                                  if p.name not in LOCAL_WORKFLOWS + RESTYLE_WORKFLOWS + COMFY_SAMPLER_WORKFLOWS],
                          ids=lambda p: p.name)
 def test_other_workflows_run_up_to_remote_nodes(path):
     """Remote workflows: everything but the remote node (and what depends on it) runs; no network."""
@@ -283,3 +289,36 @@ def test_masked_reference_workflow_uses_the_painted_mask():
     loader["inputs"]["image"] = "painted.png"
     results, files = run_graph(api)
     assert 0 < results[encode_id][0].token_count < 16 and len(files) == 1  # pad bars' tokens are dropped
+
+
+def test_comfy_sampler_workflow_feeds_ksampler_the_packs_tokens():
+    """UNETLoader + LoraLoaderModelOnly + KSampler are ComfyUI's (declared here, run in real ComfyUI: see README);
+    everything up to them runs: the pack's encode and Redux → Conditioning with FLUX's empty text conditioning."""
+    api = gr.to_api(load("redux_restyle_comfy_sampler.json"), CLASSES)
+    sampler_id, sampler = node_of(api, "KSampler")
+    model_source = api[sampler["inputs"]["model"][0]]
+    assert model_source["class_type"] == "LoraLoaderModelOnly"
+    assert api[model_source["inputs"]["model"][0]]["class_type"] == "UNETLoader"
+    guidance = api[sampler["inputs"]["positive"][0]]
+    assert guidance["class_type"] == "FluxGuidance" and sampler["inputs"]["cfg"] == 1.0
+    cond_id, _ = node_of(api, "FluxReduxToConditioning")
+    assert guidance["inputs"]["conditioning"] == [cond_id, 0]
+    results = gr.execute(api, CLASSES, skip_types=frozenset(gr.SAMPLING_NODES))
+    (embeds, keys), = results[cond_id][0]
+    assert embeds.shape == (1, 512 + 1, tiny_models.JOINT_WIDTH)  # empty text + the 4x4 grid downsampled by 3
+    assert torch.count_nonzero(embeds[:, :512]) == 0 and keys["pooled_output"].shape == (1, 768)
+    assert sampler_id not in results
+
+
+def test_comfy_clip_vision_workflow_feeds_redux_encode():
+    """Load CLIP Vision + Load Style Model (ComfyUI's; declared here, run in real ComfyUI: see README) into Redux
+    Encode instead of Load Redux Encoder; the rest is the basic variation graph with steps 0 (variant default)."""
+    api = gr.to_api(load("redux_with_comfy_clip_vision.json"), CLASSES)
+    _, encode = node_of(api, "FluxReduxEncode")
+    assert "redux_encoder" not in encode["inputs"]
+    assert {api[encode["inputs"][k][0]]["class_type"] for k in ("clip_vision", "style_model")} == {
+        "CLIPVisionLoader", "StyleModelLoader"}
+    (_, gen), = generate_nodes(api).items()
+    assert gen["inputs"]["num_inference_steps"] == 0
+    results = gr.execute(api, CLASSES, skip_types=frozenset(gr.SAMPLING_NODES))
+    assert not any(api[k]["class_type"] == "FluxReduxGenerate" for k in results)  # downstream of ComfyUI's loaders

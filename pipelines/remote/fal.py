@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ..params import (ACCELERATIONS, OUTPUT_FORMATS, SIZE_PRESETS, ParameterError, check_choice,
-                      validate_generation)
+                      provider_steps, validate_generation)
 from .errors import ProviderError
 from .keys import redacting_logger
 from .jobs import Job, JobOutput, Plan, RemoteRequest, is_finite_number, require_bool
@@ -68,6 +68,8 @@ class FalProvider:
         spec = validate_generation(request.model, request.image_size, request.width, request.height,
                                    request.num_inference_steps, request.guidance_scale, request.seed,
                                    request.num_images)
+        provider_steps(self.name, request.model).validate(spec.num_inference_steps,
+                                                          f"{self.name}'s FLUX.1 {request.model} endpoint")
         payload: dict[str, Any] = {
             "image_size": request.image_size if request.image_size in SIZE_PRESETS
             else {"width": spec.width, "height": spec.height},

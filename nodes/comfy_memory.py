@@ -1,0 +1,94 @@
+"""The pack's models in ComfyUI's memory manager: ModelPatcher + load_models_gpu, ComfyUI's public surface.
+
+The engine keeps its own cache (pipelines.cache.CACHE: one copy of each model, shared by every node) and
+ComfyUI's memory manager decides where the weights of a cached model live, as it does for its own models:
+- offload none (the default): the engine builds the model on ComfyUI's offload device (RAM, or VRAM with
+  --highvram/--gpu-only), in the compute dtype of the load device. The pack wraps the model's modules in a
+  ComfyUI ModelPatcher and calls load_models_gpu before every use: ComfyUI frees room (unloading its own or
+  other models) and moves the weights to the GPU. When ComfyUI needs the room later (another model, POST /free,
+  "Unload models") it moves them back to RAM, as it does its own; the next use moves them in again, with no
+  disk read. The engine reads the device at call time, so it follows. With --novram ComfyUI moves none of
+  them (it can only stream its own layer types), so the model computes where it is: use offload sequential.
+- offload model / sequential / group: diffusers' hooks move the weights during a run, so ComfyUI must not
+  move them; the pack only asks ComfyUI to free the VRAM the run will take (free_memory) before each use.
+RAM is freed by the Unload node (CACHE.unload()); the patcher dies with the cached model, and ComfyUI drops
+its entry when the wrapped modules are garbage-collected.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from ..pipelines.loading import DTYPES, LoadOptions
+from ..pipelines.models import modules_bytes
+from .comfy_bridge import comfy_module
+
+log = logging.getLogger(__name__)
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+
+
+class ManagedModules(torch.nn.Module):
+    """One cached model's modules as one nn.Module, the unit ComfyUI's ModelPatcher moves. ModelPatcher sets a
+    plain `device` attribute on what it wraps, which diffusers and transformers models have as a read-only
+    property, so they are held as children instead."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module]):
+        super().__init__()
+        self.parts = torch.nn.ModuleDict(modules)
+
+
+_PATCHERS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()  # engine model -> its patcher
+
+
+def build_placement(options: LoadOptions) -> LoadOptions:
+    """Where the engine should build a model inside ComfyUI: its offload device, in the dtype the load device
+    computes in (auto on CUDA is bf16 even when the weights wait in RAM). Unchanged outside ComfyUI or when
+    diffusers' offload hooks place the model."""
+    mm = comfy_module("comfy.model_management")
+    if mm is None or options.offload != "none":
+        return options
+    dtype = options.dtype if options.dtype != "auto" else DTYPE_NAMES[options.torch_dtype()]
+    return replace(options, device=str(mm.unet_offload_device()), dtype=dtype)
+
+
+def _patcher(model, load_device: torch.device):
+    patcher = _PATCHERS.get(model)
+    if patcher is None:
+        mm, mp = comfy_module("comfy.model_management"), comfy_module("comfy.model_patcher")
+        modules = ManagedModules(model.modules())
+        patcher = mp.ModelPatcher(modules, load_device=load_device, offload_device=mm.unet_offload_device(),
+                                  size=model.memory_bytes())
+        _PATCHERS[model] = patcher
+    return patcher
+
+
+def load_device(options: LoadOptions) -> torch.device:
+    """The device a model computes on, as ComfyUI names it (cuda -> cuda:N, so it compares equal)."""
+    device = options.torch_device()
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def make_ready(model, options: LoadOptions, working_bytes: int = 0) -> None:
+    """Before a run of `model` (built with build_placement(options)): have ComfyUI place it on its device.
+    `working_bytes` is what the run needs beyond the weights (activations). No-op outside ComfyUI."""
+    mm = comfy_module("comfy.model_management")
+    if mm is None:
+        return
+    device = load_device(options)
+    if options.offload != "none":  # diffusers' hooks move the weights; ComfyUI only makes room
+        largest = max(modules_bytes({k: m}) for k, m in model.modules().items())
+        if device.type != "cpu":
+            mm.free_memory(working_bytes + (largest if options.offload == "model" else 0), device)
+        return
+    patcher = _patcher(model, device)
+    mm.load_models_gpu([patcher], memory_required=working_bytes, force_full_load=True)
+    if patcher.loaded_size() < patcher.model_size() and device.type != "cpu":
+        log.warning("FLUX Redux: ComfyUI kept %s in RAM (--novram?), so it computes on the CPU; set the "
+                    "loader's offload to sequential to compute on the GPU layer by layer", model)
