@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ..pipelines.loading import DTYPES, LoadOptions
-from ..pipelines.models import modules_bytes
+from ..pipelines.models import FluxModelSpec, modules_bytes, resolve_placement
 from .comfy_bridge import comfy_module
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,22 @@ class ManagedModules(torch.nn.Module):
 
 
 _PATCHERS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()  # engine model -> its patcher
+
+
+def resolve_auto(spec) -> LoadOptions:
+    """The spec's options with offload `auto` resolved for ComfyUI: the engine's own decision, made on what
+    ComfyUI can give the model (the card's memory less its inference reserve: it unloads other models to make
+    room) instead of the VRAM free right now. The Redux encoder is small and always managed by ComfyUI."""
+    options, mm = spec.options, comfy_module("comfy.model_management")
+    if mm is None or options.offload != "auto":
+        return options
+    if not isinstance(spec, FluxModelSpec):
+        return replace(options, offload="none")
+    device = load_device(options)
+    budget = mm.get_total_memory(device) - mm.minimum_inference_memory() if device.type == "cuda" else None
+    placement = resolve_placement(spec, device, options.torch_dtype(), budget)
+    log.info("FLUX Redux: placement for %s in ComfyUI: %s", spec.transformer, placement.describe())
+    return replace(options, offload=placement.offload, weight_storage=placement.weight_storage)
 
 
 def build_placement(options: LoadOptions) -> LoadOptions:
@@ -83,7 +99,7 @@ def make_ready(model, options: LoadOptions, working_bytes: int = 0) -> None:
         return
     device = load_device(options)
     if options.offload != "none":  # diffusers' hooks move the weights; ComfyUI only makes room
-        largest = max(modules_bytes({k: m}) for k, m in model.modules().items())
+        largest = max(modules_bytes([m]) for m in model.modules().values())
         if device.type != "cpu":
             mm.free_memory(working_bytes + (largest if options.offload == "model" else 0), device)
         return

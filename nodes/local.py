@@ -43,16 +43,18 @@ GIB_PER_MEGAPIXEL = 2**30  # activations of one image per megapixel (ComfyUI's o
 
 def load_encoder(spec: ReduxEncoderSpec):
     """The Redux encoder from the shared cache, placed on its device by ComfyUI's memory manager."""
-    encoder = load_redux_encoder(replace(spec, options=memory.build_placement(spec.options)))
-    memory.make_ready(encoder, spec.options, ENCODE_WORKING_BYTES)
+    options = memory.resolve_auto(spec)
+    encoder = load_redux_encoder(replace(spec, options=memory.build_placement(options)))
+    memory.make_ready(encoder, options, ENCODE_WORKING_BYTES)
     return encoder
 
 
 def load_flux(spec: FluxModelSpec, gen: params.GenerationParams):
     """The FLUX model from the shared cache, placed by ComfyUI's memory manager with room for this run."""
-    flux = load_flux_model(replace(spec, options=memory.build_placement(spec.options)))
+    options = memory.resolve_auto(spec)
+    flux = load_flux_model(replace(spec, options=memory.build_placement(options)))
     working = int(gen.num_images * gen.width * gen.height / 1e6 * GIB_PER_MEGAPIXEL)
-    memory.make_ready(flux, spec.options, working)
+    memory.make_ready(flux, options, working)
     return flux
 
 

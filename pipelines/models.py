@@ -177,8 +177,10 @@ class ReduxEncoder:
         self.vision = self.projector = None
 
 
-def resolve_placement(spec: FluxModelSpec, device: torch.device, dtype: torch.dtype) -> Placement:
-    """The user's explicit choice, or (auto) the decision for these files on this card's free VRAM."""
+def resolve_placement(spec: FluxModelSpec, device: torch.device, dtype: torch.dtype,
+                      free_vram: int | None = None) -> Placement:
+    """The user's explicit choice, or (auto) the decision for these files on this card's free VRAM (or on
+    `free_vram` bytes: what a caller such as ComfyUI can make free by unloading its other models)."""
     opts = spec.options
     if opts.offload != "auto":
         offload = opts.offload
@@ -186,7 +188,7 @@ def resolve_placement(spec: FluxModelSpec, device: torch.device, dtype: torch.dt
             log.warning("offload=%s ignored: the model already runs on the CPU", offload)
             offload = "none"
         return Placement(offload, opts.weight_storage, "chosen in the options")
-    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    free = None if device.type != "cuda" else free_vram or torch.cuda.mem_get_info(device)[0]
     vae = component_params(spec.vae, "vae", "vae") * vae_dtype(dtype).itemsize
     return decide(transformer_footprint(spec.transformer), vae, free, dtype.itemsize, opts.weight_storage)
 
