@@ -17,6 +17,7 @@ the row says so. Needs diffusers, gguf and (for fp8) torchao; nothing is downloa
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -246,6 +247,8 @@ def run_variant(variant, configs, small, device, dtype, size, repeats, workdir) 
         if not small:
             measure(rows[-1], repeats)
             finish(rows[-1])
+            torch._dynamo.reset()  # compiled code keeps the row's modules (and their VRAM) alive otherwise
+            gc.collect()
             torch.cuda.empty_cache()
     if small:
         for _ in range(repeats):
@@ -270,10 +273,11 @@ def print_table(title: str, rows: list[dict]) -> None:
     header = ["variant", "steps", "config", "s/image", "vs diffusers", "warm-up s", "peak VRAM GiB", "PSNR dB", "note"]
     lines = []
     for row in rows:
-        base = next((r for r in rows if r["variant"] == row["variant"] and r["config"] == "diffusers default"), row)
+        base = next((r for r in rows if r["variant"] == row["variant"] and r["config"] == "diffusers default"), None)
+        ratio = f"{base['s_per_image'] / row['s_per_image']:.2f}x" if base else "-"
         skipped = "; ".join(f"{k} skipped" for k in row.get("skipped", {}))
         lines.append([row["variant"], row["steps"], row["config"], fmt(row["s_per_image"], ".3f"),
-                      f"{base['s_per_image'] / row['s_per_image']:.2f}x", fmt(row["warmup_s"], ".1f"),
+                      ratio, fmt(row["warmup_s"], ".1f"),
                       fmt(row["peak_vram_gib"], ".1f"), fmt(row["psnr_db"], ".1f"), skipped])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
     print(f"\n{title}")
