@@ -8,8 +8,8 @@ compile+fp8, compile+fp8+best-attention, First Block Cache 0.08, and GGUF Q8_0 /
 from the same weights. Columns: seconds per image (median of --repeats after one warm-up call), the warm-up call
 (compiling included), peak VRAM, and PSNR against the pack's eager image at the same seed (inf = identical).
 GPU: full-size FLUX.1 dev (28 steps) and schnell (4 steps) transformers with random bf16 weights, 1024x1024.
-CPU: a small FLUX-shaped transformer (1+1 blocks, 256 wide), the tiny VAE and 81 Redux tokens (downsampled 3x)
-at 256x256, same step counts.
+CPU: a small FLUX-shaped transformer (1+1 blocks, 128 wide; Q4_K quantizes only its 512-wide MLP-out
+layers), the tiny VAE and 81 Redux tokens (downsampled 3x) at 256x256, same step counts.
 Modes the machine cannot run (fp8 without fp8 tensor cores, a missing flash-attn) are run without them and
 the row says so. Needs diffusers, gguf and (for fp8) torchao; nothing is downloaded.
 """
@@ -17,6 +17,7 @@ the row says so. Needs diffusers, gguf and (for fp8) torchao; nothing is downloa
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -48,8 +49,8 @@ CONFIGS = {  # row name -> (speed modes, cache threshold, GGUF type or None); "d
     "gguf Q4_K": ("none", 0.0, "Q4_K"),
 }
 REFERENCE = "pack bf16"
-SMALL_CPU_MODEL = dict(num_layers=1, num_single_layers=1, num_attention_heads=2, attention_head_dim=128,
-                       joint_attention_dim=256, pooled_projection_dim=64, in_channels=16, axes_dims_rope=[16, 56, 56])
+SMALL_CPU_MODEL = dict(num_layers=1, num_single_layers=1, num_attention_heads=1, attention_head_dim=128,
+                       joint_attention_dim=64, pooled_projection_dim=64, in_channels=16, axes_dims_rope=[16, 56, 56])
 
 
 # -- GGUF files of the same weights (Q8_0: 32 values per block; Q4_K: 256 per super-block) ------------------------
@@ -199,7 +200,8 @@ def make_call(name: str, variant: str, pipe, device, dtype, embeds, size: int, s
     return (lambda: engine.generate(view, cond, gen).images), notes
 
 
-def run_row(name, variant, state, small, device, dtype, embeds, size, steps, repeats, workdir) -> dict:
+def prepare_row(name, variant, state, small, device, dtype, embeds, size, steps, workdir) -> dict:
+    """Build the row's pipeline and run its warm-up call; the row keeps its `call` for the timed runs."""
     qtype = CONFIGS[name][2] if CONFIGS[name] else None
     gguf_path = write_gguf(state, workdir / f"{variant}-{qtype}.gguf", qtype) if qtype else None
     transformer = build_transformer(variant, small, state, device, dtype, gguf_path)
@@ -210,14 +212,53 @@ def run_row(name, variant, state, small, device, dtype, embeds, size, steps, rep
     pipe.set_progress_bar_config(disable=True)
     call, notes = make_call(name, variant, pipe, device, dtype, embeds, size, steps)
     warmup, images = timed(call)
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    seconds = [timed(call)[0] for _ in range(repeats)]
-    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
     if gguf_path is not None:
         gguf_path.unlink()
-    return dict(variant=variant, steps=steps, config=name, s_per_image=statistics.median(seconds), warmup_s=warmup,
-                peak_vram_gib=peak, images=images, **notes)
+    return dict(variant=variant, steps=steps, config=name, warmup_s=warmup, peak_vram_gib=None, images=images,
+                seconds=[], call=call, **notes)
+
+
+def measure(row: dict, repeats: int) -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    row["seconds"] += [timed(row["call"])[0] for _ in range(repeats)]
+    if torch.cuda.is_available():
+        row["peak_vram_gib"] = torch.cuda.max_memory_allocated() / 2**30
+
+
+def finish(row: dict) -> dict:
+    row.pop("call")
+    row["s_per_image"] = statistics.median(row.pop("seconds"))
+    return row
+
+
+def run_variant(variant, configs, small, device, dtype, size, repeats, workdir) -> list[dict]:
+    """GPU: one row at a time (memory). CPU: all rows built first, then timed round-robin, so a change in the
+    machine's load (other processes) hits every row alike."""
+    steps = params.VARIANTS[variant].steps.default
+    state = random_state(variant, small, device, dtype)
+    width = transformer_config(variant, small)["joint_attention_dim"]
+    tokens = 81 if small else 729  # Redux's 27x27 tokens; 9x9 (downsample 3) keeps the CPU run short
+    embeds = torch.randn(1, tokens, width, generator=torch.Generator().manual_seed(3)) * 0.1
+    rows = []
+    for name in sorted(configs, key=lambda c: c != REFERENCE):  # the reference image first
+        print(f"{variant} {steps} steps: {name} ...", flush=True)
+        rows.append(prepare_row(name, variant, state, small, device, dtype, embeds, size, steps, workdir))
+        if not small:
+            measure(rows[-1], repeats)
+            finish(rows[-1])
+            torch._dynamo.reset()  # compiled code keeps the row's modules (and their VRAM) alive otherwise
+            gc.collect()
+            torch.cuda.empty_cache()
+    if small:
+        for _ in range(repeats):
+            for row in rows:
+                measure(row, 1)
+        rows = [finish(row) for row in rows]
+    reference = rows[0]["images"]
+    for row in rows:
+        row["psnr_db"] = psnr(row.pop("images"), reference)
+    return rows
 
 
 # -- the table ----------------------------------------------------------------------------------------------------
@@ -232,10 +273,11 @@ def print_table(title: str, rows: list[dict]) -> None:
     header = ["variant", "steps", "config", "s/image", "vs diffusers", "warm-up s", "peak VRAM GiB", "PSNR dB", "note"]
     lines = []
     for row in rows:
-        base = next(r for r in rows if r["variant"] == row["variant"] and r["config"] == "diffusers default")
+        base = next((r for r in rows if r["variant"] == row["variant"] and r["config"] == "diffusers default"), None)
+        ratio = f"{base['s_per_image'] / row['s_per_image']:.2f}x" if base else "-"
         skipped = "; ".join(f"{k} skipped" for k in row.get("skipped", {}))
         lines.append([row["variant"], row["steps"], row["config"], fmt(row["s_per_image"], ".3f"),
-                      f"{base['s_per_image'] / row['s_per_image']:.2f}x", fmt(row["warmup_s"], ".1f"),
+                      ratio, fmt(row["warmup_s"], ".1f"),
                       fmt(row["peak_vram_gib"], ".1f"), fmt(row["psnr_db"], ".1f"), skipped])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
     print(f"\n{title}")
@@ -259,23 +301,9 @@ def main() -> None:
     configs = [c for c in CONFIGS if c in args.configs or c == REFERENCE]
     rows, workdir = [], Path(tempfile.mkdtemp(prefix="speed-bench-"))
     for variant in args.variants:
-        steps = params.VARIANTS[variant].steps.default
-        state = random_state(variant, small, device, dtype)
-        width = transformer_config(variant, small)["joint_attention_dim"]
-        tokens = 81 if small else 729  # Redux's 27x27 tokens; 9x9 (downsample 3) keeps the CPU run short
-        embeds = torch.randn(1, tokens, width, generator=torch.Generator().manual_seed(3)) * 0.1
-        for name in sorted(configs, key=lambda c: c != REFERENCE):  # the reference image first
-            print(f"{variant} {steps} steps: {name} ...", flush=True)
-            rows.append(run_row(name, variant, state, small, device, dtype, embeds, size, steps, args.repeats, workdir))
-            row = rows[-1]
-            print(f"  {row['s_per_image']:.3f} s/image, warm-up {row['warmup_s']:.1f} s", flush=True)
-            torch.cuda.empty_cache() if torch.cuda.is_available() else None
-        reference = next(r["images"] for r in rows if r["variant"] == variant and r["config"] == REFERENCE)
-        for row in rows:
-            if row["variant"] == variant:
-                row["psnr_db"] = psnr(row.pop("images"), reference)
+        rows += run_variant(variant, configs, small, device, dtype, size, args.repeats, workdir)
     title = (f"{machine}, torch {torch.__version__}, {'small random FLUX-shaped model' if small else 'full-size random FLUX'}"
-             f", {size}x{size}, median of {args.repeats} after warm-up, {time.strftime('%Y-%m-%d')}")
+             f", {size}x{size}, median of {args.repeats} after warm-up{', interleaved' if small else ''}, {time.strftime('%Y-%m-%d')}")
     print_table(title, rows)
     target = args.json or Path(f"speed_benchmark_{device}.json")
     target.write_text(json.dumps({"title": title, "rows": rows}, indent=1, default=str))
