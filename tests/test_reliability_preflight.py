@@ -25,7 +25,7 @@ def auto_schnell(models):
 
 
 CASES = {  # name -> (extra arguments, expected words)
-    "steps beyond schnell": (["--steps", "20"], "num_inference_steps=20 is not allowed: allowed range is 1–12 for schnell"),
+    "steps beyond schnell": (["--steps", "51"], "num_inference_steps=51 is not allowed: allowed range is 1–50 for schnell"),
     "guidance with schnell": (["--guidance", "3"], "FLUX.1 schnell takes no guidance"),
     "seed too large": (["--seed", str(2**64)], "seed=18446744073709551616 is not allowed"),
     "odd custom width": (["--size", "custom", "--width", "260", "--height", "256"], "must be a multiple of 16"),

@@ -244,7 +244,7 @@ def test_openapi_document_comes_from_the_specs(server, client):
     document = client.get(f"{server.url}/openapi.json").json()
     schemas = document["components"]["schemas"]
     dev, schnell = schemas["DevReduxInput"]["properties"], schemas["SchnellReduxInput"]["properties"]
-    assert schnell["num_inference_steps"]["maximum"] == params.VARIANTS["schnell"].steps.maximum
+    assert schnell["num_inference_steps"]["maximum"] == params.provider_steps("fal", "schnell").maximum == 12
     assert dev["num_inference_steps"]["default"] == params.VARIANTS["dev"].steps.default
     assert dev["guidance_scale"]["maximum"] == params.GUIDANCE.maximum and "guidance_scale" not in schnell
     assert dev["image_size"]["anyOf"][0]["enum"] == list(params.SIZE_PRESETS)

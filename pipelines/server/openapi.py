@@ -30,7 +30,7 @@ def fal_input(variant: str) -> dict[str, Any]:
         "image_size": {"anyOf": [{"type": "string", "enum": list(params.SIZE_PRESETS)},
                                  {"type": "object", "properties": sides, "required": ["width", "height"]}],
                        "default": params.FAL_DEFAULT_IMAGE_SIZE},
-        "num_inference_steps": number(spec.steps),
+        "num_inference_steps": number(params.provider_steps("fal", variant)),
         "seed": number(params.SEED, nullable=True),
         "num_images": number(params.NUM_IMAGES),
         "output_format": {"type": "string", "enum": list(params.OUTPUT_FORMATS), "default": "jpeg"},

@@ -136,8 +136,9 @@ def validate_fal(variant: str, body: Any, urls_allowed: bool) -> tuple[JobInputs
     image = issues.check("image_url", body.get("image_url"), lambda v: check_image_ref("image_url", v, urls_allowed)) \
         if "image_url" in body else None
     size = _fal_size(issues, body.get("image_size", params.FAL_DEFAULT_IMAGE_SIZE))
-    steps = _optional(issues, body, "num_inference_steps", lambda v: spec.steps.validate(v, f"FLUX.1 {variant}"),
-                      spec.steps.default)
+    steps_spec = params.provider_steps("fal", variant)  # fal's own range (schnell 1-12), not the local one
+    steps = _optional(issues, body, "num_inference_steps", lambda v: steps_spec.validate(v, f"FLUX.1 {variant}"),
+                      steps_spec.default)
     guidance = None
     if spec.guidance is not None:
         guidance = _optional(issues, body, "guidance_scale", lambda v: spec.guidance.validate(v, f"FLUX.1 {variant}"),
