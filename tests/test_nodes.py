@@ -402,6 +402,24 @@ def test_offload_hooks_place_the_model_and_comfyui_only_makes_room(fake_comfy, c
     assert fake_comfy.loads == [] and fake_comfy.freed == []  # on the CPU there is no VRAM to free
 
 
+def test_auto_placement_is_managed_by_comfyui(fake_comfy, cond):
+    run_generate(load_model(offload="auto"), cond, num_inference_steps=1)  # the loader's default
+    local.FluxReduxEncode().encode(photo(), "center", redux_encoder=load_encoder())
+    assert [set(load[0].model.parts) for load in fake_comfy.loads] == [{"transformer", "vae"}, {"vision", "projector"}]
+
+
+@pytest.mark.parametrize("total_gb, expected", [(80, "none"), (0.001, "sequential")])
+def test_auto_placement_in_comfyui_is_decided_on_what_comfyui_can_free(fake_comfy, monkeypatch, total_gb, expected):
+    """ComfyUI unloads other models to make room, so the budget is the card less ComfyUI's reserve."""
+    memory = submodule("nodes.comfy_memory")
+    mm = sys.modules["comfy.model_management"]
+    monkeypatch.setattr(mm, "get_total_memory", lambda device: int(total_gb * 1e9), raising=False)
+    monkeypatch.setattr(mm, "minimum_inference_memory", lambda: 0, raising=False)
+    monkeypatch.setattr(memory, "load_device", lambda options: torch.device("cuda", 0))
+    assert memory.resolve_auto(load_model(offload="auto")).offload == expected
+    assert memory.resolve_auto(load_encoder()).offload == "none"  # the encoder is always ComfyUI's to place
+
+
 def test_unload_node_frees_everything(fake_comfy, cond):
     import gc
     import weakref
