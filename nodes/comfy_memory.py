@@ -58,7 +58,8 @@ def resolve_auto(spec) -> LoadOptions:
     budget = mm.get_total_memory(device) - mm.minimum_inference_memory() if device.type == "cuda" else None
     placement = resolve_placement(spec, device, options.torch_dtype(), budget)
     log.info("FLUX Redux: placement for %s in ComfyUI: %s", spec.transformer, placement.describe())
-    return replace(options, offload=placement.offload, weight_storage=placement.weight_storage)
+    return replace(options, offload=placement.offload, weight_storage=placement.weight_storage,
+                   placement_reason=f"auto in ComfyUI: {placement.reason}")
 
 
 def build_placement(options: LoadOptions) -> LoadOptions:

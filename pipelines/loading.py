@@ -38,6 +38,7 @@ class LoadOptions:
     offload: str = "auto"
     vae_tiling: str = field(default="auto", compare=False)
     speed: str = params.SPEED_NONE  # load-time speed modes (pipelines/speed.py)
+    placement_reason: str = field(default="chosen in the options", compare=False)  # why this offload (for info)
 
     def __post_init__(self):
         object.__setattr__(self, "speed", "+".join(params.parse_speed(self.speed)) or params.SPEED_NONE)

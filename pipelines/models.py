@@ -187,7 +187,7 @@ def resolve_placement(spec: FluxModelSpec, device: torch.device, dtype: torch.dt
         if offload != "none" and device.type == "cpu":
             log.warning("offload=%s ignored: the model already runs on the CPU", offload)
             offload = "none"
-        return Placement(offload, opts.weight_storage, "chosen in the options")
+        return Placement(offload, opts.weight_storage, opts.placement_reason)
     free = None if device.type != "cuda" else free_vram or torch.cuda.mem_get_info(device)[0]
     vae = component_params(spec.vae, "vae", "vae") * vae_dtype(dtype).itemsize
     return decide(transformer_footprint(spec.transformer), vae, free, dtype.itemsize, opts.weight_storage)

@@ -416,7 +416,8 @@ def test_auto_placement_in_comfyui_is_decided_on_what_comfyui_can_free(fake_comf
     monkeypatch.setattr(mm, "get_total_memory", lambda device: int(total_gb * 1e9), raising=False)
     monkeypatch.setattr(mm, "minimum_inference_memory", lambda: 0, raising=False)
     monkeypatch.setattr(memory, "load_device", lambda options: torch.device("cuda", 0))
-    assert memory.resolve_auto(load_model(offload="auto")).offload == expected
+    options = memory.resolve_auto(load_model(offload="auto"))
+    assert options.offload == expected and options.placement_reason.startswith("auto in ComfyUI: ")
     assert memory.resolve_auto(load_encoder()).offload == "none"  # the encoder is always ComfyUI's to place
 
 
