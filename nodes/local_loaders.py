@@ -126,7 +126,7 @@ class FluxReduxLoadModel:
             "vae_tiling": (params.VAE_TILING_CHOICES, {"default": "auto", "tooltip": (
                 "Decode in tiles to save memory. auto: on above 2048x2048 pixels.")}),
             "device": (DEVICE_CHOICES, {"default": "auto", "tooltip": DEVICE_TOOLTIP}),
-        }, "optional": {  # speed helper: optional, so workflows saved before them still load
+        }, "optional": {  # optional, so workflows saved before them still load
             "speed": (params.SPEED_PRESETS, {"default": params.SPEED_NONE, "tooltip": SPEED_TOOLTIP}),
             "cache_threshold": ("FLOAT", number_widget(params.CACHE_THRESHOLD, params.CACHE_THRESHOLD.help)),
         }}

@@ -26,7 +26,7 @@ class FluxModelSpec:
     vae: str
     variant: str = "auto"
     options: LoadOptions = field(default_factory=LoadOptions)
-    # speed helper: applied at generate time, deliberately NOT in cache_key (changing them never reloads)
+    # applied at generate time, deliberately NOT in cache_key (changing them never reloads)
     loras: tuple = ()  # of lora.LoraSpec
     cache_threshold: float = 0.0  # First Block Cache; 0 = off
 
@@ -266,7 +266,7 @@ def _build_redux(spec: ReduxEncoderSpec) -> ReduxEncoder:
 
 
 def load_flux_model(spec: FluxModelSpec, cache: ModelCache = CACHE) -> FluxModel:
-    runtime = speed.runtime_settings(spec.loras, spec.cache_threshold)  # speed helper: validated before loading
+    runtime = speed.runtime_settings(spec.loras, spec.cache_threshold)  # validated before loading
     return speed.with_runtime(cache.get(spec.cache_key(), lambda: _build_flux(spec)), *runtime)
 
 

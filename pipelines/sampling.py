@@ -97,7 +97,7 @@ def generate(model: FluxModel, conditioning: ReduxConditioning, gen: params.Gene
             raise GenerationAborted(f"stopped after step {step + 1} of {steps_run}")
         return tensors
 
-    speed.before_generate(model, gen.width, gen.height)  # speed helper: LoRAs, First Block Cache, compile sizes
+    speed.before_generate(model, gen.width, gen.height)  # LoRAs, First Block Cache, compile sizes
     pipe.set_progress_bar_config(disable=not show_progress, leave=False)
     kwargs = {} if gen.guidance_scale is None else {"guidance_scale": gen.guidance_scale}
     started = time.perf_counter()
