@@ -90,10 +90,6 @@ class FluxModel:
         self._img2img = None
 
     @property
-    def transformer_config(self):
-        return self.pipe.transformer.config
-
-    @property
     def execution_device(self) -> torch.device:
         """The device diffusers runs the denoising loop on now (offload hooks included)."""
         return self.pipe._execution_device
@@ -146,10 +142,6 @@ class ReduxEncoder:
     @property
     def image_size(self) -> int:
         return self.vision.config.image_size
-
-    @property
-    def token_width(self) -> int:
-        return self.projector.config.txt_in_features
 
     @property
     def execution_device(self) -> torch.device:
