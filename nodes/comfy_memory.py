@@ -42,7 +42,7 @@ class ManagedModules(torch.nn.Module):
         self.parts = torch.nn.ModuleDict(modules)
 
 
-_PATCHERS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()  # engine model -> its patcher
+_PATCHERS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()  # cached model (its pipeline) -> its patcher
 
 
 def resolve_auto(spec) -> LoadOptions:
@@ -63,24 +63,27 @@ def resolve_auto(spec) -> LoadOptions:
 
 
 def build_placement(options: LoadOptions) -> LoadOptions:
-    """Where the engine should build a model inside ComfyUI: its offload device, in the dtype the load device
-    computes in (auto on CUDA is bf16 even when the weights wait in RAM). Unchanged outside ComfyUI or when
+    """Where the engine should build a model inside ComfyUI: on its offload device (the compute device stays
+    in the options, so speed modes and the cache key see it), in the dtype the load device computes in (auto on CUDA is bf16 even when the weights wait in RAM). Unchanged outside ComfyUI or when
     diffusers' offload hooks place the model."""
     mm = comfy_module("comfy.model_management")
     if mm is None or options.offload != "none":
         return options
     dtype = options.dtype if options.dtype != "auto" else DTYPE_NAMES[options.torch_dtype()]
-    return replace(options, device=str(mm.unet_offload_device()), dtype=dtype)
+    return replace(options, build_device=str(mm.unet_offload_device()), dtype=dtype)
 
 
 def _patcher(model, load_device: torch.device):
-    patcher = _PATCHERS.get(model)
+    # a FLUX model's pipeline is shared by its per-call LoRA views and dies with the cached model; the patcher
+    # must not hold the key (it holds the modules), or the weak entry would never go
+    key = getattr(model, "pipe", None) or model
+    patcher = _PATCHERS.get(key)
     if patcher is None:
         mm, mp = comfy_module("comfy.model_management"), comfy_module("comfy.model_patcher")
         modules = ManagedModules(model.modules())
         patcher = mp.ModelPatcher(modules, load_device=load_device, offload_device=mm.unet_offload_device(),
                                   size=model.memory_bytes())
-        _PATCHERS[model] = patcher
+        _PATCHERS[key] = patcher
     return patcher
 
 

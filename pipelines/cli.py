@@ -65,7 +65,7 @@ def add_variation_parser(sub) -> argparse.ArgumentParser:
     v.add_argument("--width", type=int, help=f"custom width: {params.WIDTH.minimum}–{params.WIDTH.maximum}, a multiple of 16")
     v.add_argument("--height", type=int, help=f"custom height: {params.HEIGHT.minimum}–{params.HEIGHT.maximum}, a multiple of 16")
     steps = ", ".join(f"{n} {s.steps.describe()}" for n, s in params.VARIANTS.items())
-    v.add_argument("--steps", type=int, help=f"denoising steps ({steps})")
+    v.add_argument("--steps", type=int, help=f"denoising steps ({steps}; 0 = the variant's default)")
     v.add_argument("--guidance", type=float, help=f"guidance scale, dev only ({params.GUIDANCE.describe()})")
     v.add_argument("--seed", type=int, help="seed (0–2^64-1); omitted: random, printed and saved in the PNG")
     v.add_argument("--num-images", type=int, default=params.NUM_IMAGES.default,

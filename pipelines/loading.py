@@ -39,6 +39,11 @@ class LoadOptions:
     vae_tiling: str = field(default="auto", compare=False)
     speed: str = params.SPEED_NONE  # load-time speed modes (pipelines/speed.py)
     placement_reason: str = field(default="chosen in the options", compare=False)  # why this offload (for info)
+    build_device: str = ""  # where the weights wait after loading when a caller (ComfyUI) moves them to `device`
+
+    def torch_build_device(self) -> torch.device:
+        """Where the weights are put at load: build_device, else the compute device."""
+        return torch.device(self.build_device) if self.build_device else self.torch_device()
 
     def __post_init__(self):
         object.__setattr__(self, "speed", "+".join(params.parse_speed(self.speed)) or params.SPEED_NONE)

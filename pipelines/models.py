@@ -180,7 +180,10 @@ def resolve_placement(spec: FluxModelSpec, device: torch.device, dtype: torch.dt
             log.warning("offload=%s ignored: the model already runs on the CPU", offload)
             offload = "none"
         return Placement(offload, opts.weight_storage, opts.placement_reason)
-    free = None if device.type != "cuda" else free_vram or torch.cuda.mem_get_info(device)[0]
+    if device.type != "cuda":
+        free = None
+    else:
+        free = free_vram if free_vram is not None else torch.cuda.mem_get_info(device)[0]
     vae = component_params(spec.vae, "vae", "vae") * vae_dtype(dtype).itemsize
     return decide(transformer_footprint(spec.transformer), vae, free, dtype.itemsize, opts.weight_storage)
 
@@ -222,15 +225,16 @@ def _build_flux(spec: FluxModelSpec) -> FluxModel:
         transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
     pipe = FluxPipeline(scheduler=load_scheduler(variant), vae=vae, text_encoder=None, tokenizer=None,
                         text_encoder_2=None, tokenizer_2=None, transformer=transformer)
-    place_pipeline(pipe, placement.offload, device)
+    place_pipeline(pipe, placement.offload, device, opts.torch_build_device())
     model = FluxModel(spec, pipe, variant, device, dtype, placement)
     # after placement, before the first call: compile, fp8 compute, attention backend
     model.speed_state = speed.apply(pipe, opts.speed, device, placement.weight_storage, placement.offload)
     return model
 
 
-def place_pipeline(pipe, offload: str, device: torch.device) -> None:
-    """Put the pipeline's modules on `device`, or install diffusers' offload hooks that move them there.
+def place_pipeline(pipe, offload: str, device: torch.device, build_device: torch.device | None = None) -> None:
+    """Put the pipeline's modules on `device` (or on `build_device`, when a caller such as ComfyUI's memory
+    manager moves them to `device` itself), or install diffusers' offload hooks that move them there.
 
     group: transformer blocks one at a time, the next one copied ahead on a CUDA stream while one computes.
     """
@@ -242,7 +246,7 @@ def place_pipeline(pipe, offload: str, device: torch.device) -> None:
     elif offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
     else:
-        pipe.to(device)
+        pipe.to(build_device or device)
 
 
 def _build_redux(spec: ReduxEncoderSpec) -> ReduxEncoder:
@@ -254,7 +258,8 @@ def _build_redux(spec: ReduxEncoderSpec) -> ReduxEncoder:
         raise ValueError(f"Redux projector {spec.redux} takes {projector.config.redux_dim}-wide SigLIP features "
                          f"but {spec.siglip} produces {vision.config.hidden_size}: pair flux1-redux-dev with "
                          "sigclip_vision_patch14_384.")
-    return ReduxEncoder(spec, vision.to(device), processor, projector.to(device), device, dtype)
+    build = opts.torch_build_device()
+    return ReduxEncoder(spec, vision.to(build), processor, projector.to(build), device, dtype)
 
 
 def load_flux_model(spec: FluxModelSpec, cache: ModelCache = CACHE) -> FluxModel:

@@ -56,8 +56,8 @@ def decide(transformer: Footprint, other_bytes: int, free_vram: int | None, byte
         return Placement("none", weight_storage, "no CUDA device, the model runs where it is loaded")
     free = _gb(free_vram)
     full = transformer.memory_bytes(bytes_per_param)
-    fp8_ok = not transformer.quantized
-    if weight_storage == "default" and full + other_bytes + ACTIVATION_BYTES <= free_vram:
+    fp8_ok = not transformer.quantized  # GGUF weights keep their own format: fp8 storage does not apply
+    if (weight_storage == "default" or not fp8_ok) and full + other_bytes + ACTIVATION_BYTES <= free_vram:
         return Placement("none", "default", f"transformer {_gb(full)} + VAE + activations fit in {free} free")
     fp8 = transformer.params if fp8_ok else full
     if fp8_ok and fp8 + other_bytes + ACTIVATION_BYTES <= free_vram:

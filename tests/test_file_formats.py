@@ -216,3 +216,26 @@ def test_loader_node_offers_gguf_files(tmp_path, monkeypatch, gguf_source):
     monkeypatch.setattr(bridge, "MODELS_ROOT", tmp_path / "models")
     assert "flux1-dev-Q8_0.gguf" in bridge.model_choices("diffusion_models", "transformer")
     assert bridge.resolve_model("diffusion_models", "transformer", "flux1-dev-Q8_0.gguf").endswith(".gguf")
+
+
+def test_cli_runs_a_gguf_transformer(tmp_path, models, gguf_source):
+    """The CLI's pre-load checks read GGUF headers too (no safetensors value sampling on a GGUF file)."""
+    from fakes.cli_runs import FAST, run_cli
+
+    path = tmp_path / "unet" / "my-flux-q8.gguf"
+    tm.write_gguf(path, tm._contiguous(gguf_source.state_dict()), "Q8_0")
+    ref = tmp_path / "ref.png"
+    from PIL import Image
+    Image.new("RGB", (40, 30), (200, 80, 10)).save(ref)
+    files = models["files"]
+    outcome = run_cli("variation", ref, "--transformer", path, "--vae", files["vae"], "--redux", files["redux"],
+                      "--siglip", files["siglip"], "--out", tmp_path / "out", *FAST)
+    assert outcome.code == 0, outcome.err
+    assert len(list((tmp_path / "out").glob("*.png"))) == 1
+
+
+def test_auto_placement_keeps_a_gguf_that_fits_whole_even_with_fp8_asked():
+    placement = submodule("pipelines.placement")
+    decided = placement.decide(placement.Footprint(12 * 10**9, 7 * 10**9, quantized=True), 2 * 10**8, 80 * 10**9,
+                               2, "fp8")
+    assert (decided.offload, decided.weight_storage) == ("none", "default")

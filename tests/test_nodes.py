@@ -421,6 +421,20 @@ def test_auto_placement_in_comfyui_is_decided_on_what_comfyui_can_free(fake_comf
     assert memory.resolve_auto(load_encoder()).offload == "none"  # the encoder is always ComfyUI's to place
 
 
+def test_one_patcher_per_cached_model_whatever_the_per_call_settings(fake_comfy, cond):
+    model = load_model(cache_threshold=0.05)  # per-call settings give a light view of the cached model
+    run_generate(model, cond, num_inference_steps=1)
+    run_generate(model, cond, num_inference_steps=1)
+    assert len({id(load[0]) for load in fake_comfy.loads}) == 1
+
+
+def test_models_wait_on_the_offload_device_but_keep_their_compute_device(fake_comfy):
+    memory, LoadOptions = submodule("nodes.comfy_memory"), submodule("pipelines.loading").LoadOptions
+    built = memory.build_placement(LoadOptions(device="cuda", offload="none"))
+    assert built.torch_device().type == "cuda" and built.torch_build_device().type == "cpu"  # speed modes see cuda
+    assert built != memory.build_placement(LoadOptions(device="cpu", offload="none"))  # distinct cache keys
+
+
 def test_unload_node_frees_everything(fake_comfy, cond):
     import gc
     import weakref

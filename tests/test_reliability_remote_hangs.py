@@ -122,3 +122,21 @@ def test_the_watch_works_over_tls(certificate, monkeypatch):
         assert time.monotonic() - started < 1.5
     finally:
         server.stop()
+
+
+def test_server_url_input_that_trickles_ends_at_its_time_cap():
+    """The API server's opt-in image URLs: a reply sent one byte at a time cannot hold a GPU worker past
+    url_timeout_s (requests' own read timeout only bounds the gap between bytes)."""
+    from packloader import submodule
+
+    inputs = submodule("pipelines.server.inputs")
+    server = FakeServer(lambda hit: Response(200, b"\x89PNG" + b"x" * 400, content_type="image/png",
+                                             trickle=0.05)).start()
+    try:
+        limits = inputs.InputLimits(url_timeout_s=1.0, urls_allowed=True, allow_hosts=("127.0.0.1",))
+        started = time.monotonic()
+        with pytest.raises(inputs.InputError, match="download took longer than 1.0 s"):
+            inputs.fetch_url("image_url", server.url + "/ref.png", limits)
+        assert time.monotonic() - started < 2.0  # the whole reply would take over 20 s
+    finally:
+        server.stop()

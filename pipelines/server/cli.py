@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     s.add_argument("--workers-only", action="store_true", help="run this host's workers only (GPU host of a "
                                                                "Redis setup; the API runs elsewhere)")
     s.add_argument("--result-ttl", type=float, default=3600.0, help="seconds results and output files are kept")
-    s.add_argument("--max-jobs-per-key", type=int, default=8, help="unfinished requests one key may have; "
+    s.add_argument("--max-jobs-per-key", type=int, default=params.MAX_JOBS_PER_KEY.default, help="unfinished requests one key may have; "
                                                                    "more get 429 + Retry-After")
     s.add_argument("--sync-timeout", type=float, default=300.0, help="seconds the sync endpoints wait")
     s.add_argument("--job-timeout", type=float, default=1800.0,
@@ -65,7 +66,7 @@ def devices(spec: str) -> tuple[str, ...]:
         return tuple(f"cuda:{index}" for index in range(count)) or ("cpu",)
     found = []
     for item in (part.strip() for part in spec.split(",")):
-        if item == "cpu" or item.startswith("cuda"):
+        if item == "cpu" or re.fullmatch(r"cuda(:\d+)?", item):
             found.append(item)
         elif item.isdigit():
             found.append(f"cuda:{item}")
@@ -75,9 +76,8 @@ def devices(spec: str) -> tuple[str, ...]:
 
 
 def config_from(args) -> ServerConfig:
-    for name, value in (("port", args.port), ("max_jobs_per_key", args.max_jobs_per_key)):
-        if value < 1:
-            raise params.ParameterError(name, value, "must be at least 1")
+    params.SERVER_PORT.validate(args.port)
+    params.MAX_JOBS_PER_KEY.validate(args.max_jobs_per_key)
     for name, value in (("result_ttl", args.result_ttl), ("sync_timeout", args.sync_timeout),
                         ("job_timeout", args.job_timeout)):
         if value <= 0:
@@ -106,6 +106,10 @@ def run(args) -> int:
             from .auth import load_keys
             keys = load_keys()
         from .runtime import serve
+    except ImportError as exc:  # the server's packages are an optional extra
+        print(f"error: serve needs the server packages ({exc.name} is missing): "
+              "pip install -r requirements-server.txt", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError) as exc:  # ParameterError, KeyConfigError, WeightsError
         print(f"error: {exc}", file=sys.stderr)
         return 2

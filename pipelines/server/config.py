@@ -6,9 +6,11 @@ import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from .. import params
+
 from .inputs import InputLimits
 
-DEFAULT_PORT = 8184
+DEFAULT_PORT = params.SERVER_PORT.default
 DEFAULT_STATE_DIR = "server-state"  # git-ignored; the job store and queue files of the SQLite backend
 
 
@@ -26,9 +28,9 @@ class ServerConfig:
     engine: str | None = None  # module:callable building a stand-in engine (benchmarks)
     dtype: str = "auto"
     weight_storage: str = "default"
-    offload: str = "none"
+    offload: str = params.OFFLOAD_CHOICES[0]
     result_ttl_s: float = 3600.0
-    max_active_per_key: int = 8
+    max_active_per_key: int = params.MAX_JOBS_PER_KEY.default
     retry_after_s: int = 2
     lease_s: float = 30.0  # a running job whose worker stops renewing this long is re-queued
     max_attempts: int = 2  # runs a job may start (crash recovery) before it fails

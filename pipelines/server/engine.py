@@ -14,6 +14,8 @@ from typing import Callable
 
 from PIL import Image
 
+from .. import params
+
 from .validation import JobInputs
 
 
@@ -29,7 +31,7 @@ class ReduxEngine:
     them and stay in the pack's model cache for every later job."""
 
     def __init__(self, models_dir: Path, device: str = "auto", dtype: str = "auto", weight_storage: str = "default",
-                 offload: str = "none"):
+                 offload: str = params.OFFLOAD_CHOICES[0]):
         from ..loading import LoadOptions
 
         self.models_dir = Path(models_dir)

@@ -19,6 +19,7 @@ import requests
 from PIL import Image
 
 from ..params import ParameterError
+from ..remote.http import CallWatch, WatchedAdapter
 from ..remote.images import parse_data_uri
 from ..remote.errors import DownloadError
 
@@ -66,23 +67,38 @@ def decode(field_name: str, content: bytes, limits: InputLimits) -> Image.Image:
 
 
 def fetch_url(field_name: str, url: str, limits: InputLimits) -> bytes:
+    """The image at `url`, within the byte and time caps: a watch shuts the socket when the time is up, so a
+    server that trickles its reply cannot hold the worker (requests' read timeout is per byte gap)."""
     if not limits.urls_allowed:
         raise InputError(field_name, url[:60], "image URLs are switched off on this server; send a data URI")
     deadline = time.monotonic() + limits.url_timeout_s
+    with CallWatch(limits.url_timeout_s, None) as watch, requests.Session() as session:
+        session.trust_env = False  # no proxy or netrc from the server's environment
+        for scheme in ("http://", "https://"):
+            session.mount(scheme, WatchedAdapter())
+        try:
+            content = _follow(field_name, url, limits, deadline, session)
+        except requests.RequestException as exc:
+            content, error = None, f"could not fetch the image ({type(exc).__name__})"
+        if watch.fired:  # a reply cut by the watch may even parse as a short, complete one
+            raise InputError(field_name, url[:80], f"download took longer than {limits.url_timeout_s} s")
+        if content is None:
+            raise InputError(field_name, url[:80], error)
+        return content
+
+
+def _follow(field_name: str, url: str, limits: InputLimits, deadline: float, session: requests.Session) -> bytes:
     for _ in range(MAX_REDIRECTS + 1):
         check_destination(field_name, url, limits)
         remaining = max(deadline - time.monotonic(), 0.1)
-        try:
-            with requests.get(url, stream=True, allow_redirects=False, timeout=(min(5.0, remaining), remaining),
-                              headers={"User-Agent": "flux-redux-server"}) as reply:
-                if reply.is_redirect:
-                    url = urljoin(url, reply.headers.get("Location", ""))
-                    continue
-                if reply.status_code != 200:
-                    raise InputError(field_name, url[:80], f"the image URL answered HTTP {reply.status_code}")
-                return _read_capped(field_name, reply, limits, deadline)
-        except requests.RequestException as exc:
-            raise InputError(field_name, url[:80], f"could not fetch the image ({type(exc).__name__})") from None
+        with session.get(url, stream=True, allow_redirects=False, timeout=(min(5.0, remaining), remaining),
+                         headers={"User-Agent": "flux-redux-server"}) as reply:
+            if reply.is_redirect:
+                url = urljoin(url, reply.headers.get("Location", ""))
+                continue
+            if reply.status_code != 200:
+                raise InputError(field_name, url[:80], f"the image URL answered HTTP {reply.status_code}")
+            return _read_capped(field_name, reply, limits, deadline)
     raise InputError(field_name, url[:80], f"more than {MAX_REDIRECTS} redirects")
 
 
@@ -103,7 +119,10 @@ def check_destination(field_name: str, url: str, limits: InputLimits) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InputError(field_name, url[:80], "expected an http(s) URL")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # urllib's "Port out of range"
+        raise InputError(field_name, url[:80], "invalid port (expected 1-65535)") from None
     if parts.hostname in limits.allow_hosts or f"{parts.hostname}:{port}" in limits.allow_hosts:
         return
     try:
