@@ -136,7 +136,7 @@ WAVESPEED_WIDTH, WAVESPEED_HEIGHT = (  # WAVESPEED_SIDE's range, named as the wi
 
 # The API server's own numbers (python -m pipelines serve).
 SERVER_PORT = NumberSpec("port", 1, 65535, 8184, help="TCP port the API server listens on")
-MAX_JOBS_PER_KEY = NumberSpec("max_jobs_per_key", 1, 10_000, 8, help="unfinished requests one key may have")
+MAX_JOBS_PER_KEY = NumberSpec("max_jobs_per_key", 1, 1_000_000, 8, help="unfinished requests one key may have")
 
 # Remote-only knob: how many input images run as parallel jobs (WaveSpeed's lowest tier allows 3 tasks).
 MAX_CONCURRENCY = NumberSpec("max_concurrency", 1, 8, 2, help="input images sent as parallel jobs")
