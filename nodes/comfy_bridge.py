@@ -14,12 +14,13 @@ from typing import Any, Callable
 
 import torch
 
+from ..pipelines.weights import WEIGHT_SUFFIXES  # loadable files only: pickles are never offered
+
 
 log = logging.getLogger(__name__)
 
 MODELS_ROOT: str | Path | None = None  # outside ComfyUI: a `models/` folder (tests set this)
 MODELS_ROOT_ENV = "FLUX_REDUX_MODELS_DIR"
-WEIGHT_SUFFIXES = (".safetensors", ".sft", ".gguf")  # pickles are refused by the engine, so they are not offered
 DIFFUSERS_PREFIX = "diffusers/"
 
 # ComfyUI folder name -> sub-folders of models/ (ComfyUI maps diffusion_models to unet too)

@@ -104,8 +104,6 @@ def read_header(path: Path) -> TensorIndex:
                        nbytes={k: math.prod(v) * DTYPE_BYTES.get(dtypes[k], 4) for k, v in shapes.items()})
 
 
-read_any_index = read_header
-
 CHECKPOINT_PARTS = {"flux_transformer": "model.diffusion_model.", "vae": "vae."}  # ComfyUI all-in-one files
 
 
@@ -332,7 +330,7 @@ def transformer_footprint(path: str | Path) -> Footprint:
         folder = path / "transformer" if (path / "transformer").is_dir() else path
         params = stored = 0
         for file in sorted(folder.glob("*.safetensors")):
-            index = read_any_index(file)
+            index = read_header(file)
             p, b = _index_footprint(index, index.keys)
             params, stored = params + p, stored + b
         config = json.loads((folder / "config.json").read_text())

@@ -11,6 +11,11 @@ from .. import params
 from .inputs import InputLimits
 
 DEFAULT_PORT = params.SERVER_PORT.default
+
+
+def is_redis(queue_url: str | None) -> bool:
+    """A Redis queue URL (several GPU hosts); anything else means the embedded SQLite store."""
+    return bool(queue_url) and queue_url.startswith(("redis://", "rediss://", "unix://"))
 DEFAULT_STATE_DIR = "server-state"  # git-ignored; the job store and queue files of the SQLite backend
 
 

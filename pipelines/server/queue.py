@@ -14,6 +14,8 @@ from huey import RedisHuey, SqliteHuey
 from huey.consumer import Worker
 from huey.storage import SqliteStorage
 
+from .config import is_redis
+
 TASK_NAME = "run_redux_job"
 TASK_MODULE = "flux_redux_server"  # huey names tasks module.function: keep it stable across import paths
 log = logging.getLogger(__name__)
@@ -28,10 +30,6 @@ class DurableSqliteStorage(SqliteStorage):
         connection = super()._create_connection()
         connection.execute("pragma synchronous=1")
         return connection
-
-
-def is_redis(queue_url: str | None) -> bool:
-    return bool(queue_url) and queue_url.startswith(("redis://", "rediss://", "unix://"))
 
 
 class JobQueue:

@@ -6,7 +6,6 @@ same API with workers as threads inside the calling process, on a free loopback 
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import signal
 import socket
@@ -14,6 +13,7 @@ import threading
 
 import uvicorn
 
+from ..remote.http import is_loopback_host
 from .app import build_app
 from .auth import ApiKeys
 from .config import ServerConfig
@@ -40,7 +40,7 @@ def serve(config: ServerConfig, keys: ApiKeys | None, api: bool = True) -> None:
         if api:
             log.info("serving on %s://%s:%d with keys: %s", config.scheme, config.host, config.port,
                      ", ".join(keys.names))
-            if not _loopback(config.host) and not config.tls_cert:
+            if not is_loopback_host(config.host) and not config.tls_cert:
                 log.warning("listening on %s: API keys travel in clear text over plain http; use --tls-cert/"
                             "--tls-key or an https reverse proxy (the remote node needs https beyond localhost)",
                             config.host)
@@ -54,13 +54,6 @@ def serve(config: ServerConfig, keys: ApiKeys | None, api: bool = True) -> None:
         pass
     finally:
         supervisor.stop()
-
-
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 class LocalServer:

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .config import is_redis
 from .jobs import DONE, QUEUED, RUNNING, Job
 
 Change = Callable[[Job], "Job | None"]
@@ -185,7 +186,7 @@ def _expired(job: Job) -> bool:
 
 def open_store(queue_url: str | None, state_dir: Path, namespace: str) -> JobStore:
     """SQLite under state_dir unless queue_url is a redis:// URL."""
-    if queue_url and queue_url.startswith(("redis://", "rediss://", "unix://")):
+    if is_redis(queue_url):
         from .store_redis import RedisJobStore
         return RedisJobStore(queue_url, namespace)
     return SqliteJobStore(Path(state_dir) / "jobs.sqlite3")
