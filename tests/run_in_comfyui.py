@@ -39,8 +39,8 @@ FLUX_FILE, VAE_FILE, REDUX_FILE, LORA_FILE = ("flux1-dev-comfy.safetensors", "ae
                                               "flux1-redux-4096.safetensors", "your_flux_lora.safetensors")
 SIGLIP_FILE, REDUX_FULL_FILE = "siglip-so400m-random.safetensors", "flux1-redux-dev-random.safetensors"
 SIZE, STEPS = 256, 1
-COMFY_MODEL_WORKFLOWS = ("redux_restyle_comfy_sampler.json", "redux_with_comfy_clip_vision.json")  # 4096 wide
-AS_SHIPPED_ERRORS = {"masked_reference.json": "is empty"}  # nothing painted in the Mask Editor yet: by design
+COMFY_MODEL_WORKFLOWS = ("Redux restyle with the ComfyUI sampler and a LoRA.json", "Redux with ComfyUI Load CLIP Vision.json")  # 4096 wide
+AS_SHIPPED_ERRORS = {"Redux masked reference (paint the part to keep).json": "is empty"}  # nothing painted in the Mask Editor yet: by design
 
 
 def write_models(models: Path) -> None:
@@ -173,7 +173,7 @@ def api_of(name: str) -> dict:
                       "clip_vision": [SIGLIP_FILE, "sigclip_vision_patch14_384.safetensors"],
                       "style_models": [REDUX_FULL_FILE, "flux1-redux-dev.safetensors"]}
     classes = {**packloader.pack.NODE_CLASS_MAPPINGS, **gr.BUILTINS}
-    return gr.to_api(json.loads((PACK / "workflows" / name).read_text()), classes)
+    return gr.to_api(json.loads((PACK / "example_workflows" / name).read_text()), classes)
 
 
 def small(api: dict, comfy_models: bool) -> dict:
@@ -204,8 +204,8 @@ def small(api: dict, comfy_models: bool) -> dict:
 
 def mixed_queue() -> dict:
     """Redux Generate (the pack's FLUX) and ComfyUI's UNETLoader + LoRA + KSampler in one prompt."""
-    sampler = small(api_of("redux_restyle_comfy_sampler.json"), True)
-    generate = small(api_of("local_dev_variation.json"), True)
+    sampler = small(api_of("Redux restyle with the ComfyUI sampler and a LoRA.json"), True)
+    generate = small(api_of("Redux image variation (FLUX dev).json"), True)
     offset = 100
     renamed = {}
     for key, node in generate.items():
@@ -245,7 +245,7 @@ def main() -> int:
                                      dtype=np.int16) for k in ("105", "205")]
                 print(f"  same image from both encoders: max difference {np.abs(images[0] - images[1]).max()} "
                       "(8-bit levels)", flush=True)
-        for path in sorted((PACK / "workflows").glob("*.json")) if "workflows" in parts else []:
+        for path in sorted((PACK / "example_workflows").glob("*.json")) if "workflows" in parts else []:
             api = small(api_of(path.name), path.name in COMFY_MODEL_WORKFLOWS)
             kinds = {n["class_type"] for n in api.values()}
             if "DualCLIPLoader" in kinds:
