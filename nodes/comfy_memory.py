@@ -13,6 +13,19 @@ ComfyUI's memory manager decides where the weights of a cached model live, as it
   move them; the pack only asks ComfyUI to free the VRAM the run will take (free_memory) before each use.
 RAM is freed by the Unload node (CACHE.unload()); the patcher dies with the cached model, and ComfyUI drops
 its entry when the wrapped modules are garbage-collected.
+
+DynamicVRAM (ComfyUI 0.33+, comfy-aimdo, on by default on NVIDIA GPUs): ComfyUI then gives its own models a
+ModelPatcherDynamic (comfy.model_patcher.CoreModelPatcher). The pack deliberately keeps the plain ModelPatcher:
+- ModelPatcherDynamic streams only ComfyUI's own layer types (comfy.ops, `comfy_cast_weights`) through aimdo's
+  VRAM buffers. The pack's diffusers/transformers modules have none, so its load() would copy every weight to the
+  GPU whole and keep the RAM copy beside it as a backup: nothing streamed, RAM still held, and its VRAM use
+  estimated, not known. Its load() also refuses full loads, which the engine needs (one device per run unless
+  diffusers' hooks place the weights).
+- ComfyUI supports the mix: it builds plain ModelPatchers itself for models that opt out (text encoders with
+  dynamic VRAM disabled, clone(disable_dynamic=True)), and load_models_gpu on a plain patcher frees dynamic
+  models' VRAM and pinned RAM first (free_memory with for_dynamic=False, ensure_pin_budget); a dynamic model
+  loading later unloads ours when it needs the room, and make_ready moves it back before our next run.
+tests/comfy_memory_check.py runs this inside a real ComfyUI, with and without 0.33's DynamicVRAM switch.
 """
 
 from __future__ import annotations

@@ -155,10 +155,27 @@ def main() -> int:
     check("a run after Unload reads the files again, same image",
           torch.equal(first, run()) and cache.loads == loads + 2, f"engine loads {cache.loads}")
 
+    check_gpu_patcher_kind(mm, mp, sys.modules[pack.__name__ + ".nodes.comfy_memory"], torch)
     if dynamic:
         check_dynamic_patcher(mm, mp, pack_entries(mm), torch)
     print(f"{len(FAILURES)} failure(s)")
     return 1 if FAILURES else 0
+
+
+def check_gpu_patcher_kind(mm, mp, memory, torch) -> None:
+    """The patcher the pack would give a model bound for a GPU (built here without touching one): on a CPU every
+    patcher is a plain one (ModelPatcherDynamic hands CPU load devices to ModelPatcher), so only a GPU device shows
+    which kind the pack picks once DynamicVRAM is on."""
+    class Probe:  # the two methods the pack's patcher reads from a cached model
+        def modules(self):
+            return {"linear": torch.nn.Linear(4, 4)}
+
+        def memory_bytes(self):
+            return 80
+
+    patcher = memory._patcher(Probe(), torch.device("cuda", 0))
+    check("for a GPU the pack's patcher is a plain ModelPatcher",
+          type(patcher) is mp.ModelPatcher and not patcher.is_dynamic(), type(patcher).__name__)
 
 
 def check_dynamic_patcher(mm, mp, entries, torch) -> None:
