@@ -18,8 +18,8 @@ DynamicVRAM (ComfyUI 0.33+, comfy-aimdo, on by default on NVIDIA GPUs): ComfyUI 
 ModelPatcherDynamic (comfy.model_patcher.CoreModelPatcher). The pack deliberately keeps the plain ModelPatcher:
 - ModelPatcherDynamic streams only ComfyUI's own layer types (comfy.ops, `comfy_cast_weights`) through aimdo's
   VRAM buffers. The pack's diffusers/transformers modules have none, so its load() would copy every weight to the
-  GPU whole and keep the RAM copy beside it as a backup: nothing streamed, RAM still held, and its VRAM use
-  estimated, not known. Its load() also refuses full loads, which the engine needs (one device per run unless
+  GPU whole and keep the RAM copy beside it as a backup: nothing streamed, and the RAM copy kept while the GPU
+  one is in use. Its load() also refuses full loads, which the engine needs (one device per run unless
   diffusers' hooks place the weights).
 - ComfyUI supports the mix: it builds plain ModelPatchers itself for models that opt out (text encoders with
   dynamic VRAM disabled, clone(disable_dynamic=True)), and load_models_gpu on a plain patcher frees dynamic
