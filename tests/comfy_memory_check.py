@@ -12,7 +12,8 @@ comfy.model_management.current_loaded_models through load_models_gpu as plain (n
 ComfyUI's memory functions that walk every entry (free_memory, the pin eviction of 0.33, cleanup_models_gc) run
 over them; unload_all_models (what POST /free and "Unload models" call) unloads them and the next run moves them
 back from RAM without reading a file, with the same image; the Unload node drops them from ComfyUI's list and
-frees their modules, leaving ComfyUI's own model alone.
+frees their modules, leaving ComfyUI's own model alone; dropping the loaders' outputs, as ComfyUI's node cache
+does on "Free model and node cache", frees them too.
 
 --dynamic (ComfyUI 0.33): ComfyUI's DynamicVRAM switch as main.py throws it once comfy-aimdo found a GPU
 (comfy_aimdo.control.init(), CoreModelPatcher = ModelPatcherDynamic, memory_management.aimdo_enabled = True). The
@@ -93,15 +94,19 @@ def main() -> int:
     check("ComfyUI's own VAE is managed", any(m.model is vae.patcher for m in mm.current_loaded_models),
           f"CoreModelPatcher is {core.__name__}, the VAE's patcher a {type(vae.patcher).__name__}")
 
+    outputs: dict = {}  # the loaders' outputs, kept between runs as ComfyUI's node cache keeps them
+
     def run():
         with torch.inference_mode():  # as ComfyUI's executor runs nodes
-            (encoder,) = classes["FluxReduxLoadEncoder"]().load(
-                "flux1-redux-dev.safetensors", "sigclip_vision_patch14_384.safetensors", "auto", "auto")
+            if not outputs:
+                (outputs["encoder"],) = classes["FluxReduxLoadEncoder"]().load(
+                    "flux1-redux-dev.safetensors", "sigclip_vision_patch14_384.safetensors", "auto", "auto")
+                (outputs["model"],) = classes["FluxReduxLoadModel"]().load(
+                    "flux1-dev.safetensors", "ae.safetensors", "auto", "default", "none", "auto", "auto")
             image = torch.rand(1, 96, 128, 3, generator=torch.Generator().manual_seed(0))
-            (cond,) = classes["FluxReduxEncode"]().encode(image, "center", redux_encoder=encoder)
-            (model,) = classes["FluxReduxLoadModel"]().load("flux1-dev.safetensors", "ae.safetensors", "auto",
-                                                            "default", "none", "auto", "auto")
-            images, _ = classes["FluxReduxGenerate"]().generate(model, cond, "custom", 256, 256, 1, 3.5, 7, 1)
+            (cond,) = classes["FluxReduxEncode"]().encode(image, "center", redux_encoder=outputs["encoder"])
+            images, _ = classes["FluxReduxGenerate"]().generate(outputs["model"], cond, "custom", 256, 256, 1, 3.5,
+                                                                7, 1)
         return images
 
     first = run()
@@ -154,6 +159,17 @@ def main() -> int:
     check("ComfyUI's own model stays loaded", any(m.model is vae.patcher for m in mm.current_loaded_models))
     check("a run after Unload reads the files again, same image",
           torch.equal(first, run()) and cache.loads == loads + 2, f"engine loads {cache.loads}")
+
+    modules = [weakref.ref(m.model.model) for m in pack_entries(mm)]
+    outputs.clear()  # ComfyUI drops the loader outputs: "Free model and node cache", another workflow
+    gc.collect()
+    mm.cleanup_models_gc()
+    mm.cleanup_models()
+    check("once ComfyUI drops the loader outputs, the pack's models leave RAM and ComfyUI's list",
+          all(ref() is None for ref in modules) and not pack_entries(mm) and len(cache) == 0,
+          f"{sum(ref() is not None for ref in modules)} module(s) alive, {len(cache)} cached")
+    check("and a new loader output loads them again, same image", torch.equal(first, run()) and
+          cache.loads == loads + 4, f"engine loads {cache.loads}")
 
     check_gpu_patcher_kind(mm, mp, sys.modules[pack.__name__ + ".nodes.comfy_memory"], torch)
     if dynamic:

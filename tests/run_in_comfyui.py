@@ -63,6 +63,7 @@ MEMORY_VAE_FILE = "ae-comfy.safetensors"  # the full-size VAE beside the tiny mo
 SIZE, STEPS = 256, 1
 REMOTE_KEY_ERROR = "No API key for"
 MASK_ERROR = "is empty"
+RESIDUAL_GIB = 1.0  # what ComfyUI may keep after POST /free beyond its start (allocator caches, imports)
 
 
 # -- random-weight files in the real formats ----------------------------------------------------------------------
@@ -206,11 +207,13 @@ class Server:
         while time.monotonic() < deadline:
             try:
                 self.get("/system_stats")
-                return
             except OSError:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"ComfyUI exited; see {self.log_path}")
                 time.sleep(0.5)
+                continue
+            self.baseline_gib = self.private_gib()
+            return
         raise RuntimeError("ComfyUI did not start")
 
     def raw(self, path: str) -> tuple[int, str, bytes]:
@@ -400,9 +403,11 @@ def check_mixed(server: Server, classes: dict, report: Report) -> None:
     report.check("mixed queue: Redux Generate + ComfyUI UNETLoader/KSampler", saved_images(
         result := server.run(mixed_queue(classes))) == 2, result["error"])
     before = server.private_gib()
-    server.free(free_memory=True)
+    server.free(free_memory=True)  # "Free model and node cache"
     after = server.private_gib()
-    print(f"  server private memory: {before:.2f} GiB before POST /free, {after:.2f} GiB after", flush=True)
+    report.check("POST /free (free_memory) gives the models' RAM back", after <= server.baseline_gib + RESIDUAL_GIB,
+                 f"server private memory {server.baseline_gib:.2f} GiB at start, {before:.2f} after the queue, "
+                 f"{after:.2f} after POST /free")
     report.check("mixed queue again after POST /free", saved_images(result := server.run(mixed_queue(classes))) == 2,
                  result["error"])
 
