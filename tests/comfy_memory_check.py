@@ -163,6 +163,7 @@ def main() -> int:
     modules = [weakref.ref(m.model.model) for m in pack_entries(mm)]
     outputs.clear()  # ComfyUI drops the loader outputs: "Free model and node cache", another workflow
     gc.collect()
+    wait_for_release()
     mm.cleanup_models_gc()
     mm.cleanup_models()
     check("once ComfyUI drops the loader outputs, the pack's models leave RAM and ComfyUI's list",
@@ -176,6 +177,17 @@ def main() -> int:
         check_dynamic_patcher(mm, mp, pack_entries(mm), torch)
     print(f"{len(FAILURES)} failure(s)")
     return 1 if FAILURES else 0
+
+
+def wait_for_release(timeout: float = 60) -> None:
+    """The pack frees a dropped model from a thread of its own (nodes/comfy_memory.py): wait for it."""
+    import threading
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(t.name == "flux-redux-release" for t in threading.enumerate()):
+        time.sleep(0.05)
+    gc.collect()
 
 
 def check_gpu_patcher_kind(mm, mp, memory, torch) -> None:
