@@ -69,6 +69,10 @@ def start_comfyui(comfy_dir: str, base_dir: str, dynamic: bool):
     return mm, mp, nodes
 
 
+def is_dynamic(patcher) -> bool:
+    return getattr(patcher, "is_dynamic", lambda: False)()  # 0.8 has no dynamic patchers and no is_dynamic()
+
+
 def pack_entries(mm) -> list:
     return [m for m in mm.current_loaded_models if type(m.model.model).__name__ == "ManagedModules"]
 
@@ -90,7 +94,7 @@ def main() -> int:
     # ComfyUI's own model, through ComfyUI's own loader node and patcher
     (vae,) = classes["VAELoader"]().load_vae(VAE_FILE)
     mm.load_models_gpu([vae.patcher])
-    core = mp.CoreModelPatcher
+    core = getattr(mp, "CoreModelPatcher", mp.ModelPatcher)  # 0.8 has only ModelPatcher
     check("ComfyUI's own VAE is managed", any(m.model is vae.patcher for m in mm.current_loaded_models),
           f"CoreModelPatcher is {core.__name__}, the VAE's patcher a {type(vae.patcher).__name__}")
 
@@ -114,7 +118,7 @@ def main() -> int:
     check("the pack's encoder and FLUX model are in ComfyUI's loaded models", len(entries) == 2,
           f"{len(entries)} entries: {[type(m.model).__name__ for m in entries]}")
     check("they are plain ModelPatchers, not dynamic, whatever CoreModelPatcher is",
-          all(type(m.model) is mp.ModelPatcher and not m.model.is_dynamic() for m in entries))
+          all(type(m.model) is mp.ModelPatcher and not is_dynamic(m.model) for m in entries))
     check("their weights are where ComfyUI put them", all(
         m.model.loaded_size() == m.model.model_size() and m.model.current_loaded_device() == m.device
         for m in entries), str([(m.model.loaded_size(), m.model.model_size()) for m in entries]))
@@ -203,7 +207,7 @@ def check_gpu_patcher_kind(mm, mp, memory, torch) -> None:
 
     patcher = memory._patcher(Probe(), torch.device("cuda", 0))
     check("for a GPU the pack's patcher is a plain ModelPatcher",
-          type(patcher) is mp.ModelPatcher and not patcher.is_dynamic(), type(patcher).__name__)
+          type(patcher) is mp.ModelPatcher and not is_dynamic(patcher), type(patcher).__name__)
 
 
 def check_dynamic_patcher(mm, mp, entries, torch) -> None:
