@@ -137,6 +137,8 @@ WAVESPEED_WIDTH, WAVESPEED_HEIGHT = (  # WAVESPEED_SIDE's range, named as the wi
 # The API server's own numbers (python -m pipelines serve).
 SERVER_PORT = NumberSpec("port", 1, 65535, 8184, help="TCP port the API server listens on")
 MAX_JOBS_PER_KEY = NumberSpec("max_jobs_per_key", 1, 1_000_000, 8, help="unfinished requests one key may have")
+MAX_SYNC_WAITS_PER_KEY = NumberSpec("max_sync_waits_per_key", 1, 1_000_000, 8,
+                                    help="sync requests (fal /sync, WaveSpeed enable_sync_mode) one key may have waiting")
 
 # Remote-only knob: how many input images run as parallel jobs (WaveSpeed's lowest tier allows 3 tasks).
 MAX_CONCURRENCY = NumberSpec("max_concurrency", 1, 8, 2, help="input images sent as parallel jobs")

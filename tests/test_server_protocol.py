@@ -66,7 +66,7 @@ def test_status_is_202_until_completed_and_positions_count_down(tmp_path, client
         while client.get(running["status_url"], headers=ALICE).json()["status"] == "IN_QUEUE":
             time.sleep(0.01)
         ids = [submit(client, server, {"seed": n}).json() for n in range(2)]
-        assert [job["queue_position"] for job in ids] == [0, 1]
+        assert [job["queue_position"] for job in ids] == [1, 2]  # unfinished jobs submitted before it (one runs)
         last = ids[-1]
         positions = []
         while True:
@@ -76,7 +76,7 @@ def test_status_is_202_until_completed_and_positions_count_down(tmp_path, client
             assert reply.status_code == 202
             positions.append(reply.json()["queue_position"])
             time.sleep(0.02)
-        assert positions[0] >= 1 and positions == sorted(positions, reverse=True) and 0 in positions
+        assert positions[0] >= 1 and positions == sorted(positions, reverse=True) and 1 in positions
         assert wait_done(client, last["status_url"], ALICE)["status"] == "COMPLETED"
 
 
@@ -146,12 +146,12 @@ def test_cancel_a_queued_job_at_once(tmp_path, client):
         first, second, third = (submit(client, server, {"seed": n}).json() for n in range(3))
         while client.get(first["status_url"], headers=ALICE).json()["status"] == "IN_QUEUE":
             time.sleep(0.02)
-        assert client.get(third["status_url"], headers=ALICE).json()["queue_position"] == 1
+        assert client.get(third["status_url"], headers=ALICE).json()["queue_position"] == 2
         reply = client.put(second["cancel_url"], headers=ALICE)
         assert reply.status_code == 202 and reply.json() == {"status": "CANCELLATION_REQUESTED"}
         status = client.get(second["status_url"], headers=ALICE)
         assert status.status_code == 200 and status.json()["error_type"] == "request_cancelled"
-        assert client.get(third["status_url"], headers=ALICE).json()["queue_position"] == 0
+        assert client.get(third["status_url"], headers=ALICE).json()["queue_position"] == 1
         assert client.get(second["response_url"], headers=ALICE).status_code == 400
         assert client.put(second["cancel_url"], headers=ALICE).json() == {"status": "ALREADY_COMPLETED"}
 

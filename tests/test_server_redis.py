@@ -51,9 +51,9 @@ def test_protocol_on_the_redis_store(tmp_path, redis_url, namespace):
         assert http.post(url, json=body, headers=ALICE).status_code == 429
         while http.get(jobs[0]["status_url"], headers=ALICE).json()["status"] == "IN_QUEUE":
             time.sleep(0.02)
-        assert http.get(jobs[2]["status_url"], headers=ALICE).json()["queue_position"] == 1
+        assert http.get(jobs[2]["status_url"], headers=ALICE).json()["queue_position"] == 2
         assert http.put(jobs[1]["cancel_url"], headers=ALICE).status_code == 202
-        assert http.get(jobs[2]["status_url"], headers=ALICE).json()["queue_position"] == 0
+        assert http.get(jobs[2]["status_url"], headers=ALICE).json()["queue_position"] == 1
         assert http.get(jobs[2]["status_url"], headers=BOB).status_code == 404
         done = wait_done(http, jobs[2]["status_url"], ALICE)
         assert "error" not in done

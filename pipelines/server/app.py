@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -23,8 +25,9 @@ def build_app(config: ServerConfig, service: JobService, keys: ApiKeys) -> Starl
         found = await blocking(service.store.get_file, request.path_params["token"])
         if found is None:
             return JSONResponse({"detail": "File not found or expired"}, status_code=404)
-        data, content_type = found
-        return Response(data, media_type=content_type, headers={"Cache-Control": "private, max-age=3600"})
+        data, content_type, expires_at = found
+        left = max(0, int(expires_at - time.time()))  # a cache must not keep it past the result's expiry
+        return Response(data, media_type=content_type, headers={"Cache-Control": f"private, max-age={left}"})
 
     async def openapi_json(_request: Request):
         return JSONResponse(spec)

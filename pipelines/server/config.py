@@ -1,4 +1,4 @@
-"""Server settings: one frozen record, passed to worker processes as JSON."""
+"""Server settings: one frozen record, passed to worker processes as JSON through an inherited descriptor."""
 
 from __future__ import annotations
 
@@ -40,6 +40,9 @@ class ServerConfig:
     lease_s: float = 30.0  # a running job whose worker stops renewing this long is re-queued
     max_attempts: int = 2  # runs a job may start (crash recovery) before it fails
     job_timeout_s: float = 1800.0  # a job running longer is failed and its worker process killed (a hang)
+    heartbeat_timeout_s: float = 20.0  # a local worker silent this long (frozen) is killed and restarted
+    drain_timeout_s: float = 25.0  # on SIGTERM/SIGINT: how long running jobs may take to finish
+    max_sync_waits_per_key: int = params.MAX_SYNC_WAITS_PER_KEY.default  # more get 429 + Retry-After
     sync_timeout_s: float = 300.0
     max_body_bytes: int = 16 * 2**20
     max_input_bytes: int = 10 * 2**20

@@ -90,7 +90,7 @@ def claim(job: Job, worker: str, lease_s: float) -> Job | None:
     now = time.time()
     job.state, job.worker, job.started_at, job.lease_until = RUNNING, worker, now, now + lease_s
     job.attempts += 1
-    log_line(job, f"started on worker {worker} (attempt {job.attempts})")
+    log_line(job, f"started (attempt {job.attempts})")  # clients see logs: no host names or pids in them
     return job
 
 

@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from . import jobs as J
 from .outputs import absolute
-from .service import TooManyJobs
+from .service import ShuttingDown, TooManyJobs
 from .validation import FAL_APPS, FAL_MODELS, validate_fal
 from .web import BodyError, Context, base_url, blocking, json_reply, owner_of, read_json
 
@@ -87,6 +87,12 @@ def routes(ctx: Context) -> list[Route]:
         except TooManyJobs as exc:
             return json_reply(429, {"detail": str(exc), "error_type": "rate_limited"},
                               {"Retry-After": str(ctx.config.retry_after_s)})
+        except ShuttingDown as exc:
+            return unavailable(str(exc))
+
+    def unavailable(message: str):
+        return json_reply(503, {"detail": message, "error_type": "service_unavailable"},
+                          {"Retry-After": str(ctx.config.retry_after_s), "X-Fal-Error-Type": "service_unavailable"})
 
     async def submit(request: Request):
         parsed = await parse(request)
@@ -158,12 +164,19 @@ def routes(ctx: Context) -> list[Route]:
         owner, model_id, inputs, issues = parsed
         if inputs is None:
             return json_reply(422, {"detail": issues})
-        job = await enqueue(owner, model_id, inputs)
-        if not isinstance(job, J.Job):
-            return job
-        job = await blocking(ctx.service.wait, owner, job.id, ctx.config.sync_timeout_s)
+        with ctx.service.waits.slot(owner) as free:  # waits hold no thread, but each key has a bounded number
+            if not free:
+                return json_reply(429, {"detail": ctx.service.too_many_waits(), "error_type": "rate_limited"},
+                                  {"Retry-After": str(ctx.config.retry_after_s)})
+            job = await enqueue(owner, model_id, inputs)
+            if not isinstance(job, J.Job):
+                return job
+            job = await ctx.service.wait(owner, job.id, ctx.config.sync_timeout_s)
         if job is not None and not job.done:
             await blocking(ctx.service.cancel, owner, job.id)
+            if ctx.service.draining:
+                return unavailable("the server restarted before this request finished; it was cancelled, send it "
+                                   "again")
             return json_reply(504, {"detail": f"not finished within {ctx.config.sync_timeout_s:g} s; cancelled "
                                               "(use the queue endpoints for long jobs)",
                                     "error_type": "request_timeout"}, {"X-Fal-Error-Type": "request_timeout"})

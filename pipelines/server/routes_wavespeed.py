@@ -8,13 +8,14 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 
 from starlette.requests import Request
 from starlette.routing import Route
 
 from . import jobs as J
 from .outputs import absolute
-from .service import TooManyJobs
+from .service import ShuttingDown, TooManyJobs
 from .validation import WAVESPEED_MODEL, validate_wavespeed
 from .web import BodyError, Context, base_url, blocking, json_reply, owner_of, read_json
 
@@ -63,6 +64,7 @@ def routes(ctx: Context) -> list[Route]:
         owner = owner_of(request, ctx)
         if owner is None:
             return unauthorized()
+        retry = {"Retry-After": str(ctx.config.retry_after_s)}
         try:
             body = await read_json(request, ctx.config.max_body_bytes)
         except BodyError as exc:
@@ -70,17 +72,23 @@ def routes(ctx: Context) -> list[Route]:
         inputs, problem = validate_wavespeed(body, ctx.config.url_inputs)
         if inputs is None:
             return envelope(400, f"invalid parameter: {problem}")
-        try:
-            job = await blocking(ctx.service.submit, owner, "wavespeed", WAVESPEED_MODEL, inputs)
-        except TooManyJobs as exc:
-            return envelope(429, str(exc), headers={"Retry-After": str(ctx.config.retry_after_s)})
-        if body.get("enable_sync_mode"):
-            job = await blocking(ctx.service.wait, owner, job.id, ctx.config.sync_timeout_s)
-            data = task_data(request, job)
-            if not job.done:
-                data.update(code=SYNC_TIMEOUT_CODE, error="Sync mode timed out, please query the result later")
-            return envelope(200, "success", data)
-        return envelope(200, "success", task_data(request, job))
+        sync = bool(body.get("enable_sync_mode"))
+        with ctx.service.waits.slot(owner) if sync else nullcontext(True) as free:  # waits hold no thread
+            if not free:
+                return envelope(429, ctx.service.too_many_waits(), headers=retry)
+            try:
+                job = await blocking(ctx.service.submit, owner, "wavespeed", WAVESPEED_MODEL, inputs)
+            except TooManyJobs as exc:
+                return envelope(429, str(exc), headers=retry)
+            except ShuttingDown as exc:
+                return envelope(503, str(exc), headers=retry)
+            if not sync:
+                return envelope(200, "success", task_data(request, job))
+            job = await ctx.service.wait(owner, job.id, ctx.config.sync_timeout_s)
+        data = task_data(request, job)
+        if not job.done:  # timed out, or the server is stopping: the task stays queued, the client polls
+            data.update(code=SYNC_TIMEOUT_CODE, error="Sync mode timed out, please query the result later")
+        return envelope(200, "success", data)
 
     async def find(request: Request):
         owner = owner_of(request, ctx)

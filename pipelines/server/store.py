@@ -37,7 +37,12 @@ class JobStore(ABC):
 
     @abstractmethod
     def position(self, job: Job) -> int:
-        """How many queued jobs are ahead of this one."""
+        """How many unfinished (queued or running) jobs were submitted before this one. Workers take jobs in
+        submit order and a re-queued job keeps its order, so this number never goes up."""
+
+    def unfinished_among(self, job_ids: list[str]) -> set[str]:
+        """Those of job_ids that exist and are not finished (one query for all the sync requests waiting)."""
+        return {job_id for job_id in job_ids if (job := self.get(job_id)) is not None and not job.done}
 
     @abstractmethod
     def active_count(self, owner: str) -> int: ...
@@ -52,7 +57,8 @@ class JobStore(ABC):
     def put_file(self, token: str, data: bytes, content_type: str, expires_at: float) -> None: ...
 
     @abstractmethod
-    def get_file(self, token: str) -> tuple[bytes, str] | None: ...
+    def get_file(self, token: str) -> tuple[bytes, str, float] | None:
+        """(data, content type, expiry time) of a file not yet expired."""
 
     @abstractmethod
     def purge_expired(self) -> int:
@@ -139,9 +145,18 @@ class SqliteJobStore(JobStore):
             return job
 
     def position(self, job: Job) -> int:
-        (ahead,) = self._connection().execute("select count(*) from jobs where state = ? and seq < ?",
-                                              (QUEUED, job.seq)).fetchone()
+        (ahead,) = self._connection().execute("select count(*) from jobs where state in (?, ?) and seq < ?",
+                                              (QUEUED, RUNNING, job.seq)).fetchone()
         return ahead
+
+    def unfinished_among(self, job_ids: list[str]) -> set[str]:
+        found, db = set(), self._connection()
+        for start in range(0, len(job_ids), 500):  # SQLite caps the number of ? in one statement
+            chunk = job_ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = db.execute(f"select id from jobs where id in ({marks}) and state != ?", (*chunk, DONE))
+            found.update(job_id for (job_id,) in rows)
+        return found
 
     def active_count(self, owner: str) -> int:
         (count,) = self._connection().execute("select count(*) from jobs where owner = ? and state != ?",
@@ -162,9 +177,9 @@ class SqliteJobStore(JobStore):
                        (token, content_type, data, expires_at))
 
     def get_file(self, token: str) -> tuple[bytes, str] | None:
-        row = self._connection().execute("select data, content_type from files where token = ? and expires_at > ?",
-                                         (token, time.time())).fetchone()
-        return (bytes(row[0]), row[1]) if row else None
+        row = self._connection().execute("select data, content_type, expires_at from files where token = ? and "
+                                         "expires_at > ?", (token, time.time())).fetchone()
+        return (bytes(row[0]), row[1], row[2]) if row else None
 
     def purge_expired(self) -> int:
         now = time.time()

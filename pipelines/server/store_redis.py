@@ -1,7 +1,7 @@
 """The job store on Redis, for several GPU hosts sharing one queue (huey's Redis backend carries the tasks).
 
 Keys under `<namespace>:`: job:<id> (JSON record; expires with the result), seq (counter), queued (sorted by
-queue order), running (sorted by lease end), active:<owner> (set of unfinished ids), file:<token> (hash
+queue order), running (sorted by lease end), unfinished (queued + running, sorted by queue order), active:<owner> (set of unfinished ids), file:<token> (hash
 with data and type; expires). Changes use WATCH/MULTI, so two hosts never apply conflicting updates.
 """
 
@@ -30,6 +30,10 @@ class RedisJobStore(JobStore):
         key = self._key("job", job.id)
         pipe.set(key, json.dumps(job.to_doc()))
         active = self._key("active", job.owner)
+        if job.state == DONE:
+            pipe.zrem(self._key("unfinished"), job.id)
+        else:
+            pipe.zadd(self._key("unfinished"), {job.id: job.seq})
         if job.state == QUEUED:
             pipe.zadd(self._key("queued"), {job.id: job.seq})
             pipe.zrem(self._key("running"), job.id)
@@ -83,8 +87,7 @@ class RedisJobStore(JobStore):
                     continue  # someone changed it meanwhile: read again and re-apply
 
     def position(self, job: Job) -> int:
-        rank = self.db.zrank(self._key("queued"), job.id)
-        return int(rank) if rank is not None else 0
+        return int(self.db.zcount(self._key("unfinished"), "-inf", f"({job.seq}"))
 
     def active_count(self, owner: str) -> int:
         return int(self.db.scard(self._key("active", owner)))
@@ -104,8 +107,12 @@ class RedisJobStore(JobStore):
             pipe.execute()
 
     def get_file(self, token: str) -> tuple[bytes, str] | None:
-        found = self.db.hmget(self._key("file", token), ["data", "type"])
-        return (found[0], found[1].decode()) if found[0] is not None else None
+        key = self._key("file", token)
+        with self.db.pipeline(transaction=False) as pipe:
+            pipe.hmget(key, ["data", "type"])
+            pipe.pttl(key)
+            (data, kind), left_ms = pipe.execute()
+        return (data, kind.decode(), time.time() + max(0, left_ms) / 1000) if data is not None else None
 
     def purge_expired(self) -> int:
         return 0  # Redis drops expired jobs and files by itself (EXPIREAT)
