@@ -200,7 +200,8 @@ def _gguf_quantizer(model, weights: WeightFile, pieces: dict, dtype: torch.dtype
 
     quantizer = DiffusersAutoQuantizer.from_config(GGUFQuantizationConfig(compute_dtype=dtype))
     quantizer.validate_environment()
-    quantized = {name: GGUFParameter(torch.empty(0, dtype=torch.uint8, device="meta"))
+    quantized = {name: GGUFParameter(torch.empty(0, dtype=torch.uint8, device="meta"),
+                                     quant_type=weights.quant_type(piece.key))
                  for name, piece in pieces.items() if weights.dtype(piece.key) is None}
     quantizer.preprocess_model(model=model, device_map=None, state_dict=quantized, keep_in_fp32_modules=[])
     return quantizer

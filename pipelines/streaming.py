@@ -89,6 +89,10 @@ class WeightFile:
         name = self.index.dtypes.get(key, "F32")
         return GGUF_PLAIN.get(name) if self.index.is_gguf else SAFETENSORS_DTYPES.get(name, torch.float32)
 
+    def quant_type(self, key: str):
+        """A GGUF tensor's GGMLQuantizationType."""
+        return self._gguf[self.index.prefix + key].tensor_type
+
     def scaled(self, key: str) -> bool:
         return key.endswith(".weight") and f"{key[:-len('weight')]}scale_weight" in self.index.shapes
 
