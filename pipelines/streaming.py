@@ -15,6 +15,7 @@ tensor each model tensor takes, and only then are the real tensors read, under t
 from __future__ import annotations
 
 import logging
+from bisect import bisect_right
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Callable
@@ -168,23 +169,27 @@ def converted_pieces(source: WeightFile, convert: Callable[[dict], dict]) -> dic
     except Exception as exc:
         raise WeightsError(f"{source.name}: diffusers could not convert its key names ({type(exc).__name__}: "
                            f"{exc}); the file may be incomplete or another model.") from exc
-    bounds = torch.tensor(starts)
-    return {name: _piece(name, ids, keys, bounds, source.name) for name, ids in converted.items()}
+    rows = [source.rows(k) for k in keys]
+    return {name: _piece(name, ids, keys, starts, rows, source.name)
+            for name, ids in converted.items() if isinstance(ids, torch.Tensor)}
 
 
-def _piece(name: str, ids: torch.Tensor, keys: list[str], bounds: torch.Tensor, path: str) -> Piece:
+def _piece(name: str, ids: torch.Tensor, keys: list[str], starts: list[int], rows: list[int], path: str) -> Piece:
+    """The stand-in a converter returned for `name`, read back as runs of consecutive rows of file tensors."""
     if ids.dtype != torch.int64 or ids.ndim == 0 or ids.shape[0] != ids.numel():
         raise WeightsError(f"{path}: the key converter reshaped {name} beyond picking rows; this pack cannot "
                            "stream it (please report the file).")
     ids = ids.reshape(-1)
-    owner = torch.searchsorted(bounds, ids, right=True) - 1
-    breaks = torch.nonzero((ids[1:] - ids[:-1] != 1) | (owner[1:] != owner[:-1])).reshape(-1) + 1
-    edges = [0, *breaks.tolist(), ids.numel()]
+    breaks = (torch.nonzero(ids[1:] - ids[:-1] != 1).reshape(-1) + 1).tolist()
+    edges = [0, *breaks, ids.numel()]
     parts = []
     for a, b in zip(edges, edges[1:]):
-        k = int(owner[a])
-        first = int(ids[a] - bounds[k])
-        parts.append((keys[k], first, first + (b - a)))
+        low, high = int(ids[a]), int(ids[b - 1]) + 1
+        while low < high:  # a run may cross from one file tensor into the next
+            k = bisect_right(starts, low) - 1
+            end = min(high, starts[k] + rows[k])
+            parts.append((keys[k], low - starts[k], end - starts[k]))
+            low = end
     return Piece(tuple(parts))
 
 
