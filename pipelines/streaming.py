@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from .weights import SCALE_SUFFIXES, TensorIndex, WeightsError
+from .weights import SCALE_SUFFIXES, TensorIndex, WeightsError, open_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +60,7 @@ class WeightFile:
 
             self._gguf = {t.name: t for t in GGUFReader(str(self.index.path)).tensors}  # read-only memory map
         else:
-            from safetensors import safe_open
-
-            try:
-                handle = safe_open(str(self.index.path), framework="pt", backend="pread")
-            except TypeError:  # safetensors < 0.8 has no pread backend: its memory map is the only way
-                handle = safe_open(str(self.index.path), framework="pt")
-            self._file = self._stack.enter_context(handle)
+            self._file = self._stack.enter_context(open_safetensors(self.index.path))
         return self
 
     def __exit__(self, *exc):

@@ -79,6 +79,16 @@ class TensorIndex:
         return TensorIndex(self.path, strip(self.shapes), strip(self.dtypes), self.prefix + prefix, strip(self.nbytes))
 
 
+def open_safetensors(path: str | Path):
+    """safe_open reading with pread(2): its default memory map is private and writable, which the kernel counts
+    as the process's private data (RLIMIT_DATA) for the whole file while it is open, even for a header read.
+    safetensors < 0.8 has no pread backend; its memory map is then the only way."""
+    try:
+        return safe_open(str(path), framework="pt", backend="pread")
+    except TypeError:
+        return safe_open(str(path), framework="pt")
+
+
 def refuse_pickle(path: Path) -> None:
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise WeightsError(
@@ -96,7 +106,7 @@ def read_header(path: Path) -> TensorIndex:
         return TensorIndex(path, {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in tensors},
                            {t.name: t.tensor_type.name for t in tensors},
                            nbytes={t.name: int(t.n_bytes) for t in tensors})
-    with safe_open(str(path), framework="pt") as f:
+    with open_safetensors(path) as f:
         slices = {key: f.get_slice(key) for key in f.keys()}
         shapes = {k: tuple(s.get_shape()) for k, s in slices.items()}
         dtypes = {k: s.get_dtype() for k, s in slices.items()}
@@ -172,7 +182,7 @@ def check_values(index: TensorIndex, sample: int = 64) -> None:
     if index.is_gguf:
         return
 
-    with safe_open(str(index.path), framework="pt") as f:
+    with open_safetensors(index.path) as f:
         for key in f.keys():
             values = f.get_slice(key)
             shape = values.get_shape()
