@@ -125,8 +125,9 @@ def test_vae_streamed_from_ldm_names_equals_diffusers_from_single_file(models):
     from diffusers import AutoencoderKL
 
     path = models["files"]["vae"]
-    reference = AutoencoderKL.from_single_file(str(path), config=str(loading.CONFIG_DIR / "vae"), local_files_only=True,
-                                               torch_dtype=F32, **loading._vae_overrides(weights.read_index(path, "vae")))
+    overrides = loading._vae_overrides(weights.read_index(path, "vae"))
+    reference = AutoencoderKL.from_single_file(str(path), config=str(loading.CONFIG_DIR / "vae"),
+                                               local_files_only=True, torch_dtype=F32, **overrides)
     _same_params(loading.load_vae(path, F32), reference)
 
 
