@@ -239,3 +239,38 @@ def test_auto_placement_keeps_a_gguf_that_fits_whole_even_with_fp8_asked():
     decided = placement.decide(placement.Footprint(12 * 10**9, 7 * 10**9, quantized=True), 2 * 10**8, 80 * 10**9,
                                2, "fp8")
     assert (decided.offload, decided.weight_storage) == ("none", "default")
+
+
+def test_a_lora_on_an_fp8_file_kept_fp8_computes_in_the_compute_dtype(tmp_path, models):
+    """fp8 files stay fp8 by default; a LoRA on them is held and computed in the compute dtype (peft would
+    otherwise cast it to the base layer's fp8)."""
+    from safetensors.torch import save_file
+
+    lora = submodule("pipelines.lora")
+    source = tm._contiguous(models["sources"]["dev"].state_dict())
+    path = tm.write_safetensors(tmp_path / "flux1-dev-fp8.safetensors",
+                                {k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v for k, v in source.items()})
+    gen = torch.Generator().manual_seed(0)
+    save_file({"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.randn(4, 128, generator=gen),
+               "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.randn(128, 4, generator=gen)},
+              str(tmp_path / "lora.safetensors"))
+    cache = ModelCache()
+    encoder = models_mod.load_redux_encoder(models_mod.ReduxEncoderSpec(str(models["files"]["redux"]),
+                                                                        str(models["files"]["siglip"])), cache)
+    cond = redux.encode(encoder, torch.rand(32, 32, 3))
+    run = params.validate_generation("dev", "custom", 256, 256, num_inference_steps=1, seed=1)
+
+    def flux(*loras):
+        spec = models_mod.FluxModelSpec(str(path), str(models["files"]["vae"]), options=loading.LoadOptions(
+            device="cpu"), loras=tuple(lora.LoraSpec(str(tmp_path / "lora.safetensors"), s) for s in loras))
+        return models_mod.load_flux_model(spec, cache)
+
+    plain = sampling.generate(flux(), cond, run).images
+    loads = cache.loads
+    with_lora = flux(1.0)
+    images = sampling.generate(with_lora, cond, run).images
+    to_q = with_lora.pipe.transformer.transformer_blocks[0].attn.to_q
+    assert to_q.base_layer.weight.dtype == torch.float8_e4m3fn
+    assert {p.dtype for n, p in to_q.named_parameters() if "lora_" in n} == {F32}
+    assert (images - plain).abs().max() > 1e-3
+    assert torch.equal(sampling.generate(flux(), cond, run).images, plain) and cache.loads == loads
