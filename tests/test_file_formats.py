@@ -111,6 +111,31 @@ def test_scaled_fp8_text_encoders_keep_their_scales(tmp_path):
         torch.testing.assert_close(t5[key], value, rtol=0, atol=0, msg=key)
 
 
+def test_plain_fp8_text_encoders_stay_fp8_and_encode_like_their_upcast(tmp_path):
+    """t5xxl_fp8_e4m3fn.safetensors as users have it: fp8 matrices kept fp8 (T5's `wo` in fp32, as transformers
+    keeps it), computed layer by layer; the prompt encodes exactly as with the same weights upcast to fp32."""
+    files = tm.write_text_encoders(tmp_path)
+    narrow = lambda state: {k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v for k, v in state.items()}  # noqa: E731
+    clip_state = {k if k.startswith("text_model.") else f"text_model.{k}": v
+                  for k, v in tm._contiguous(files["clip"].state_dict()).items()}
+    t5_state = {k: v for k, v in tm._contiguous(files["t5"].state_dict()).items() if k != "encoder.embed_tokens.weight"}
+    paths = {}
+    for name, state in (("clip", clip_state), ("t5", t5_state)):
+        paths[name] = tm.write_safetensors(tmp_path / "fp8" / f"{name}.safetensors", narrow(state))
+        paths[f"{name}_wide"] = tm.write_safetensors(tmp_path / "wide" / f"{name}.safetensors",
+                                                     {k: v.float() for k, v in narrow(state).items()})
+    options = loading.LoadOptions(device="cpu")
+    fp8 = text.load_text_encoders(text.TextEncoderSpec(str(paths["clip"]), str(paths["t5"]), str(files["folder"]),
+                                                       options), ModelCache())
+    wide = text.load_text_encoders(text.TextEncoderSpec(str(paths["clip_wide"]), str(paths["t5_wide"]),
+                                                        str(files["folder"]), options), ModelCache())
+    t5 = fp8.pipe.text_encoder_2
+    assert t5.encoder.block[0].layer[0].SelfAttention.q.weight.dtype == torch.float8_e4m3fn
+    assert t5.encoder.block[0].layer[1].DenseReluDense.wo.weight.dtype == F32
+    a, b = text.encode_prompt(fp8, "a photo of a cat"), text.encode_prompt(wide, "a photo of a cat")
+    assert torch.equal(a.embeds, b.embeds) and torch.equal(a.pooled, b.pooled)
+
+
 def test_other_scaled_layouts_are_refused_naming_the_file(tmp_path, models):
     state = tm._contiguous(models["sources"]["dev"].state_dict())
     state["transformer_blocks.0.ff.net.2.weight_scale"] = torch.ones(())
