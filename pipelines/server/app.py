@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
+
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -12,7 +15,36 @@ from .auth import ApiKeys
 from .config import ServerConfig
 from .outputs import FILES_PATH
 from .service import JobService
+from .store import storage_failure
 from .web import Context, blocking
+
+log = logging.getLogger("flux-redux.server")
+WAVESPEED_PREFIX = "/api/v3/"
+
+
+async def storage_failed(request: Request, exc: Exception) -> Response:
+    """A store or queue write that failed (disk full, database locked, Redis gone): a JSON reply in the
+    caller's protocol instead of a bare 500; anything else goes on to the generic 500."""
+    found = storage_failure(exc)
+    if found is None:
+        raise exc
+    status, kind, message = found
+    log.error("%s %s refused with %d: job storage failed: %s: %s", request.method, request.url.path, status,
+              type(exc).__name__, str(exc).splitlines()[0][:300] if str(exc) else "")
+    headers = {"Retry-After": "30"}
+    if request.url.path.startswith(WAVESPEED_PREFIX):
+        return JSONResponse({"code": status, "message": message, "data": None}, status_code=status, headers=headers)
+    return JSONResponse({"detail": message, "error_type": kind}, status_code=status,
+                        headers=dict(headers, **{"X-Fal-Error-Type": kind}))
+
+
+def storage_exceptions() -> list[type[Exception]]:
+    classes: list[type[Exception]] = [sqlite3.Error, OSError]
+    try:
+        import redis
+    except ImportError:
+        return classes
+    return [*classes, redis.RedisError]
 
 
 def build_app(config: ServerConfig, service: JobService, keys: ApiKeys) -> Starlette:
@@ -39,4 +71,4 @@ def build_app(config: ServerConfig, service: JobService, keys: ApiKeys) -> Starl
         *routes_wavespeed.routes(ctx),
         *routes_fal.routes(ctx),  # last: its submit route takes any POST path
     ]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, exception_handlers={cls: storage_failed for cls in storage_exceptions()})

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from .. import params
-from .config import DEFAULT_PORT, DEFAULT_STATE_DIR, ServerConfig
+from .config import DEFAULT_PORT, DEFAULT_STATE_DIR, ServerConfig, check_listen_address
 
 log = logging.getLogger("flux-redux.server")
 
@@ -105,6 +105,7 @@ def run(args) -> int:
         if not args.workers_only:
             from .auth import load_keys
             keys = load_keys()
+            check_listen_address(config.host, config.port)
         from .runtime import serve
     except ImportError as exc:  # the server's packages are an optional extra
         print(f"error: serve needs the server packages ({exc.name} is missing): "

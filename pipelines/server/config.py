@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import socket
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -77,3 +79,23 @@ class ServerConfig:
     @property
     def state_path(self) -> Path:
         return Path(self.state_dir)
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """Fail before any worker starts, in one line, when the API cannot listen on host:port (busy port, an
+    address of another machine, a privileged port). Binds the way uvicorn does (SO_REUSEADDR), then lets go."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            rule = f"it is already in use on {host} (another serve or program listens there); stop that one or " \
+                   "pick a free port with --port"
+        elif exc.errno == errno.EACCES:
+            rule = f"this user may not listen on it on {host} (ports below 1024 need privileges); pick one above 1023"
+        else:
+            raise params.ParameterError("host", host, f"cannot listen there ({exc.strerror or exc}); expected an "
+                                                      "address of this machine, e.g. 127.0.0.1 or 0.0.0.0") from None
+        raise params.ParameterError("port", port, rule) from None

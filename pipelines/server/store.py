@@ -5,8 +5,10 @@ queries need, and apply every state change atomically (`update`).
 
 from __future__ import annotations
 
+import errno
 import json
 import sqlite3
+import sys
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -182,6 +184,35 @@ class SqliteJobStore(JobStore):
 
 def _expired(job: Job) -> bool:
     return job.expires_at is not None and job.expires_at < time.time()
+
+
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+STORAGE_FULL = (507, "storage_full", "the server's job storage is full, so the request was not accepted; retry "
+                                     "later (the operator must free disk space in serve's --state-dir)")
+
+
+def storage_failure(exc: BaseException) -> tuple[int, str, str] | None:
+    """(HTTP status, error type, one-line message) when `exc` says the job store cannot take a write: 507 when
+    it is out of space (SQLite's SQLITE_FULL, ENOSPC, Redis over maxmemory), 503 when it is unusable for now
+    (locked, I/O error, Redis unreachable). None for anything else."""
+    if isinstance(exc, sqlite3.Error):
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc):
+            return STORAGE_FULL
+        return 503, "storage_unavailable", f"the server's job storage cannot be used right now ({_first_line(exc)}); " \
+                                           "retry later"
+    if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:
+        return STORAGE_FULL
+    redis = sys.modules.get("redis")  # imported only by the Redis store
+    if redis is not None and isinstance(exc, redis.RedisError):
+        if "OOM" in str(exc):
+            return STORAGE_FULL[0], STORAGE_FULL[1], "the server's job storage (Redis) is full, so the request " \
+                                                     "was not accepted; retry later"
+        return 503, "storage_unavailable", "the server's job storage (Redis) cannot be reached right now; retry later"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
 
 
 def open_store(queue_url: str | None, state_dir: Path, namespace: str) -> JobStore:
