@@ -97,7 +97,7 @@ def test_result_before_completion_is_400(tmp_path, client):
 
 
 def test_validation_errors_complete_with_422_naming_each_field(server, client):
-    reply = submit(client, server, {"num_inference_steps": 28, "image_size": {"width": 1000, "height": 64},
+    reply = submit(client, server, {"num_inference_steps": 28, "image_size": {"width": 1000, "height": 20000},
                                     "output_format": "webp"}, model=SCHNELL)
     assert reply.status_code == 200
     job = reply.json()
@@ -109,14 +109,16 @@ def test_validation_errors_complete_with_422_naming_each_field(server, client):
     assert set(by_field) == {("body", "num_inference_steps"), ("body", "image_size", "height"),
                              ("body", "output_format")}
     assert "1–12" in by_field[("body", "num_inference_steps")]["msg"]
-    assert "256–4096" in by_field[("body", "image_size", "height")]["msg"]
+    assert "1–14142" in by_field[("body", "image_size", "height")]["msg"]
 
 
 @pytest.mark.parametrize("body, field", [
     ({"image_url": None}, "image_url"), ({"image_url": "ftp://x/y.png"}, "image_url"),
     ({"image_url": "https://example.com/a.png"}, "image_url"),  # URL inputs are off by default
     ({"guidance_scale": 25}, "guidance_scale"), ({"seed": -1}, "seed"), ({"num_images": 5}, "num_images"),
-    ({"image_size": {"width": 1000, "height": 1024}}, "image_size"), ({"image_size": "huge"}, "image_size"),
+    ({"image_size": {"width": 0, "height": 1024}}, "image_size"), ({"image_size": "huge"}, "image_size"),
+    ({"image_size": {"width": 14143, "height": 16}}, "image_size"), ({"image_size": {"width": 512}}, "image_size"),
+    ({"image_size": {"width": 512.5, "height": 512}}, "image_size"), ({"output_format": "Default"}, "output_format"),
     ({"sync_mode": "yes"}, "sync_mode"), ({"acceleration": "max"}, "acceleration"),
 ])
 def test_sync_endpoint_answers_422_naming_the_field(server, client, body, field):
@@ -321,3 +323,71 @@ def test_url_inputs_when_switched_on_with_caps_and_no_private_redirects(tmp_path
     finally:
         images.stop()
         other.stop()
+
+
+SUBMIT_FIELDS = {"request_id": str, "response_url": str, "status_url": str, "cancel_url": str, "status": str,
+                 "queue_position": int, "logs": dict, "metrics": dict}  # fal's QueueStatus schema and its types
+
+
+@pytest.mark.parametrize("body", [{}, {"num_images": 99, "image_size": "huge"}, {"image_url": None}],
+                         ids=["valid", "invalid fields", "missing image"])
+def test_submit_reply_has_every_field_of_the_seed_schema_with_its_type(server, client, body):
+    payload = {"image_url": data_uri(), "image_size": "square", **body}
+    reply = client.post(f"{server.url}/{DEV}", json={k: v for k, v in payload.items() if v is not None},
+                        headers=ALICE)
+    assert reply.status_code == 200
+    job = reply.json()
+    assert set(job) == set(SUBMIT_FIELDS)
+    for name, kind in SUBMIT_FIELDS.items():
+        assert isinstance(job[name], kind) and not isinstance(job[name], bool), (name, job[name])
+    assert job["queue_position"] >= 0
+    assert job["status"] == ("IN_QUEUE" if not body else "COMPLETED")
+
+
+def test_values_the_seeds_list_are_accepted(server, client):
+    reply = client.post(f"{server.url}/sync/{DEV}", headers=ALICE, json={
+        "image_url": data_uri(), "image_size": "square", "output_format": "default", "acceleration": "default"})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["images"][0]["content_type"] == "image/jpeg"  # fal's default format
+    for acceleration in params.ACCELERATIONS:
+        ok = client.post(f"{server.url}/sync/{SCHNELL}", headers=ALICE, json={
+            "image_url": data_uri(), "image_size": "square", "acceleration": acceleration, "output_format": "png"})
+        assert ok.status_code == 200 and ok.json()["images"][0]["content_type"] == "image/png"
+    task = wavespeed(client, server, {"output_format": "default", "enable_sync_mode": True}).json()["data"]
+    assert task["status"] == "completed"
+    assert Image.open(io.BytesIO(client.get(task["outputs"][0]).content)).format == "JPEG"
+
+
+@pytest.mark.parametrize("asked, served", [((1000, 333), (1008, 336)), ((1, 7), (16, 16)), ((24, 8), (32, 16)),
+                                           ((257, 1023), (256, 1024)), ((4100, 16), (4096, 16))])
+def test_custom_sizes_fal_accepts_are_rounded_to_16_and_reported(server, client, asked, served):
+    reply = client.post(f"{server.url}/sync/{DEV}", headers=ALICE, json={
+        "image_url": data_uri(), "image_size": {"width": asked[0], "height": asked[1]}, "output_format": "png"})
+    assert reply.status_code == 200, reply.text
+    image = reply.json()["images"][0]
+    assert (image["width"], image["height"]) == served
+    assert Image.open(io.BytesIO(client.get(image["url"]).content)).size == served
+
+
+def test_sizes_past_the_servers_pixel_limit_are_refused_naming_it(tmp_path, client):
+    with local_server(tmp_path, [StandIn(seconds=0.01)], max_output_pixels=512 * 512) as server:
+        for size in ({"width": 14142, "height": 14142}, {"width": 600, "height": 600}, "square_hd"):
+            reply = client.post(f"{server.url}/sync/{DEV}", headers=ALICE,
+                                json={"image_url": data_uri(), "image_size": size})
+            assert reply.status_code == 422
+            (issue,) = reply.json()["detail"]
+            assert issue["loc"] == ["body", "image_size"]
+            assert "limit of 262144 pixels" in issue["msg"] and "--max-output-pixels" in issue["msg"]
+        ok = client.post(f"{server.url}/sync/{DEV}", headers=ALICE,
+                         json={"image_url": data_uri(), "image_size": {"width": 500, "height": 520}})
+        image = ok.json()["images"][0]
+        assert ok.status_code == 200 and (image["width"], image["height"]) == (496, 528)  # 261,888 pixels
+        refused = wavespeed(client, server, {"size": "1024*1024"})
+        assert refused.status_code == 400 and "262144 pixels" in refused.json()["message"]
+
+
+def test_wavespeed_sizes_are_rounded_too(server, client):
+    task = wavespeed(client, server, {"size": "1000*333", "enable_sync_mode": True}).json()["data"]
+    assert task["status"] == "completed"
+    assert Image.open(io.BytesIO(client.get(task["outputs"][0]).content)).size == (1008, 336)
+    assert "256–1536" in wavespeed(client, server, {"size": "2000*512"}).json()["message"]

@@ -46,6 +46,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="accept http(s) image URLs (off: data URIs only); private addresses stay refused")
     s.add_argument("--url-allow-host", action="append", default=[],
                    help="host or host:port that image URLs may reach even on a private address (repeatable)")
+    s.add_argument("--max-output-pixels", type=int, default=params.SERVER_MAX_PIXELS.default,
+                   help="largest image served (width x height); fal's custom sizes up to 14142 a side are rounded "
+                        "to multiples of 16 and refused (422) above this")
     s.add_argument("--dtype", choices=params.DTYPE_CHOICES, default="auto", help="compute dtype of the workers")
     s.add_argument("--weight-storage", choices=params.WEIGHT_STORAGE_CHOICES, default="default",
                    help="fp8 keeps transformer weights in float8 (about half the VRAM)")
@@ -78,6 +81,7 @@ def devices(spec: str) -> tuple[str, ...]:
 def config_from(args) -> ServerConfig:
     params.SERVER_PORT.validate(args.port)
     params.MAX_JOBS_PER_KEY.validate(args.max_jobs_per_key)
+    params.SERVER_MAX_PIXELS.validate(args.max_output_pixels)
     for name, value in (("result_ttl", args.result_ttl), ("sync_timeout", args.sync_timeout),
                         ("job_timeout", args.job_timeout)):
         if value <= 0:
@@ -93,7 +97,7 @@ def config_from(args) -> ServerConfig:
                         weight_storage=args.weight_storage, offload=args.offload, result_ttl_s=args.result_ttl,
                         max_active_per_key=args.max_jobs_per_key, sync_timeout_s=args.sync_timeout,
                         url_inputs=args.allow_url_inputs, url_allow_hosts=tuple(args.url_allow_host),
-                        lease_s=args.lease, job_timeout_s=args.job_timeout)
+                        lease_s=args.lease, job_timeout_s=args.job_timeout, max_output_pixels=args.max_output_pixels)
 
 
 def run(args) -> int:

@@ -49,6 +49,7 @@ class ServerConfig:
     url_inputs: bool = False
     url_allow_hosts: tuple[str, ...] = ()
     url_timeout_s: float = 20.0
+    max_output_pixels: int = params.SERVER_MAX_PIXELS.default  # custom sizes are rounded to 16s, then capped here
 
     def limits(self) -> InputLimits:
         return InputLimits(max_bytes=self.max_input_bytes, max_pixels=self.max_input_pixels,

@@ -42,6 +42,14 @@ def request_urls(request: Request, job: J.Job) -> dict[str, str]:
             "cancel_url": response_url + "/cancel"}
 
 
+def submit_body(request: Request, job: J.Job, position: int | None) -> dict:
+    """Every field of fal's QueueStatus schema with its declared type, for a queued job and for one that is
+    already COMPLETED (an invalid body): queue_position an integer, logs and metrics objects (the status
+    URL carries the log lines and the inference time)."""
+    return {"request_id": job.id, **request_urls(request, job), "status": job.state,
+            "queue_position": position or 0, "logs": {}, "metrics": {}}
+
+
 def result_reply(request: Request, job: J.Job):
     body, status = job.outcome["body"], job.outcome["status"]
     headers = {"x-fal-request-id": job.id}
@@ -77,7 +85,7 @@ def routes(ctx: Context) -> list[Route]:
         except BodyError as exc:
             detail = [{"loc": ["body"], "msg": str(exc), "type": exc.kind}] if exc.status == 422 else str(exc)
             return json_reply(exc.status, {"detail": detail})
-        inputs, issues = validate_fal(FAL_MODELS[model_id], body, ctx.config.url_inputs)
+        inputs, issues = validate_fal(FAL_MODELS[model_id], body, ctx.config)
         return owner, model_id, inputs, issues
 
     async def enqueue(owner: str, model_id: str, inputs, issues=None):
@@ -96,8 +104,7 @@ def routes(ctx: Context) -> list[Route]:
         if not isinstance(job, J.Job):
             return job
         position = await blocking(ctx.service.position, job)
-        return json_reply(200, {"request_id": job.id, **request_urls(request, job), "status": job.state,
-                                "queue_position": position})
+        return json_reply(200, submit_body(request, job, position))
 
     async def status_body(request: Request, job: J.Job) -> dict:
         body = {"status": job.state, "request_id": job.id, **request_urls(request, job),

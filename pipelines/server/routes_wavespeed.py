@@ -67,7 +67,7 @@ def routes(ctx: Context) -> list[Route]:
             body = await read_json(request, ctx.config.max_body_bytes)
         except BodyError as exc:
             return envelope(400 if exc.status == 422 else exc.status, str(exc))
-        inputs, problem = validate_wavespeed(body, ctx.config.url_inputs)
+        inputs, problem = validate_wavespeed(body, ctx.config)
         if inputs is None:
             return envelope(400, f"invalid parameter: {problem}")
         try:
