@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import logging
+import os
 import re
 import time
 
@@ -391,3 +392,60 @@ def test_wavespeed_sizes_are_rounded_too(server, client):
     assert task["status"] == "completed"
     assert Image.open(io.BytesIO(client.get(task["outputs"][0]).content)).size == (1008, 336)
     assert "256–1536" in wavespeed(client, server, {"size": "2000*512"}).json()["message"]
+
+
+def noise_png_uri(side: int) -> str:
+    """An incompressible PNG as a data URI: side 1600 gives about 10 MB of base64."""
+    picture = Image.frombytes("RGB", (side, side), os.urandom(side * side * 3))
+    buffer = io.BytesIO()
+    picture.save(buffer, "PNG", compress_level=0)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def status_latency(client, url: str) -> float:
+    started = time.perf_counter()
+    assert client.get(url, headers=ALICE).status_code in (200, 202)
+    return time.perf_counter() - started
+
+
+def test_inputs_are_stored_once_apart_from_the_record_status_updates_rewrite(tmp_path, client):
+    big = noise_png_uri(1600)
+    assert len(big) > 10_000_000
+    with local_server(tmp_path, []) as server:  # no worker: both jobs stay queued while we measure
+        heavy = submit(client, server, {"image_url": big}).json()
+        light = submit(client, server).json()
+        db = server.service.store._connection()
+        records = dict(db.execute("select id, length(doc) from jobs"))
+        assert records[heavy["request_id"]] < 20_000 and records[light["request_id"]] < 20_000
+        (stored,) = db.execute("select length(data) from inputs where job_id = ?", (heavy["request_id"],)).fetchone()
+        assert len(big) < stored < len(big) + 1000  # once, whole
+        heavy_s, light_s = [], []
+        for _ in range(30):  # interleaved, so a busy machine slows both alike
+            heavy_s.append(status_latency(client, heavy["status_url"]))
+            light_s.append(status_latency(client, light["status_url"]))
+        heavy_p50, light_p50 = sorted(heavy_s)[15], sorted(light_s)[15]
+        print(f"\nstatus p50 with a {len(big) / 1e6:.1f} MB input: {heavy_p50 * 1000:.1f} ms; "
+              f"with {len(data_uri())} bytes: {light_p50 * 1000:.1f} ms")
+        assert heavy_p50 < 2 * light_p50 + 0.010  # independent of the input size
+
+
+def test_a_finished_job_keeps_no_inputs_and_its_worker_read_them_once(tmp_path, client):
+    class Logging(StandIn):
+        def run(self, inputs, picture, should_abort, log):
+            for step in range(20):
+                log(f"step {step + 1}/20")  # each line is a state change that rewrites the record
+            return super().run(inputs, picture, should_abort, log)
+
+    big = noise_png_uri(1600)
+    with local_server(tmp_path, [Logging(seconds=0.01)]) as server:
+        job = submit(client, server, {"image_url": big, "output_format": "png"}).json()
+        status = wait_done(client, job["status_url"], ALICE, timeout=60)
+        assert "error" not in status and len([line for line in status["logs"] if "step" in line["message"]]) == 20
+        output = client.get(job["response_url"], headers=ALICE).json()["images"][0]
+        assert (output["width"], output["height"]) == (512, 512)
+        store = server.service.store
+        (size,) = store._connection().execute("select length(doc) from jobs where id = ?",
+                                              (job["request_id"],)).fetchone()
+        assert size < 20_000
+        assert store.inputs(job["request_id"]) is None
+        assert store._connection().execute("select count(*) from inputs").fetchone() == (0,)

@@ -79,3 +79,17 @@ def test_two_workers_on_redis_run_every_job_exactly_once(tmp_path, redis_url, na
     assert all(starts[seed] == 1 and ends[seed] == 1 for seed in range(80))
     assert len(by_worker) == 2 and min(by_worker.values()) > 0  # both workers took jobs
     assert result.positions_rose == []
+
+
+def test_redis_keeps_inputs_once_apart_from_the_record(tmp_path, redis_url, namespace):
+    big = data_uri() + "A" * 2_000_000  # checked for its prefix at submit; the worker never sees it here
+    client = redis.Redis.from_url(redis_url)
+    with local_server(tmp_path, [], queue_url=redis_url, namespace=namespace) as server, \
+            httpx.Client(timeout=10) as http:
+        job = http.post(f"{server.url}/{DEV}", json={"image_url": big}, headers=ALICE).json()
+        record, inputs = f"{namespace}:job:{job['request_id']}", f"{namespace}:input:{job['request_id']}"
+        assert client.strlen(record) < 20_000 and client.strlen(inputs) > len(big)
+        assert server.service.store.inputs(job["request_id"])["image"] == big
+        assert http.put(job["cancel_url"], headers=ALICE).status_code == 202  # finished: the inputs go
+        assert not client.exists(inputs) and client.strlen(record) < 20_000
+        assert server.service.store.inputs(job["request_id"]) is None

@@ -1,6 +1,10 @@
 """Where jobs and output files live between submit and expiry: SQLite (one box, nothing to install) or Redis
-(several GPU hosts; store_redis.py). Both keep the whole record as JSON plus the few indexed fields the
-queries need, and apply every state change atomically (`update`).
+(several GPU hosts; store_redis.py). Both keep the record as JSON plus the few indexed fields the queries
+need, and apply every state change atomically (`update`).
+
+A job's inputs (a data URI can be 10 MB) are written once, apart from the record: the record that every status
+read parses and every state change rewrites stays a few KB whatever the input size, and the inputs are dropped
+as soon as the job is finished. Records come back with `inputs` None; a worker reads them with `inputs()`.
 """
 
 from __future__ import annotations
@@ -32,7 +36,11 @@ class JobStore(ABC):
 
     @abstractmethod
     def get(self, job_id: str) -> Job | None:
-        """The job, or None when unknown or expired."""
+        """The job (its `inputs` left out: see `inputs`), or None when unknown or expired."""
+
+    @abstractmethod
+    def inputs(self, job_id: str) -> dict | None:
+        """The inputs the job was submitted with, until it is finished; None after that or when unknown."""
 
     @abstractmethod
     def update(self, job_id: str, change: Change) -> Job | None: ...
@@ -70,6 +78,7 @@ create table if not exists jobs (
     worker text, lease_until real, expires_at real, doc text not null);
 create index if not exists jobs_state_seq on jobs (state, seq);
 create index if not exists jobs_owner_state on jobs (owner, state);
+create table if not exists inputs (job_id text primary key, data text not null);
 create table if not exists files (
     token text primary key, job_id text, content_type text not null, data blob not null, expires_at real not null);
 create index if not exists files_expiry on files (expires_at);
@@ -118,17 +127,28 @@ class SqliteJobStore(JobStore):
             cursor = db.execute("insert into jobs (id, owner, state, doc) values (?, ?, ?, '{}')",
                                 (job.id, job.owner, job.state))
             job.seq = cursor.lastrowid
+            if job.inputs is not None and job.state != DONE:
+                db.execute("insert into inputs (job_id, data) values (?, ?)", (job.id, json.dumps(job.inputs)))
             self._save(db, job)
         return True
 
     def _save(self, db: sqlite3.Connection, job: Job) -> None:
         db.execute("update jobs set state = ?, worker = ?, lease_until = ?, expires_at = ?, doc = ? where id = ?",
-                   (job.state, job.worker, job.lease_until, job.expires_at, json.dumps(job.to_doc()), job.id))
+                   (job.state, job.worker, job.lease_until, job.expires_at, record_json(job), job.id))
+        if job.state == DONE:
+            db.execute("delete from inputs where job_id = ?", (job.id,))
 
     def get(self, job_id: str) -> Job | None:
         row = self._connection().execute("select doc from jobs where id = ?", (job_id,)).fetchone()
         job = Job.from_doc(json.loads(row[0])) if row else None
         return None if job is None or _expired(job) else job
+
+    def inputs(self, job_id: str) -> dict | None:
+        row = self._connection().execute("select data from inputs where job_id = ?", (job_id,)).fetchone()
+        if row is not None:
+            return json.loads(row[0])
+        job = self.get(job_id)  # a record written before inputs were kept apart carries them itself
+        return job.inputs if job is not None and not job.done else None
 
     def update(self, job_id: str, change: Change) -> Job | None:
         with self._transaction() as db:
@@ -172,6 +192,8 @@ class SqliteJobStore(JobStore):
         now = time.time()
         with self._transaction() as db:
             gone = db.execute("delete from jobs where state = ? and expires_at < ?", (DONE, now)).rowcount
+            if gone:  # inputs go when their job finishes; these are of jobs deleted some other way
+                db.execute("delete from inputs where job_id not in (select id from jobs)")
             db.execute("delete from files where expires_at < ?", (now,))
         return gone
 
@@ -180,6 +202,13 @@ class SqliteJobStore(JobStore):
         if db is not None:
             db.close()
             self._local.db = None
+
+
+def record_json(job: Job) -> str:
+    """The record as stored: everything but the inputs, which are kept once, apart."""
+    doc = job.to_doc()
+    doc["inputs"] = None
+    return json.dumps(doc)
 
 
 def _expired(job: Job) -> bool:

@@ -1,8 +1,9 @@
 """The job store on Redis, for several GPU hosts sharing one queue (huey's Redis backend carries the tasks).
 
-Keys under `<namespace>:`: job:<id> (JSON record; expires with the result), seq (counter), queued (sorted by
-queue order), running (sorted by lease end), active:<owner> (set of unfinished ids), file:<token> (hash
-with data and type; expires). Changes use WATCH/MULTI, so two hosts never apply conflicting updates.
+Keys under `<namespace>:`: job:<id> (JSON record; expires with the result), input:<id> (the inputs, written
+once, deleted when the job finishes), seq (counter), queued (sorted by queue order), running (sorted by lease
+end), active:<owner> (set of unfinished ids), file:<token> (hash with data and type; expires). Changes use
+WATCH/MULTI, so two hosts never apply conflicting updates.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 import redis
 
 from .jobs import DONE, QUEUED, RUNNING, Job
-from .store import Change, JobStore, _expired
+from .store import Change, JobStore, _expired, record_json
 
 
 class RedisJobStore(JobStore):
@@ -28,7 +29,7 @@ class RedisJobStore(JobStore):
     def _write(self, pipe, job: Job) -> None:
         """Queue the record and its index entries on a MULTI pipeline."""
         key = self._key("job", job.id)
-        pipe.set(key, json.dumps(job.to_doc()))
+        pipe.set(key, record_json(job))
         active = self._key("active", job.owner)
         if job.state == QUEUED:
             pipe.zadd(self._key("queued"), {job.id: job.seq})
@@ -42,6 +43,7 @@ class RedisJobStore(JobStore):
             pipe.zrem(self._key("queued"), job.id)
             pipe.zrem(self._key("running"), job.id)
             pipe.srem(active, job.id)
+            pipe.delete(self._key("input", job.id))
             pipe.expireat(key, math.ceil(job.expires_at or time.time()))
 
     def add(self, job: Job, active_limit: int | None = None) -> bool:
@@ -53,6 +55,8 @@ class RedisJobStore(JobStore):
                 return False
         job.seq = int(self.db.incr(self._key("seq")))
         with self.db.pipeline(transaction=True) as pipe:
+            if job.inputs is not None and job.state != DONE:
+                pipe.set(self._key("input", job.id), json.dumps(job.inputs))
             self._write(pipe, job)
             pipe.execute()
         return True
@@ -61,6 +65,13 @@ class RedisJobStore(JobStore):
         raw = self.db.get(self._key("job", job_id))
         job = Job.from_doc(json.loads(raw)) if raw else None
         return None if job is None or _expired(job) else job
+
+    def inputs(self, job_id: str) -> dict | None:
+        raw = self.db.get(self._key("input", job_id))
+        if raw is not None:
+            return json.loads(raw)
+        job = self.get(job_id)  # a record written before inputs were kept apart carries them itself
+        return job.inputs if job is not None and not job.done else None
 
     def update(self, job_id: str, change: Change) -> Job | None:
         key = self._key("job", job_id)
