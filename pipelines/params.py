@@ -146,6 +146,10 @@ WAVESPEED_WIDTH, WAVESPEED_HEIGHT = (  # WAVESPEED_SIDE's range, named as the wi
                help=f"WaveSpeed custom {side} in pixels, a multiple of 16") for side in ("width", "height"))
 
 # The API server's own numbers (python -m pipelines serve).
+START_TIMEOUT = NumberSpec("start_timeout", 1, 86400, None, integer=False,
+                           help="fal's X-Fal-Request-Timeout header: seconds a request may wait before it starts")
+FAL_PRIORITIES: tuple[str, ...] = ("normal", "low")  # fal's X-Fal-Queue-Priority values
+SERVED_PRIORITIES: tuple[str, ...] = ("normal",)  # one queue in arrival order: positions never go up
 SERVER_PORT = NumberSpec("port", 1, 65535, 8184, help="TCP port the API server listens on")
 MAX_JOBS_PER_KEY = NumberSpec("max_jobs_per_key", 1, 1_000_000, 8, help="unfinished requests one key may have")
 

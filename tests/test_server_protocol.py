@@ -16,7 +16,7 @@ from PIL import Image
 
 from fakes.server import FakeServer, Response
 from packloader import submodule
-from server_support import ALICE, BOB, DEV, KEYS, SCHNELL, StandIn, data_uri, local_server, wait_done
+from server_support import ALICE, BOB, DEV, KEYS, SCHNELL, Receiver, StandIn, data_uri, local_server, wait_done
 
 params = submodule("pipelines.params")
 
@@ -449,3 +449,139 @@ def test_a_finished_job_keeps_no_inputs_and_its_worker_read_them_once(tmp_path, 
         assert size < 20_000
         assert store.inputs(job["request_id"]) is None
         assert store._connection().execute("select count(*) from inputs").fetchone() == (0,)
+
+
+@pytest.fixture
+def receiver():
+    found = Receiver()
+    yield found
+    found.stop()
+
+
+def webhook_server(tmp_path, receiver, engine=None, **config):
+    config = {"webhooks": True, "url_allow_hosts": (receiver.host,), "webhook_retry_s": (0.05, 0.05), **config}
+    return local_server(tmp_path, [engine or StandIn(seconds=0.01)], **config)
+
+
+def submit_with_webhook(client, server, url, body=None, model=DEV):
+    payload = {"image_url": data_uri(), "image_size": "square", **(body or {})}
+    return client.post(f"{server.url}/{model}", params={"fal_webhook": url}, json=payload, headers=ALICE)
+
+
+def webhooks_pending(server) -> int:
+    return server.service.store._connection().execute("select count(*) from webhooks").fetchone()[0]
+
+
+def test_webhooks_are_refused_with_422_naming_the_flag_when_off(server, client):
+    before = server.service.store._connection().execute("select count(*) from jobs").fetchone()
+    reply = submit_with_webhook(client, server, "https://example.com/hook")
+    assert reply.status_code == 422
+    (issue,) = reply.json()["detail"]
+    assert issue["loc"] == ["query", "fal_webhook"] and "--allow-webhooks" in issue["msg"]
+    assert server.service.store._connection().execute("select count(*) from jobs").fetchone() == before
+    refused = client.post(f"{server.url}/api/v3/wavespeed-ai/flux-redux-dev", params={"webhook": "https://x.io/h"},
+                          json={"image": data_uri()}, headers=BOB)
+    assert refused.status_code == 400 and "--allow-webhooks" in refused.json()["message"]
+
+
+def test_fal_webhook_is_posted_fals_payload_when_the_job_ends(tmp_path, client, receiver):
+    with webhook_server(tmp_path, receiver) as server:
+        job = submit_with_webhook(client, server, receiver.url, {"seed": 41, "output_format": "png"}).json()
+        (hit,) = receiver.wait_for(1)
+        assert hit.method == "POST" and hit.path == "/hook" and hit.query == {"token": "abc"}
+        body = hit.json()
+        assert body == {"request_id": job["request_id"], "gateway_request_id": job["request_id"], "status": "OK",
+                        "payload": body["payload"], "error": None}
+        assert body["payload"] == client.get(job["response_url"], headers=ALICE).json()
+        assert body["payload"]["seed"] == 41
+        picture = Image.open(io.BytesIO(client.get(body["payload"]["images"][0]["url"]).content))
+        assert picture.size == (512, 512)
+        invalid = submit_with_webhook(client, server, receiver.url, {"num_images": 9}).json()
+        failed = receiver.wait_for(2)[1].json()
+        assert failed["request_id"] == invalid["request_id"] and failed["status"] == "ERROR"
+        assert failed["error"] == "Invalid status code: 422"
+        assert failed["payload"]["detail"][0]["loc"] == ["body", "num_images"]
+        assert KEYS["alice"] not in str([hit.headers for hit in receiver.hits])  # the key never goes out
+
+
+def test_webhook_of_a_cancelled_job_and_of_wavespeed(tmp_path, client, receiver):
+    with webhook_server(tmp_path, receiver, StandIn(seconds=30)) as server:
+        job = submit_with_webhook(client, server, receiver.url).json()
+        assert client.put(job["cancel_url"], headers=ALICE).status_code == 202
+        cancelled = receiver.wait_for(1)[0].json()
+        assert cancelled["status"] == "ERROR" and cancelled["payload"]["error_type"] == "request_cancelled"
+        task = client.post(f"{server.url}/api/v3/wavespeed-ai/flux-redux-dev", params={"webhook": receiver.url},
+                           json={"image": data_uri(), "size": "256*256"}, headers=BOB).json()["data"]
+        client.delete(f"{server.url}/api/v3/predictions/{task['id']}", headers=BOB)
+        data = receiver.wait_for(2)[1].json()
+        assert data["id"] == task["id"] and data["status"] == "cancelled"
+
+
+@pytest.mark.parametrize("statuses, tries, delivered", [((500,), 3, False), ((503, 302, 200), 3, True),
+                                                        ((200,), 1, True)])
+def test_webhook_retries_are_bounded(tmp_path, client, statuses, tries, delivered, caplog):
+    caplog.set_level(logging.INFO, logger="flux-redux.server")
+    receiver = Receiver(*statuses)
+    try:
+        with webhook_server(tmp_path, receiver) as server:
+            submit_with_webhook(client, server, receiver.url)
+            receiver.wait_for(tries)
+            deadline = time.monotonic() + 30
+            while webhooks_pending(server):  # delivered or given up: nothing left to send
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            assert len(receiver.hits) == tries
+            assert ("delivered" in caplog.text) == delivered and ("given up" in caplog.text) != delivered
+    finally:
+        receiver.stop()
+
+
+@pytest.mark.parametrize("url, words", [
+    ("ftp://127.0.0.1/hook", "expected an http(s) URL"), ("not a url", "expected an http(s) URL"),
+    ("http://127.0.0.2:9/hook", "non-public address"), ("http://[::1]:9/hook", "non-public address"),
+    ("http://localhost:9/hook", "non-public address"), ("https://x.io/" + "a" * 3000, "at most 2048"),
+])
+def test_webhook_urls_pass_the_address_guard_of_url_inputs(tmp_path, client, receiver, url, words):
+    with webhook_server(tmp_path, receiver) as server:
+        reply = submit_with_webhook(client, server, url)
+        assert reply.status_code == 422 and words in reply.json()["detail"][0]["msg"]
+        sync = client.post(f"{server.url}/sync/{DEV}", params={"fal_webhook": receiver.url},
+                           json={"image_url": data_uri()}, headers=ALICE)
+        assert sync.status_code == 422 and "queue endpoint" in sync.json()["detail"][0]["msg"]
+
+
+def test_start_timeout_is_honoured(tmp_path, client):
+    with local_server(tmp_path, [StandIn(seconds=3.0)]) as server:
+        submit(client, server)  # keeps the one worker busy for 3 s
+        late = client.post(f"{server.url}/{DEV}", json={"image_url": data_uri(), "image_size": "square"},
+                           headers={**ALICE, "X-Fal-Request-Timeout": "1"}).json()
+        patient = client.post(f"{server.url}/{DEV}", json={"image_url": data_uri(), "image_size": "square"},
+                              headers={**ALICE, "X-Fal-Request-Timeout": "120"}).json()
+        status = wait_done(client, late["status_url"], ALICE, timeout=20)
+        assert status["error_type"] == "request_timeout" and "start_timeout of 1 s" in status["error"]
+        assert not any("started on worker" in line["message"] for line in status["logs"])  # it never ran
+        result = client.get(late["response_url"], headers=ALICE)
+        assert result.status_code == 504 and result.headers["X-Fal-Error-Type"] == "request_timeout"
+        assert "error" not in wait_done(client, patient["status_url"], ALICE, timeout=30)
+
+
+@pytest.mark.parametrize("headers, field, words", [
+    ({"X-Fal-Request-Timeout": "soon"}, "X-Fal-Request-Timeout", "expected seconds"),
+    ({"X-Fal-Request-Timeout": "0.5"}, "X-Fal-Request-Timeout", "1–86400"),
+    ({"X-Fal-Request-Timeout": "nan"}, "X-Fal-Request-Timeout", "1–86400"),
+    ({"X-Fal-Request-Timeout": "1e9"}, "X-Fal-Request-Timeout", "1–86400"),
+    ({"X-Fal-Queue-Priority": "low"}, "X-Fal-Queue-Priority", "arrival order"),
+    ({"X-Fal-Queue-Priority": "urgent"}, "X-Fal-Queue-Priority", "expected one of normal"),
+])
+def test_start_timeout_and_priority_are_refused_with_a_clear_422(server, client, headers, field, words):
+    for path in (f"/{DEV}", f"/sync/{DEV}"):
+        reply = client.post(server.url + path, json={"image_url": data_uri()}, headers={**ALICE, **headers})
+        assert reply.status_code == 422
+        (issue,) = reply.json()["detail"]
+        assert issue["loc"] == ["header", field] and words in issue["msg"]
+
+
+def test_normal_priority_is_served(server, client):
+    reply = client.post(f"{server.url}/sync/{DEV}", json={"image_url": data_uri(), "image_size": "square"},
+                        headers={**ALICE, "X-Fal-Queue-Priority": "normal", "X-Fal-Request-Timeout": "30"})
+    assert reply.status_code == 200 and reply.json()["images"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 
@@ -13,6 +14,7 @@ from starlette.routing import Route
 from . import openapi, routes_fal, routes_wavespeed
 from .auth import ApiKeys
 from .config import ServerConfig
+from .housekeeping import Housekeeper
 from .outputs import FILES_PATH
 from .service import JobService
 from .store import storage_failure
@@ -71,4 +73,14 @@ def build_app(config: ServerConfig, service: JobService, keys: ApiKeys) -> Starl
         *routes_wavespeed.routes(ctx),
         *routes_fal.routes(ctx),  # last: its submit route takes any POST path
     ]
-    return Starlette(routes=routes, exception_handlers={cls: storage_failed for cls in storage_exceptions()})
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        """While the API serves: start timeouts and webhooks (housekeeping.py) on their own thread."""
+        keeper = Housekeeper(config, service.store).start()
+        try:
+            yield
+        finally:
+            keeper.stop()
+
+    return Starlette(routes=routes, lifespan=lifespan,
+                     exception_handlers={cls: storage_failed for cls in storage_exceptions()})

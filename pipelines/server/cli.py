@@ -44,6 +44,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="seconds a job may run; past that it fails and its worker process is restarted (a hang)")
     s.add_argument("--allow-url-inputs", action="store_true",
                    help="accept http(s) image URLs (off: data URIs only); private addresses stay refused")
+    s.add_argument("--allow-webhooks", action="store_true",
+                   help="POST fal_webhook / webhook URLs when jobs end (off: such requests get 422); the address "
+                        "guard of --allow-url-inputs applies, with --url-allow-host")
     s.add_argument("--url-allow-host", action="append", default=[],
                    help="host or host:port that image URLs may reach even on a private address (repeatable)")
     s.add_argument("--max-output-pixels", type=int, default=params.SERVER_MAX_PIXELS.default,
@@ -97,6 +100,7 @@ def config_from(args) -> ServerConfig:
                         weight_storage=args.weight_storage, offload=args.offload, result_ttl_s=args.result_ttl,
                         max_active_per_key=args.max_jobs_per_key, sync_timeout_s=args.sync_timeout,
                         url_inputs=args.allow_url_inputs, url_allow_hosts=tuple(args.url_allow_host),
+                        webhooks=args.allow_webhooks,
                         lease_s=args.lease, job_timeout_s=args.job_timeout, max_output_pixels=args.max_output_pixels)
 
 

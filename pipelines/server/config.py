@@ -50,6 +50,9 @@ class ServerConfig:
     url_allow_hosts: tuple[str, ...] = ()
     url_timeout_s: float = 20.0
     max_output_pixels: int = params.SERVER_MAX_PIXELS.default  # custom sizes are rounded to 16s, then capped here
+    webhooks: bool = False  # POST fal_webhook / webhook URLs when jobs end (serve --allow-webhooks)
+    webhook_retry_s: tuple[float, ...] = (2.0, 10.0, 60.0, 300.0)  # waits between tries; then it is given up
+    webhook_timeout_s: float = 15.0  # one try, connect to last byte
 
     def limits(self) -> InputLimits:
         return InputLimits(max_bytes=self.max_input_bytes, max_pixels=self.max_input_pixels,
@@ -62,7 +65,7 @@ class ServerConfig:
     @staticmethod
     def from_json(text: str) -> "ServerConfig":
         data = json.loads(text)
-        for name in ("devices", "url_allow_hosts"):
+        for name in ("devices", "url_allow_hosts", "webhook_retry_s"):
             data[name] = tuple(data[name])
         return ServerConfig(**data)
 

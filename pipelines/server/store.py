@@ -59,6 +59,23 @@ class JobStore(ABC):
     def running(self) -> list[Job]: ...
 
     @abstractmethod
+    def overdue_starts(self, now: float) -> list[str]:
+        """Queued jobs whose start_by (fal's start_timeout) has passed."""
+
+    @abstractmethod
+    def due_webhooks(self, now: float, limit: int = 50) -> list[str]:
+        """Finished jobs with a webhook to POST whose next try is due."""
+
+    @abstractmethod
+    def claim_webhook(self, job_id: str, now: float, lease_s: float) -> int | None:
+        """Take the job's next webhook try: its number (from 1), no other sender taking it for lease_s; None
+        when another sender took it or it is not due."""
+
+    @abstractmethod
+    def settle_webhook(self, job_id: str, retry_at: float | None = None) -> None:
+        """After a try: the next one at retry_at, or (None) none: delivered or given up."""
+
+    @abstractmethod
     def put_file(self, token: str, data: bytes, content_type: str, expires_at: float) -> None: ...
 
     @abstractmethod
@@ -79,6 +96,7 @@ create table if not exists jobs (
 create index if not exists jobs_state_seq on jobs (state, seq);
 create index if not exists jobs_owner_state on jobs (owner, state);
 create table if not exists inputs (job_id text primary key, data text not null);
+create table if not exists webhooks (job_id text primary key, attempts integer not null, next_try real not null);
 create table if not exists files (
     token text primary key, job_id text, content_type text not null, data blob not null, expires_at real not null);
 create index if not exists files_expiry on files (expires_at);
@@ -94,7 +112,10 @@ class SqliteJobStore(JobStore):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._write_lock = threading.Lock()  # this process's writers queue here, not in SQLite's busy-wait sleeps
-        self._connection().executescript(SCHEMA)
+        db = self._connection()
+        db.executescript(SCHEMA)
+        if "start_by" not in {row[1] for row in db.execute("pragma table_info(jobs)")}:
+            db.execute("alter table jobs add column start_by real")  # a state dir from before start_timeout
 
     def _connection(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -133,10 +154,14 @@ class SqliteJobStore(JobStore):
         return True
 
     def _save(self, db: sqlite3.Connection, job: Job) -> None:
-        db.execute("update jobs set state = ?, worker = ?, lease_until = ?, expires_at = ?, doc = ? where id = ?",
-                   (job.state, job.worker, job.lease_until, job.expires_at, record_json(job), job.id))
+        start_by = job.start_by if job.state == QUEUED else None
+        db.execute("update jobs set state = ?, worker = ?, lease_until = ?, expires_at = ?, start_by = ?, doc = ? "
+                   "where id = ?", (job.state, job.worker, job.lease_until, job.expires_at, start_by,
+                                    record_json(job), job.id))
         if job.state == DONE:
             db.execute("delete from inputs where job_id = ?", (job.id,))
+            if job.webhook:
+                db.execute("insert or ignore into webhooks (job_id, attempts, next_try) values (?, 0, 0)", (job.id,))
 
     def get(self, job_id: str) -> Job | None:
         row = self._connection().execute("select doc from jobs where id = ?", (job_id,)).fetchone()
@@ -178,6 +203,30 @@ class SqliteJobStore(JobStore):
         rows = self._connection().execute("select doc from jobs where state = ?", (RUNNING,))
         return [Job.from_doc(json.loads(doc)) for (doc,) in rows]
 
+    def overdue_starts(self, now: float) -> list[str]:
+        rows = self._connection().execute("select id from jobs where state = ? and start_by < ?", (QUEUED, now))
+        return [job_id for (job_id,) in rows]
+
+    def due_webhooks(self, now: float, limit: int = 50) -> list[str]:
+        rows = self._connection().execute("select job_id from webhooks where next_try <= ? order by next_try "
+                                          "limit ?", (now, limit))
+        return [job_id for (job_id,) in rows]
+
+    def claim_webhook(self, job_id: str, now: float, lease_s: float) -> int | None:
+        with self._transaction() as db:
+            taken = db.execute("update webhooks set attempts = attempts + 1, next_try = ? where job_id = ? and "
+                               "next_try <= ?", (now + lease_s, job_id, now)).rowcount
+            if not taken:
+                return None
+            return db.execute("select attempts from webhooks where job_id = ?", (job_id,)).fetchone()[0]
+
+    def settle_webhook(self, job_id: str, retry_at: float | None = None) -> None:
+        with self._transaction() as db:
+            if retry_at is None:
+                db.execute("delete from webhooks where job_id = ?", (job_id,))
+            else:
+                db.execute("update webhooks set next_try = ? where job_id = ?", (retry_at, job_id))
+
     def put_file(self, token: str, data: bytes, content_type: str, expires_at: float) -> None:
         with self._transaction() as db:
             db.execute("insert into files (token, content_type, data, expires_at) values (?, ?, ?, ?)",
@@ -194,6 +243,7 @@ class SqliteJobStore(JobStore):
             gone = db.execute("delete from jobs where state = ? and expires_at < ?", (DONE, now)).rowcount
             if gone:  # inputs go when their job finishes; these are of jobs deleted some other way
                 db.execute("delete from inputs where job_id not in (select id from jobs)")
+                db.execute("delete from webhooks where job_id not in (select id from jobs)")
             db.execute("delete from files where expires_at < ?", (now,))
         return gone
 

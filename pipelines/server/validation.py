@@ -8,11 +8,13 @@ engine-ready settings a worker runs.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .. import params
 from ..params import ParameterError
+from .webhooks import check_webhook_url
 
 if TYPE_CHECKING:
     from .config import ServerConfig
@@ -58,14 +60,15 @@ class Issues:
     def __init__(self) -> None:
         self.items: list[dict] = []
 
-    def add(self, loc: list, msg: str, kind: str, value: Any = None) -> None:
-        self.items.append({"loc": ["body", *loc], "msg": msg, "type": kind, "input": _short(value)})
+    def add(self, loc: list, msg: str, kind: str, value: Any = None, where: str = "body") -> None:
+        self.items.append({"loc": [where, *loc], "msg": msg, "type": kind, "input": _short(value)})
 
-    def check(self, field: str, value: Any, validate: Callable[[Any], Any], loc: list | None = None) -> Any:
+    def check(self, field: str, value: Any, validate: Callable[[Any], Any], loc: list | None = None,
+              where: str = "body") -> Any:
         try:
             return validate(value)
         except ParameterError as exc:
-            self.add(loc or [field], str(exc), "value_error", value)
+            self.add(loc or [field], str(exc), "value_error", value, where)
             return None
 
     def summary(self) -> str:
@@ -170,6 +173,67 @@ def validate_fal(variant: str, body: Any, config: "ServerConfig") -> tuple[JobIn
 def _optional(issues: Issues, body: dict, field: str, validate: Callable[[Any], Any], default: Any) -> Any:
     value = body.get(field)
     return default if value is None else issues.check(field, value, validate)
+
+
+START_TIMEOUT_HEADER, PRIORITY_HEADER = "X-Fal-Request-Timeout", "X-Fal-Queue-Priority"  # as fal-client sends them
+
+
+def fal_options(headers: Mapping[str, str], query: Mapping[str, str], config: "ServerConfig", base_url: str,
+                queued: bool) -> tuple[dict, list[dict]]:
+    """The submit's headers and query: start_timeout (honoured: not started in time, the request fails with
+    request_timeout), priority (normal only: one queue in arrival order), fal_webhook (queue endpoint only,
+    where the operator allows webhooks) -> (Job fields, []) or ({}, issues naming each). Resolves the webhook's
+    host: call it off the event loop."""
+    issues, record = Issues(), {}
+    timeout = headers.get(START_TIMEOUT_HEADER)
+    if timeout is not None:
+        seconds = issues.check(START_TIMEOUT_HEADER, timeout, _seconds, where="header")
+        if seconds is not None:
+            record["start_by"] = time.time() + seconds
+    priority = headers.get(PRIORITY_HEADER)
+    if priority is not None:
+        issues.check(PRIORITY_HEADER, priority, _priority, where="header")
+    webhook = query.get("fal_webhook")
+    if webhook is not None and not queued:
+        issues.add(["fal_webhook"], "fal_webhook=... is not allowed: webhooks work with the queue endpoint "
+                   "(POST /{model_id} without /sync), as on fal", "value_error", webhook, "query")
+    elif webhook is not None:
+        url = issues.check("fal_webhook", webhook, lambda v: check_webhook_url("fal_webhook", v, config),
+                           where="query")
+        if url is not None:
+            record["webhook"] = {"url": url, "base_url": base_url}
+    return ({}, issues.items) if issues.items else (record, [])
+
+
+def _seconds(text: str) -> float:
+    spec = params.START_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        raise ParameterError(START_TIMEOUT_HEADER, _short(text), f"expected seconds, a number in "
+                                                                 f"{spec.minimum}–{spec.maximum}") from None
+    if not spec.minimum <= value <= spec.maximum:  # also NaN
+        raise ParameterError(START_TIMEOUT_HEADER, _short(text), f"allowed range is {spec.minimum}–{spec.maximum} "
+                                                                 "seconds")
+    return value
+
+
+def _priority(text: str) -> str:
+    if text == "low":
+        raise ParameterError(PRIORITY_HEADER, text, "this server runs every request in arrival order (one queue, "
+                                                    "so queue positions only go down); send normal or leave it out")
+    return params.check_choice(PRIORITY_HEADER, text, params.SERVED_PRIORITIES)
+
+
+def wavespeed_options(query: Mapping[str, str], config: "ServerConfig", base_url: str) -> tuple[dict, str | None]:
+    """WaveSpeed's ?webhook=<url> -> (Job fields, None) or ({}, "webhook: problem")."""
+    webhook = query.get("webhook")
+    if webhook is None:
+        return {}, None
+    try:
+        return {"webhook": {"url": check_webhook_url("webhook", webhook, config), "base_url": base_url}}, None
+    except ParameterError as exc:
+        return {}, f"webhook: {exc}"
 
 
 def validate_wavespeed(body: Any, config: "ServerConfig") -> tuple[JobInputs | None, str | None]:
