@@ -7,6 +7,7 @@ import logging
 import sqlite3
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -40,6 +41,15 @@ async def storage_failed(request: Request, exc: Exception) -> Response:
                         headers=dict(headers, **{"X-Fal-Error-Type": kind}))
 
 
+async def http_error(request: Request, exc: HTTPException) -> Response:
+    """Starlette's own 404 / 405 as JSON in the caller's protocol, like every other reply."""
+    message = {404: "Not Found", 405: "Method Not Allowed"}.get(exc.status_code, str(exc.detail))
+    if request.url.path.startswith(WAVESPEED_PREFIX):
+        return JSONResponse({"code": exc.status_code, "message": message, "data": None},
+                            status_code=exc.status_code, headers=exc.headers)
+    return JSONResponse({"detail": message}, status_code=exc.status_code, headers=exc.headers)
+
+
 def storage_exceptions() -> list[type[Exception]]:
     classes: list[type[Exception]] = [sqlite3.Error, OSError]
     try:
@@ -51,7 +61,7 @@ def storage_exceptions() -> list[type[Exception]]:
 
 def build_app(config: ServerConfig, service: JobService, keys: ApiKeys) -> Starlette:
     ctx = Context(config, service, keys)
-    spec = openapi.document()
+    spec = openapi.document(config)
 
     async def file(request: Request):
         found = await blocking(service.store.get_file, request.path_params["token"])
@@ -82,5 +92,5 @@ def build_app(config: ServerConfig, service: JobService, keys: ApiKeys) -> Starl
         finally:
             keeper.stop()
 
-    return Starlette(routes=routes, lifespan=lifespan,
-                     exception_handlers={cls: storage_failed for cls in storage_exceptions()})
+    handlers = {404: http_error, 405: http_error, **{cls: storage_failed for cls in storage_exceptions()}}
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)

@@ -102,6 +102,11 @@ def routes(ctx: Context) -> list[Route]:
                               {"Retry-After": str(ctx.config.retry_after_s)})
 
     async def submit(request: Request):
+        if request.method != "POST":  # the catch-all path answers other methods too: JSON, never a bare 405
+            model_id = request.path_params["model_id"].strip("/")
+            if model_id in FAL_MODELS:
+                return json_reply(405, {"detail": "Method Not Allowed: POST a request body"}, {"Allow": "POST"})
+            return json_reply(404, {"detail": "Not Found"})
         parsed = await parse(request)
         if not isinstance(parsed, tuple):
             return parsed
@@ -188,5 +193,5 @@ def routes(ctx: Context) -> list[Route]:
         Route(requests_path + "/status/stream", status_stream, methods=["GET"]),
         Route(requests_path + "/cancel", cancel, methods=["PUT"]),
         Route(requests_path, result, methods=["GET"]),
-        Route("/{model_id:path}", submit, methods=["POST"]),
+        Route("/{model_id:path}", submit, methods=["POST", "GET", "PUT", "DELETE", "PATCH"]),
     ]
