@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import subprocess
+import sys
 import time
 
 import fal_client
@@ -210,3 +211,31 @@ def test_fal_client_webhook_url(tmp_path, monkeypatch):
             assert body["payload"] == handle.get() and body["payload"]["seed"] == 9
     finally:
         receiver.stop()
+
+
+FAL_OVER_HTTPS = """
+import base64, io, sys
+import fal_client
+from PIL import Image
+buffer = io.BytesIO()
+Image.new("RGB", (8, 8), (0, 200, 0)).save(buffer, "PNG")
+image = fal_client.encode_image(Image.open(buffer), "png")  # a data URI: nothing goes to fal's storage
+out = fal_client.run("fal-ai/flux-1/schnell/redux", arguments={"image_url": image, "image_size": "square",
+                                                               "sync_mode": True})
+handle = fal_client.submit("fal-ai/flux-1/dev/redux", arguments={"image_url": image, "image_size": "square"})
+print(out["images"][0]["width"], handle.get()["images"][0]["url"].split("://")[0])
+"""
+
+
+def test_fal_client_over_https_as_the_readme_says(tmp_path, certificate):
+    """fal-client builds https:// URLs from FAL_QUEUE_RUN_HOST / FAL_RUN_HOST: the README's recipe (serve
+    --tls-cert, the client trusting it with SSL_CERT_FILE, images as encode_image data URIs) end to end."""
+    cert, key = certificate
+    with local_server(tmp_path, [StandIn(seconds=0.01)], tls_cert=str(cert), tls_key=str(key)) as server:
+        host = server.url.removeprefix("https://")
+        env = {"FAL_KEY": KEYS["alice"], "FAL_QUEUE_RUN_HOST": host, "FAL_RUN_HOST": f"{host}/sync",
+               "SSL_CERT_FILE": str(cert), "PATH": "/usr/bin:/bin"}
+        done = subprocess.run([sys.executable, "-c", FAL_OVER_HTTPS], capture_output=True, text=True, timeout=120,
+                              env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["512", "https"]
