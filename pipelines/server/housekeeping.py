@@ -18,6 +18,7 @@ from .webhooks import deliver, payload_for
 log = logging.getLogger("flux-redux.server")
 TICK_S = 0.1
 SENDERS = 4
+ERROR_LOG_EVERY_S = 60.0
 
 
 def expire_unstarted(job: J.Job, ttl_s: float) -> J.Job | None:
@@ -46,11 +47,15 @@ class Housekeeper:
         self.senders.shutdown(wait=False, cancel_futures=True)
 
     def _run(self) -> None:
+        quiet_until = 0.0
         while not self.stop_event.wait(TICK_S):
             try:
                 self.tick()
-            except Exception:  # a store hiccup (locked, full) must not end the thread
-                log.exception("housekeeping failed; trying again")
+            except Exception as exc:  # a store hiccup (locked, full) must not end the thread
+                if time.monotonic() >= quiet_until:  # a full disk fails every tick: say so once a minute
+                    log.error("housekeeping (start timeouts, webhooks) failed, retrying: %s: %s",
+                              type(exc).__name__, exc)
+                    quiet_until = time.monotonic() + ERROR_LOG_EVERY_S
 
     def tick(self) -> None:
         now = time.time()
@@ -63,6 +68,13 @@ class Housekeeper:
                 self.senders.submit(self._send, job_id, attempt)
 
     def _send(self, job_id: str, attempt: int) -> None:
+        try:
+            self._try(job_id, attempt)
+        except Exception as exc:  # the store failed around the try; its lease ends and it is tried again
+            log.error("webhook of request %s: try %d could not be recorded: %s: %s", job_id, attempt,
+                      type(exc).__name__, exc)
+
+    def _try(self, job_id: str, attempt: int) -> None:
         job = self.store.get(job_id)
         if job is None or not job.webhook:  # expired meanwhile
             self.store.settle_webhook(job_id)
