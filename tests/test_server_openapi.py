@@ -18,7 +18,6 @@ from server_support import ALICE, BOB, DEV, KEYS, SCHNELL, StandIn, data_uri, lo
 
 openapi = submodule("pipelines.server.openapi")
 server_config = submodule("pipelines.server.config")
-app_module = submodule("pipelines.server.app")
 REQUEST = "/{owner}/{app}/requests/{request_id}"
 WAVESPEED = "/api/v3/wavespeed-ai/flux-redux-dev"
 SCHEMATHESIS_CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conformance",
