@@ -138,16 +138,24 @@ def small_disk(folder, monkeypatch, size_kib: int = 1024):
     folder.mkdir()
     mounted = os.geteuid() == 0 and subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(folder)], capture_output=True).returncode == 0
+    cap = [size_kib // 4]  # SQLite pages of 4 KiB
     if not mounted:
         real = store_module.SqliteJobStore._connection
 
         def capped(self):
             db = real(self)
-            db.execute(f"pragma max_page_count={size_kib // 4}")
+            db.execute(f"pragma max_page_count={cap[0]}")  # on every use: grow() reaches open connections too
             return db
         monkeypatch.setattr(store_module.SqliteJobStore, "_connection", capped)
+
+    def grow() -> None:
+        """Free space, as an operator would: later writes must succeed again."""
+        if mounted:
+            subprocess.run(["mount", "-o", f"remount,size={size_kib * 8}k", str(folder)], check=True)
+        else:
+            cap[0] *= 8
     try:
-        yield folder
+        yield folder, grow
     finally:
         if mounted:
             subprocess.run(["umount", "-l", str(folder)], capture_output=True)
@@ -155,7 +163,7 @@ def small_disk(folder, monkeypatch, size_kib: int = 1024):
 
 def test_full_state_dir_answers_507_with_a_json_message(tmp_path, monkeypatch):
     big_image = IMAGE + "A" * 60_000  # checked for its prefix at submit; about 60 KB to store
-    with small_disk(tmp_path / "disk", monkeypatch) as disk, \
+    with small_disk(tmp_path / "disk", monkeypatch) as (disk, grow), \
             local_server(disk, [], max_active_per_key=1000) as server, \
             httpx.Client(timeout=30) as client:
         accepted, refused = [], None
@@ -180,6 +188,9 @@ def test_full_state_dir_answers_507_with_a_json_message(tmp_path, monkeypatch):
         # reads still work: the jobs already accepted can be followed, the server answers
         assert client.get(accepted[0]["status_url"], headers=ALICE).status_code in (200, 202)
         assert client.get(f"{server.url}/health").status_code == 200
+        grow()  # and once there is room again, submits are accepted: no write was left half done
+        again = client.post(f"{server.url}/{DEV}", json={"image_url": big_image}, headers=ALICE)
+        assert again.status_code == 200 and again.json()["status"] == "IN_QUEUE"
 
 
 def test_storage_failures_are_classified():

@@ -133,10 +133,11 @@ class SqliteJobStore(JobStore):
             db.execute("begin immediate")
             try:
                 yield db
+                db.execute("commit")
             except BaseException:
-                db.execute("rollback")
+                if db.in_transaction:  # SQLite itself rolls back on some errors (SQLITE_FULL): keep the first error
+                    db.execute("rollback")
                 raise
-            db.execute("commit")
 
     def add(self, job: Job, active_limit: int | None = None) -> bool:
         with self._transaction() as db:
