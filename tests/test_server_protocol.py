@@ -557,6 +557,9 @@ def test_start_timeout_is_honoured(tmp_path, client):
                            headers={**ALICE, "X-Fal-Request-Timeout": "1"}).json()
         patient = client.post(f"{server.url}/{DEV}", json={"image_url": data_uri(), "image_size": "square"},
                               headers={**ALICE, "X-Fal-Request-Timeout": "120"}).json()
+        sync = client.post(f"{server.url}/sync/{DEV}", json={"image_url": data_uri(), "image_size": "square"},
+                           headers={**ALICE, "X-Fal-Request-Timeout": "1"})  # fal.run(start_timeout=1)
+        assert sync.status_code == 504 and sync.json()["error_type"] == "request_timeout"
         status = wait_done(client, late["status_url"], ALICE, timeout=20)
         assert status["error_type"] == "request_timeout" and "start_timeout of 1 s" in status["error"]
         assert not any("started on worker" in line["message"] for line in status["logs"])  # it never ran

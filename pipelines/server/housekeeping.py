@@ -25,7 +25,7 @@ def expire_unstarted(job: J.Job, ttl_s: float) -> J.Job | None:
     """IN_QUEUE past its start_by -> COMPLETED with fal's request_timeout (504 at the result URL)."""
     if job.state != J.QUEUED or job.start_by is None or time.time() <= job.start_by:
         return None
-    message = f"Request was not started within its start_timeout of {job.start_by - job.created_at:.3g} s"
+    message = f"Request was not started within its start_timeout of {round(job.start_by - job.created_at, 1):g} s"
     return J.finish(job, ttl_s, status=504, body={"detail": message, "error_type": "request_timeout"},
                     error=message, error_type="request_timeout")
 
