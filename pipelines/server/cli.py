@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from .. import params
-from .config import DEFAULT_PORT, DEFAULT_STATE_DIR, ServerConfig
+from .config import DEFAULT_PORT, DEFAULT_STATE_DIR, ServerConfig, check_listen_address
 
 log = logging.getLogger("flux-redux.server")
 QUEUE_VARIABLE = "REDUX_SERVER_QUEUE"  # the Redis URL when it holds a password: an argument would show in ps
@@ -51,11 +51,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="seconds a job may run; past that it fails and its worker process is restarted (a hang)")
     s.add_argument("--allow-url-inputs", action="store_true",
                    help="accept http(s) image URLs (off: data URIs only); private addresses stay refused")
+    s.add_argument("--allow-webhooks", action="store_true",
+                   help="POST fal_webhook / webhook URLs when jobs end (off: such requests get 422); the address "
+                        "guard of --allow-url-inputs applies, with --url-allow-host")
     s.add_argument("--url-allow-host", action="append", default=[],
                    help="host or host:port that image URLs may reach even on a private address (repeatable)")
+    s.add_argument("--max-output-pixels", type=int, default=params.SERVER_MAX_PIXELS.default,
+                   help="largest image served (width x height); fal's custom sizes up to 14142 a side are rounded "
+                        "to multiples of 16 and refused (422) above this")
     s.add_argument("--dtype", choices=params.DTYPE_CHOICES, default="auto", help="compute dtype of the workers")
     s.add_argument("--weight-storage", choices=params.WEIGHT_STORAGE_CHOICES, default="default",
-                   help="fp8 keeps transformer weights in float8 (about half the VRAM)")
+                   help="default: the file's own precision (an fp8 file stays fp8); fp8: every Linear weight in "
+                        "float8 (about half the memory); compute: all in --dtype")
     s.add_argument("--offload", choices=params.OFFLOAD_CHOICES, default=params.OFFLOAD_CHOICES[0],
                    help="where weights wait between uses on a GPU; auto fits the card (see the README)")
     s.add_argument("--engine", help=argparse.SUPPRESS)  # module:callable stand-in engine (load benchmark)
@@ -100,6 +107,7 @@ def config_from(args) -> ServerConfig:
     params.SERVER_PORT.validate(args.port)
     params.MAX_JOBS_PER_KEY.validate(args.max_jobs_per_key)
     params.MAX_SYNC_WAITS_PER_KEY.validate(args.max_sync_waits_per_key)
+    params.SERVER_MAX_PIXELS.validate(args.max_output_pixels)
     for name, value in (("result_ttl", args.result_ttl), ("sync_timeout", args.sync_timeout),
                         ("job_timeout", args.job_timeout), ("heartbeat_timeout", args.heartbeat_timeout)):
         if value <= 0:
@@ -117,6 +125,7 @@ def config_from(args) -> ServerConfig:
                         weight_storage=args.weight_storage, offload=args.offload, result_ttl_s=args.result_ttl,
                         max_active_per_key=args.max_jobs_per_key, sync_timeout_s=args.sync_timeout,
                         url_inputs=args.allow_url_inputs, url_allow_hosts=tuple(args.url_allow_host),
+                        webhooks=args.allow_webhooks, max_output_pixels=args.max_output_pixels,
                         lease_s=args.lease, job_timeout_s=args.job_timeout, drain_timeout_s=args.drain_timeout,
                         heartbeat_timeout_s=args.heartbeat_timeout,
                         max_sync_waits_per_key=args.max_sync_waits_per_key)
@@ -131,6 +140,7 @@ def run(args) -> int:
         if not args.workers_only:
             from .auth import load_keys
             keys = load_keys()
+            check_listen_address(config.host, config.port)
         from .runtime import serve
     except ImportError as exc:  # the server's packages are an optional extra
         print(f"error: serve needs the server packages ({exc.name} is missing): "

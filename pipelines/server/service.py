@@ -31,12 +31,13 @@ class JobService:
                 "one returns, or use the queue endpoints")
 
     def submit(self, owner: str, api: str, model: str, inputs: JobInputs | None,
-               issues: list[dict] | None = None) -> J.Job:
-        """Queue a valid request; an invalid one becomes a job that is already COMPLETED with its 422."""
+               issues: list[dict] | None = None, **options) -> J.Job:
+        """Queue a valid request; an invalid one becomes a job that is already COMPLETED with its 422.
+        `options` are more Job fields (start_by, webhook)."""
         if self.draining:
             raise ShuttingDown("the server is restarting and takes no new requests; retry in a few seconds")
         job = J.Job(id=J.new_request_id(), owner=owner, api=api, model=model,
-                    inputs=inputs.as_dict() if inputs else None)
+                    inputs=inputs.as_dict() if inputs else None, **options)
         if inputs is None:
             J.finish(job, self.config.result_ttl_s, status=422, body={"detail": issues},
                      error=summarize(issues or []), error_type="validation_error")

@@ -81,7 +81,7 @@ class JobRunner:
         return None
 
     def _run(self, job: J.Job) -> None:
-        inputs = JobInputs.from_dict(job.inputs)
+        inputs = JobInputs.from_dict(self.store.inputs(job.id))  # kept apart from the record (store.py)
         field = "image" if job.api == "wavespeed" else "image_url"
         should_abort = self._cancel_check(job.id)
         try:
