@@ -226,7 +226,7 @@ def test_a_requeued_job_keeps_its_place_and_positions_never_rise(tmp_path):
     store = store_module.open_store(None, config.state_path, config.namespace)
     queue = queue_module.JobQueue(None, config.state_path, config.namespace)
     service = service_module.JobService(config, store, queue)
-    inputs, _ = validation.validate_fal("dev", dict(BODY), False)
+    inputs, _ = validation.validate_fal("dev", dict(BODY), config)
     first, second, third = (service.submit("alice", "fal", DEV, inputs) for _ in range(3))
     gone = f"{socket.gethostname()}:{dead_pid()}"  # a worker that took the first job, then died with serve
     queue.huey.dequeue()
