@@ -96,7 +96,7 @@ class ServeProcess:
         except ProcessLookupError:
             return
         try:
-            self.process.wait(timeout=30)
+            self.process.wait(timeout=60)  # serve drains: its running jobs get --drain-timeout (25 s) to finish
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .. import params
 from .config import DEFAULT_PORT, DEFAULT_STATE_DIR, ServerConfig, check_listen_address
@@ -92,9 +94,6 @@ def devices(spec: str) -> tuple[str, ...]:
 
 def queue_url(args, environ=None) -> str | None:
     """--queue, else REDUX_SERVER_QUEUE; a password is refused on the command line (every user sees it in ps)."""
-    import os
-    from urllib.parse import urlsplit
-
     if args.queue_url:
         if urlsplit(args.queue_url).password:
             raise params.ParameterError("queue", "redis://:***@...", f"a password on the command line shows in ps; "

@@ -64,13 +64,21 @@ class RedisJobStore(JobStore):
             if self.db.scard(active) > active_limit:
                 self.db.srem(active, job.id)
                 return False
-        job.seq = int(self.db.incr(self._key("seq")))
+        if job.inputs is not None and job.state != DONE:
+            self.db.set(self._key("input", job.id), json.dumps(job.inputs))
+        seq = self._key("seq")
         with self.db.pipeline(transaction=True) as pipe:
-            if job.inputs is not None and job.state != DONE:
-                pipe.set(self._key("input", job.id), json.dumps(job.inputs))
-            self._write(pipe, job)
-            pipe.execute()
-        return True
+            while True:  # the number and the record in one transaction: once job N is seen, all before it are
+                try:     # (queue_position never counts a job that appears later with a smaller number)
+                    pipe.watch(seq)
+                    job.seq = int(pipe.get(seq) or 0) + 1
+                    pipe.multi()
+                    pipe.set(seq, job.seq)
+                    self._write(pipe, job)
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue  # another submit took that number: take the next
 
     def get(self, job_id: str) -> Job | None:
         raw = self.db.get(self._key("job", job_id))
