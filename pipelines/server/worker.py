@@ -5,7 +5,8 @@
 CONFIG_FD is an inherited descriptor of the settings (JSON; they may hold a Redis password, so never argv);
 the worker writes a byte to HEARTBEAT_FD every second or so, and the supervisor kills a worker that stops.
 
-The worker claims a job in the store before running it (a duplicate or cancelled task does nothing),
+Each task is a turn: the worker claims the oldest queued job in the store before running it (a spare task
+does nothing), stops taking turns once told to stop (SIGTERM/SIGINT: it finishes the job it runs, then exits),
 renews its lease while it runs, checks for cancellation between denoising steps, and records any
 failure on the job instead of dying. If the process itself dies, `serve`'s supervisor fails the job it
 held; a whole host that stops is noticed by its expired lease (supervisor.py).
