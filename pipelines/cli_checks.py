@@ -7,6 +7,7 @@ needs only arguments, headers or a few bytes happens here first.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import params
+from . import files, params
 from .loading import folder_with
 from .weights import (KIND_NAMES, SLOTS, TensorIndex, WeightsError, check_diffusers_folder,
                       check_transformer_complete, check_values, detect_variant, find_weights, read_index)
@@ -43,20 +44,27 @@ class Inputs:
 
 
 def image_problem(path: Path) -> str | None:
-    """Why `path` is not a usable image (decoded in full, so truncation shows), or None."""
+    """Why `path` is not a usable image (decoded in full, so truncation shows), or None. A FIFO, socket or
+    device is named, never opened in a way that could wait (files.py)."""
+    problem = files.not_regular(path)
+    if problem:
+        return problem
     try:
-        if path.stat().st_size == 0:
-            return "empty file (0 bytes)"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # large photos are fine
-            with Image.open(path) as image:
-                width, height = image.size
-                image.load()
+        with files.open_regular(path) as handle:
+            if os.fstat(handle.fileno()).st_size == 0:
+                return "empty file (0 bytes)"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # large photos are fine
+                with Image.open(handle) as image:
+                    width, height = image.size
+                    image.load()
     except Image.DecompressionBombError:  # PIL's limit: twice MAX_IMAGE_PIXELS (a decompression bomb)
         limit = 2 * Image.MAX_IMAGE_PIXELS / 1e6
         return f"too many pixels (over the {limit:.0f} megapixel limit for input images); downscale it"
     except PermissionError:
         return "permission denied (make the file readable)"
+    except files.NotRegularFileError as exc:  # replaced by a FIFO or the like since the check above
+        return exc.strerror
     except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for unknown or broken files
         return f"not a readable image ({exc})"
     if width * height == 0:
@@ -68,12 +76,12 @@ def collect_inputs(items: list[Path], fail_fast: bool) -> Inputs:
     """Every image in the given files and folders, checked; bad ones are skipped (or stop the run)."""
     found = Inputs()
     for item in items:
-        if item.is_dir():
-            entries = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if item.is_dir():  # sub-folders are not searched; FIFOs, sockets and devices are skipped and named
+            entries = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
             visible = [p for p in entries if not p.name.startswith(".")]
             found.hidden += len(entries) - len(visible)
             candidates = visible
-        elif item.exists():
+        elif item.exists() or item.is_symlink():
             candidates = [item]
         else:
             raise InputError(f"input {item} does not exist (expected an image file or a folder of images)")
@@ -90,7 +98,7 @@ def collect_inputs(items: list[Path], fail_fast: bool) -> Inputs:
 
 def check_image_option(option: str, path: Path) -> None:
     """A file every job uses (--ref, --mask, --init-image): any problem stops the run."""
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise InputError(f"{option} {path}: file not found (expected an image file)")
     problem = image_problem(path)
     if problem:

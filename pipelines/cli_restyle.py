@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import params
+from . import files, params
 from .cache import CACHE
 from .loading import LoadOptions
 from .redux import ReduxConditioning, TextConditioning, encode
@@ -145,7 +145,7 @@ def open_image(path: Path | None):
     """A file fully read (so it can be closed), turned upright by its EXIF orientation."""
     if path is None:
         return None
-    with Image.open(path) as image:
+    with files.open_regular(path) as handle, Image.open(handle) as image:
         image.load()
         return upright(image)
 

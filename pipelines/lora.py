@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from . import params
+from . import files, params
 from .cache import file_identity
 from .weights import WeightsError, refuse_pickle
 
@@ -76,8 +76,11 @@ def check_path(path: str | Path) -> Path:
     """A LoRA path that exists and is not a pickle (checked before any model is loaded)."""
     path = Path(path)
     refuse_pickle(path)
-    if not path.is_file():
+    problem = files.not_regular(path)
+    if problem == "does not exist":
         raise WeightsError(f"{path}: LoRA file not found (expected a .safetensors LoRA for FLUX.1).")
+    if problem:
+        raise WeightsError(f"{path}: {problem}; expected a .safetensors LoRA file for FLUX.1.")
     return path
 
 
@@ -89,6 +92,7 @@ def read_lora(path: str | Path) -> dict[str, torch.Tensor]:
 
     path = check_path(path)
     try:
+        files.require_regular(path)  # safetensors opens it itself: never a FIFO swapped in since the check
         tensors = load_file(str(path))
     except Exception as exc:  # safetensors raises several types for bad or cut-off files
         raise WeightsError(f"{path}: not a readable safetensors LoRA ({_one_line(exc)}); the download may be "
