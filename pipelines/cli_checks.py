@@ -117,6 +117,26 @@ def check_out_dir(out: Path) -> None:
         raise InputError(f"--out {out}: cannot write there ({exc.strerror or exc}); choose another folder") from None
 
 
+def name_problems(jobs: list[Path | None], seed: int | None, num_images: int, out: Path) -> dict[Path, str]:
+    """Inputs whose output names would not fit the --out file system's name limit (checked before any model
+    loads, so a batch never dies after generating): {input: reason}. A random seed counts at its longest."""
+    from .cli_outputs import name_bytes, name_max, output_name
+
+    limit = name_max(out)
+    longest_seed = params.SEED.maximum if seed is None else seed
+    problems = {}
+    for path in jobs:
+        if path is None:
+            continue
+        name = output_name(path.stem, longest_seed, num_images - 1)
+        size = name_bytes(name)
+        if size > limit:
+            room = limit - (size - name_bytes(path.stem))
+            problems[path] = (f"its output name would be {size} bytes ({name[:24]}...), over the {limit}-byte "
+                              f"file name limit of --out {out}; rename it to a stem of at most {room} bytes")
+    return problems
+
+
 def check_device(device: str) -> None:
     """--device names a device torch has on this machine."""
     import torch

@@ -104,7 +104,6 @@ def test_folder_without_images_says_what_it_looked_for(models, tmp_path, no_load
 from fakes.hostile_files import HOSTILE, fifo, within  # noqa: E402
 
 weights = submodule("pipelines.weights")
-files = submodule("pipelines.files")
 HANG_S = 30  # far beyond what a header scan of tiny files takes, even on a loaded machine
 
 
@@ -218,6 +217,7 @@ def test_a_fifo_as_the_remote_key_file_is_named(tmp_path):
 
 def test_a_file_swapped_for_a_fifo_after_the_stat_still_cannot_block(tmp_path, monkeypatch):
     """The open itself is non-blocking: even when the stat said "regular file", a FIFO is refused at once."""
+    files = submodule("pipelines.files")
     bad = fifo(tmp_path / "x.safetensors")
     real_stat = files.os.stat
     regular = real_stat(__file__)
