@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..pipelines import params
+from ..pipelines import checks, params
 from ..pipelines.loading import LoadOptions
 from ..pipelines.models import FluxModelSpec, ReduxEncoderSpec
 from ..pipelines.weights import detect_variant, read_index
@@ -32,7 +32,9 @@ SPEED_TOOLTIP = ("compile: torch.compile of the transformer blocks (warm-up on t
 
 
 def device_option(device: str) -> str:
-    return bridge.default_device() if device == "auto" else device
+    """The device widget checked by the engine (an API workflow may carry cuda on a machine without CUDA, or
+    any string); auto is ComfyUI's own device."""
+    return bridge.default_device() if checks.check_device(device, "device", "device cpu or auto") == "auto" else device
 
 
 def check_file(path: str, kind: str) -> None:
@@ -85,11 +87,14 @@ class FluxReduxLoadEncoder:
         return files_checked_when_run()
 
     def load(self, redux_model, clip_vision, device, dtype):
+        checks.file_choice(redux_model, "redux_model", "style_models")
+        checks.file_choice(clip_vision, "clip_vision", "clip_vision")
+        device = device_option(device)
         redux = bridge.resolve_model("style_models", "image_embedder", redux_model)
         siglip = bridge.resolve_model("clip_vision", "image_encoder", clip_vision)
         check_file(redux, "redux")
         check_file(siglip, "siglip")
-        return (ReduxEncoderSpec(redux, siglip, LoadOptions(device=device_option(device), dtype=dtype)),)
+        return (ReduxEncoderSpec(redux, siglip, LoadOptions(device=device, dtype=dtype)),)
 
 
 class FluxReduxLoadModel:
@@ -138,12 +143,15 @@ class FluxReduxLoadModel:
     def load(self, transformer, vae, variant, weight_dtype, offload, vae_tiling, device, speed=params.SPEED_NONE,
              cache_threshold=params.CACHE_THRESHOLD.default):
         params.check_choice("weight_dtype", weight_dtype, WEIGHT_DTYPE_CHOICES)
+        checks.file_choice(transformer, "transformer", "diffusion_models")
+        checks.file_choice(vae, "vae", "vae")
+        device = device_option(device)
         transformer_path = bridge.resolve_model("diffusion_models", "transformer", transformer)
         vae_path = bridge.resolve_model("vae", "vae", vae)
         check_file(transformer_path, "flux_transformer")
         check_file(vae_path, "vae")
         dtype, storage = WEIGHT_DTYPES[weight_dtype]
-        options = LoadOptions(device=device_option(device), dtype=dtype, weight_storage=storage, offload=offload,
+        options = LoadOptions(device=device, dtype=dtype, weight_storage=storage, offload=offload,
                               vae_tiling=vae_tiling, speed=speed)
         spec = FluxModelSpec(transformer_path, vae_path, params.check_choice("variant", variant,
                                                                              params.VARIANT_CHOICES), options,

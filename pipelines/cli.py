@@ -133,7 +133,7 @@ def size_notes(args) -> list[str]:
 
 def prepare(args) -> Plan:
     """Every check that needs no model: arguments, input images, output folder, device, weight headers."""
-    for note in size_notes(args) + cli_restyle.validate(args):
+    for note in size_notes(args) + cli_restyle.validate(args) + cli_restyle.check_weights(args):
         log.warning("warning: %s", note)
     if not args.inputs and not args.ref:
         raise cli_checks.InputError("no reference image: give image files or folders, or --ref IMG[:WEIGHT]")
@@ -186,7 +186,7 @@ def run_variation(args, writer: OutputWriter) -> Plan:
             raise ValueError(f"the model produced NaN pixels for {path or 'the references'}: the weights are "
                              "broken or the dtype overflows; try --dtype bf16 or fp32")
         meta = dict(result.metadata, reference=str(path) if path else None, crop=args.crop,
-                    refs=[[str(r.path), r.weight, str(r.mask) if r.mask else None] for r in args.ref],
+                    refs=cli_restyle.used_refs(args),
                     prompt=args.prompt, downsample=args.downsample, blend=args.blend,
                     init_image=str(args.init_image) if args.init_image else None)
         for index, image in enumerate(result.pil_images()):

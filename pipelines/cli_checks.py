@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import files, params
+from . import checks, files, params
 from .loading import folder_with
 from .weights import (KIND_NAMES, SLOTS, TensorIndex, WeightsError, check_diffusers_folder,
                       check_transformer_complete, check_values, detect_variant, find_weights, read_index)
@@ -138,26 +138,8 @@ def name_problems(jobs: list[Path | None], seed: int | None, num_images: int, ou
 
 
 def check_device(device: str) -> None:
-    """--device names a device torch has on this machine."""
-    import torch
-
-    if device == "auto":
-        return
-    try:
-        chosen = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise params.ParameterError("device", device, "expected auto, cpu, cuda, cuda:N or mps") from None
-    if chosen.type == "cuda":
-        if not torch.cuda.is_available():
-            raise params.ParameterError("device", device, "CUDA is not available here (this torch build or "
-                                                          "driver has no usable GPU); use --device cpu or auto")
-        if chosen.index is not None and chosen.index >= torch.cuda.device_count():
-            raise params.ParameterError("device", device, f"this machine has {torch.cuda.device_count()} CUDA "
-                                                          "device(s), numbered from 0")
-    elif chosen.type == "mps" and not torch.backends.mps.is_available():
-        raise params.ParameterError("device", device, "MPS is not available here; use --device cpu or auto")
-    elif chosen.type not in ("cpu", "cuda", "mps"):
-        raise params.ParameterError("device", device, "expected auto, cpu, cuda, cuda:N or mps")
+    """--device names a device torch has on this machine (the engine's check, as the loader nodes use it)."""
+    checks.check_device(device, "device", "--device cpu or auto")
 
 
 def resolve_sources(explicit: dict[str, Path | None], models_dir: Path | None, model: str) -> dict[str, Path]:

@@ -58,13 +58,23 @@ def parse_lora_arg(text: str) -> LoraSpec:
     path, sep, strength = text.rpartition(":")
     if sep:
         try:
-            return LoraSpec(path, float(strength))
+            value = float(strength)
         except ValueError:
             if Path(text).exists():  # a colon inside the path and no strength
                 return LoraSpec(text)
-            raise params.ParameterError("lora", text, "expected FILE or FILE:STRENGTH with a number, e.g. "
-                                        "style.safetensors:0.8") from None
+            raise params.ParameterError("lora", text, "expected FILE or FILE:STRENGTH with a number in "
+                                        f"{_strength_range()}, e.g. style.safetensors:0.8") from None
+        try:
+            return LoraSpec(path, value)
+        except params.ParameterError:  # 11, -11, inf, nan: say the range, not "not a number"
+            raise params.ParameterError("lora", text, f"the strength {strength} is outside {_strength_range()} "
+                                        "(0 = off, 1 = as trained, negative inverts it)") from None
     return LoraSpec(text)
+
+
+def _strength_range() -> str:
+    spec = params.LORA_STRENGTH
+    return f"{spec.minimum:g} to {spec.maximum:g}"
 
 
 def _one_line(exc: Exception, limit: int = 200) -> str:

@@ -98,6 +98,9 @@ def _read_key_file(path: Path) -> Mapping[str, str]:
         raise MissingKeyError(f"Cannot read the key file {path}: {problem}; expected a JSON file")
     try:
         data = json.loads(files.read_text(path))
+    except RecursionError:
+        raise MissingKeyError(f"The key file {path} is nested too deeply to be a key file; expected e.g. "
+                              '{"FAL_KEY": "<your key>"}') from None
     except (OSError, UnicodeDecodeError) as exc:
         raise MissingKeyError(f"Cannot read the key file {path}: {type(exc).__name__}") from None
     except json.JSONDecodeError as exc:  # the message holds line/column only, never the file's text

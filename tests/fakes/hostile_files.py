@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
-import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -66,6 +68,19 @@ HOSTILE = {
 }
 
 
+RELEASER = """
+import os, sys, time
+time.sleep(float(sys.argv[1]))
+while True:  # until killed: a reader that opens a FIFO again is released again
+    for path in sys.argv[2:]:
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+    time.sleep(0.2)
+"""
+
+
 def release_fifos() -> None:
     """Open every FIFO made here for writing and close it: a reader blocked in open() or read() returns."""
     for path in MADE_FIFOS:
@@ -76,23 +91,22 @@ def release_fifos() -> None:
 
 
 def within(seconds: float, function, *args, **kwargs):
-    """function(*args) in a daemon thread; a hang past `seconds` fails the test (and the FIFOs are released
-    so the thread ends), an exception is re-raised here."""
-    outcome: dict = {}
-
-    def target():
-        try:
-            outcome["value"] = function(*args, **kwargs)
-        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        release_fifos()
-        thread.join(10)
-        pytest.fail(f"{getattr(function, '__name__', function)} hung for more than {seconds} s")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
+    """function(*args), failing the test when it takes longer than `seconds`. A read blocked on a FIFO may hold
+    the GIL (a library's native open), so no thread of this process could step in: a separate process opens
+    every FIFO made here for writing once the time is up, which ends the blocked open (then the test fails)."""
+    fifos = [str(p) for p in MADE_FIFOS if os.path.lexists(p)]
+    releaser = subprocess.Popen([sys.executable, "-c", RELEASER, str(seconds), *fifos])
+    started = time.monotonic()
+    try:
+        value = function(*args, **kwargs)
+    except BaseException:
+        elapsed = time.monotonic() - started
+        if elapsed >= seconds:
+            pytest.fail(f"{getattr(function, '__name__', function)} hung on a FIFO until released after {seconds} s")
+        raise
+    finally:
+        releaser.kill()
+        releaser.wait()
+    if time.monotonic() - started >= seconds:
+        pytest.fail(f"{getattr(function, '__name__', function)} hung on a FIFO until released after {seconds} s")
+    return value
