@@ -314,7 +314,7 @@ def parse_json(body: bytes | str) -> Any:
     while stack:  # without recursion, so depth never costs stack
         item, depth = stack.pop()
         children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
-        if children and depth > MAX_REPLY_DEPTH:
+        if isinstance(item, (dict, list)) and depth > MAX_REPLY_DEPTH:
             raise UnusableJson(f"it is nested deeper than {MAX_REPLY_DEPTH} levels")
         stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
     return value
