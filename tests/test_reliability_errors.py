@@ -138,38 +138,14 @@ def test_quantisation_extras_on_some_blocks_only_are_not_missing_tensors(models,
 # -- node inputs a hand-edited or API workflow can carry (issue 18, class 4) -----------------------------------
 # Each reaches the engine's checks (pipelines/checks.py) and comes back as one line naming the node's input.
 
-import numpy as np  # noqa: E402
+from fakes.node_inputs import load_encoder, load_model, models_root, photo  # noqa: E402,F401
 
-bridge = submodule("nodes.comfy_bridge")
 local = submodule("nodes.local")
 loaders = submodule("nodes.local_loaders")
 restyle = submodule("nodes.restyle")
 conditioning_nodes = submodule("nodes.conditioning")
 variation = submodule("nodes.variation")
 lora_node = submodule("nodes.lora")
-
-
-@pytest.fixture
-def models_root(models):
-    saved, bridge.MODELS_ROOT = bridge.MODELS_ROOT, models["root"]
-    yield models["root"]
-    bridge.MODELS_ROOT = saved
-
-
-def load_encoder(**kw):
-    args = dict(redux_model="flux1-redux-dev.safetensors", clip_vision="sigclip_vision_patch14_384.safetensors",
-                device="cpu", dtype="auto") | kw
-    return loaders.FluxReduxLoadEncoder().load(**args)[0]
-
-
-def load_model(**kw):
-    args = dict(transformer="flux1-dev.safetensors", vae="ae.safetensors", variant="auto", weight_dtype="default",
-                offload="none", vae_tiling="auto", device="cpu") | kw
-    return loaders.FluxReduxLoadModel().load(**args)[0]
-
-
-def photo(h=48, w=64, batch=1):
-    return torch.from_numpy(np.random.default_rng(0).random((batch, h, w, 3), dtype=np.float32))
 
 
 def one_line(exc: BaseException, *words):
