@@ -118,8 +118,10 @@ class FluxReduxLoadModel:
             "vae": (bridge.model_choices("vae", "vae"), {
                 "tooltip": "FLUX autoencoder: models/vae/ae.safetensors, or diffusers/<folder> holding vae/."}),
             "variant": (params.VARIANT_CHOICES, {"default": "auto", "tooltip": (
-                "auto: read from the weights (a guidance embedding means dev). Sets the step range and the "
-                "scheduler: dev 1-50 steps with guidance, schnell 1-12 steps without.")}),
+                "auto: read from the weights (a guidance embedding means dev). Sets the scheduler and the "
+                f"default steps: dev {params.VARIANTS['dev'].steps.default} with guidance, schnell "
+                f"{params.VARIANTS['schnell'].steps.default} without; either runs "
+                f"{params.VARIANTS['schnell'].steps.minimum}-{params.VARIANTS['schnell'].steps.maximum} steps.")}),
             "weight_dtype": (WEIGHT_DTYPE_CHOICES, {"default": "default", "tooltip": (
                 "default: bf16 on CUDA, fp32 on CPU. bf16/fp16/fp32: that compute dtype. fp8: transformer "
                 "weights stored in float8 (about half the VRAM), computed in the default dtype.")}),
