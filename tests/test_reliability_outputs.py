@@ -200,12 +200,22 @@ def test_sigterm_during_a_save_is_handled_like_ctrl_c(models, tmp_path, monkeypa
         return real_save(self, fp, *args, **kwargs)
 
     monkeypatch.setattr(Image.Image, "save", signalled_mid_write)
-    before = signal.getsignal(signum)
-    done = run_cli("variation", inputs, *weights_args(models), *FAST, "--out", tmp_path / "out")
+    unhandled = []  # the test's own handler: were the CLI not to handle the signal, it lands here (not in pytest)
+
+    def test_handler(*args):
+        unhandled.append(args)
+
+    before = signal.signal(signum, test_handler)
+    try:
+        done = run_cli("variation", inputs, *weights_args(models), *FAST, "--out", tmp_path / "out")
+        after = signal.getsignal(signum)
+    finally:
+        signal.signal(signum, before)
+    assert not unhandled
     assert done.code == status, done.err
     assert f"stopped by {signal.Signals(signum).name}; 1 complete image(s) kept" in done.err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0_seed5_0.png"]  # no hidden .partial
-    assert signal.getsignal(signum) == before  # the handler lasts as long as the run
+    assert after is test_handler  # the CLI's own handler lasted as long as the run
 
 
 def test_sigterm_of_a_real_run_keeps_the_complete_images_and_says_so(models, tmp_path):
