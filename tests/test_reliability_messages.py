@@ -57,7 +57,6 @@ from fakes.cli_runs import weights_args  # noqa: E402
 from packloader import ROOT  # noqa: E402
 
 params = submodule("pipelines.params")
-cli_docs = submodule("pipelines.cli_docs")
 loaders = submodule("nodes.local_loaders")
 
 
@@ -80,6 +79,7 @@ def test_a_strength_that_is_no_number_still_says_the_range(models, tmp_path, no_
 
 
 def test_readme_cli_table_is_the_one_params_py_gives():
+    cli_docs = submodule("pipelines.cli_docs")
     readme = (ROOT / "README.md").read_text()
     assert cli_docs.readme_block(readme) == cli_docs.cli_table(), "run python -m pipelines.cli_docs and paste it"
     assert "schnell 1–50 (4)" in cli_docs.cli_table()  # the CLI runs 1-50 on schnell; 12 is fal's limit only
@@ -87,6 +87,7 @@ def test_readme_cli_table_is_the_one_params_py_gives():
 
 def test_readme_ranges_elsewhere_match_params():
     """Ranges stated in the README's prose and node tables, each rendered from its spec."""
+    cli_docs = submodule("pipelines.cli_docs")
     readme = (ROOT / "README.md").read_text()
     span = cli_docs.span
     claims = [
