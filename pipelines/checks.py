@@ -10,7 +10,6 @@ what was expected, in one line.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
 
 import torch
@@ -154,9 +153,3 @@ def check_device(device: Any, name: str = "device", use: str = "device cpu or au
     elif chosen.type != "cpu":
         raise params.ParameterError(name, device, expected)
     return device
-
-
-def finite_number(value: Any, name: str) -> None:
-    """NaN passes every `a <= x <= b` test as False, inf as out of range; named here before any range check."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise params.ParameterError(name, value, "expected a finite number")

@@ -237,7 +237,9 @@ def stop_signals_interrupt():
             signal.signal(number, signal.SIG_DFL)
         raise Terminated(signum)
 
-    previous = {number: signal.signal(number, stop) for number in STOP_SIGNALS}
+    # an ignored signal stays ignored (nohup ignores SIGHUP: closing the terminal must not stop the run)
+    previous = {number: signal.signal(number, stop) for number in STOP_SIGNALS
+                if signal.getsignal(number) != signal.SIG_IGN}
     try:
         yield
     finally:

@@ -296,3 +296,20 @@ def test_stale_partials_are_removed_before_any_model_loads(models, tmp_path, no_
     stale.write_bytes(b"")
     run_cli("variation", noise_png(tmp_path / "r.png"), *weights_args(models), "--out", out)
     assert no_loading and not stale.exists()  # gone by the time the first model would load
+
+
+def test_under_nohup_a_sighup_does_not_stop_the_run(models, tmp_path, monkeypatch):
+    real_save = Image.Image.save
+
+    def hangup_mid_write(self, fp, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGHUP)
+        return real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", hangup_mid_write)
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what nohup does
+    try:
+        done = run_cli("variation", noise_png(tmp_path / "r.png"), *weights_args(models), *FAST, "--out", tmp_path / "o")
+    finally:
+        signal.signal(signal.SIGHUP, before)
+    assert done.code == 0, done.err
+    assert pngs(tmp_path / "o") == ["r_seed5_0.png"]
