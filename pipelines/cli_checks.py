@@ -16,6 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 from . import checks, files, params
+from .cli_outputs import name_bytes, name_max, output_name
 from .loading import folder_with
 from .weights import (KIND_NAMES, SLOTS, TensorIndex, WeightsError, check_diffusers_folder,
                       check_transformer_complete, check_values, detect_variant, find_weights, read_index)
@@ -120,8 +121,6 @@ def check_out_dir(out: Path) -> None:
 def name_problems(jobs: list[Path | None], seed: int | None, num_images: int, out: Path) -> dict[Path, str]:
     """Inputs whose output names would not fit the --out file system's name limit (checked before any model
     loads, so a batch never dies after generating): {input: reason}. A random seed counts at its longest."""
-    from .cli_outputs import name_bytes, name_max, output_name
-
     limit = name_max(out)
     longest_seed = params.SEED.maximum if seed is None else seed
     problems = {}
