@@ -64,10 +64,10 @@ def generate(model: FluxModel, conditioning: ReduxConditioning, gen: params.Gene
     should_abort is polled at the same point and raises GenerationAborted when true.
     vae_tiling (auto/on/off) decodes in tiles; None takes the model's load options' default.
     """
-    checks.redux_conditioning(conditioning, "conditioning")  # None, a list, NaN tokens, every weight 0
     _check_variant(model, gen)
     if model.pipe is None:
         raise RuntimeError(f"{model!r} was unloaded; load it again")
+    checks.redux_conditioning(conditioning, "conditioning")  # None, a list, NaN tokens, every weight 0
     pipe = model.pipe
     extra = {}
     if init_image is not None:

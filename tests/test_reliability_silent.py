@@ -198,7 +198,8 @@ def test_redux_to_conditioning_refuses_it_too(engine):
 
 def test_the_engine_generate_refuses_it_for_api_callers(engine):
     with pytest.raises(ValueError, match="conditioning: every reference in it has weight 0"):
-        engine.generate(object(), zero_strength(engine), engine.validate_generation("dev", "square"))
+        engine.generate(SimpleNamespace(variant="dev", pipe=object()), zero_strength(engine),
+                        engine.validate_generation("dev", "square"))
 
 
 def flux_text(width=32, fill=0.1, pooled=None):
