@@ -17,6 +17,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from . import files
 from .placement import Footprint
 
 log = logging.getLogger(__name__)
@@ -97,8 +98,10 @@ def refuse_pickle(path: Path) -> None:
 
 
 def read_header(path: Path) -> TensorIndex:
-    """A safetensors or GGUF header, whatever it holds. Raises the format library's own errors."""
+    """A safetensors or GGUF header, whatever it holds. Raises the format library's own errors, or
+    files.NotRegularFileError for a FIFO, socket or device (which the libraries' open would wait on forever)."""
     path = Path(path)
+    files.require_regular(path)
     if path.suffix.lower() == ".gguf":
         from gguf import GGUFReader
 
@@ -130,11 +133,16 @@ def read_index(path: str | Path, expected: str) -> TensorIndex:
         raise WeightsError(f"{path}: file not found (expected {want}).")
     if path.is_dir():
         raise WeightsError(f"{path} is a folder; expected a .safetensors or .gguf file with {want}.")
+    problem = files.not_regular(path)
+    if problem:
+        raise WeightsError(f"{path}: {problem}; expected a .safetensors or .gguf file with {want}.")
     refuse_pickle(path)
     if not os.access(path, os.R_OK):
         raise WeightsError(f"{path}: permission denied; make the file readable by this user (expected {want}).")
     try:
         index = read_header(path)
+    except files.NotRegularFileError as exc:  # swapped for a FIFO or the like since the check above
+        raise WeightsError(f"{exc}; expected a .safetensors or .gguf file with {want}.") from None
     except Exception as exc:  # safetensors and gguf raise several types for bad headers
         kind = "GGUF" if path.suffix.lower() == ".gguf" else "safetensors"
         raise WeightsError(f"{path}: not a readable {kind} file ({exc}). The download may be truncated or the "
@@ -208,8 +216,12 @@ def check_diffusers_folder(folder: Path, model_class, what: str) -> None:
     if not any(folder.glob("*.safetensors")):
         raise WeightsError(f"{folder}: no .safetensors weights in this folder; expected {what} as a diffusers "
                            "folder (config.json + *.safetensors).")
+    for part in sorted([folder / "config.json", *folder.glob("*.safetensors")]):  # the loader would wait on a FIFO
+        problem = files.not_regular(part)
+        if problem:
+            raise WeightsError(f"{part}: {problem}; expected {what} as a diffusers folder of regular files.")
     try:
-        config = json.loads((folder / "config.json").read_text())
+        config = json.loads(files.read_text(folder / "config.json"))
     except (OSError, ValueError) as exc:
         raise WeightsError(f"{folder / 'config.json'}: unreadable ({type(exc).__name__}); expected the "
                            f"config of {what}.") from None
@@ -399,12 +411,18 @@ SLOTS = ("transformer", "vae", "redux", "siglip")
 
 def transformer_candidates(root: Path, variant: str) -> list[Path]:
     """Every FLUX transformer of `variant` in diffusion_models/, unet/ and checkpoints/, told by its header
-    (milliseconds a file), whatever its name; files that are something else are passed over."""
+    (milliseconds a file), whatever its name; files that are something else are passed over. What is not a
+    regular file (a FIFO, socket or device would block the header read; a folder named like a file) is
+    skipped with a warning naming it, never opened."""
     found = []
     for folder in TRANSFORMER_FOLDERS:
         base = root / folder
-        files = sorted(p for p in base.rglob("*") if p.suffix.lower() in WEIGHT_SUFFIXES) if base.is_dir() else []
-        for path in files:
+        named = sorted(p for p in base.rglob("*") if p.suffix.lower() in WEIGHT_SUFFIXES) if base.is_dir() else []
+        for path in named:
+            problem = files.not_regular(path)
+            if problem:
+                log.warning("skipped %s while looking for a FLUX transformer: %s", path, problem)
+                continue
             try:
                 if transformer_layout(read_index(path, "flux_transformer")).variant == variant:
                     found.append(path)
