@@ -9,6 +9,9 @@ kill -9 once N jobs have completed and started again on the same state; then "no
 and runs are counted (a job interrupted mid-run runs again: it may show two starts, never two results).
 
     .venv/bin/python benchmarks/server_load.py [--jobs 500] [--clients 50] [--workers 2] [--kill-after 200]
+    .venv/bin/python benchmarks/server_load.py --sync-waits 100 --clients 50 [--seconds 10]
+        # sync starvation: 100 POST /sync requests wait (jobs held by the stand-in's gate) while 50 other
+        # clients poll status; prints the status p50/p99 and the load average, then releases the jobs
     .venv/bin/python benchmarks/server_load.py --models-dir ComfyUI/models --gpus 0,1 --jobs 40 --clients 8 \
         --size 1024 --steps 28        # real FLUX on GPUs: end-to-end throughput and latencies
 """
@@ -93,7 +96,7 @@ class ServeProcess:
         except ProcessLookupError:
             return
         try:
-            self.process.wait(timeout=30)
+            self.process.wait(timeout=60)  # serve drains: its running jobs get --drain-timeout (25 s) to finish
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
@@ -276,6 +279,84 @@ def kill_and_restart(server: ServeProcess, after_completed: int, log=print, befo
     return during
 
 
+def _sync_requests(base_url: str, count: int, replies: list, job: dict) -> threading.Thread:
+    """`count` POST /sync requests at once (one asyncio loop: a waiting request costs the client no thread)."""
+    import asyncio
+
+    async def one(http, n: int):
+        key = list(KEYS.values())[n % len(KEYS)]
+        reply = await http.post(f"{base_url}/sync/{MODEL}", headers={"Authorization": f"Key {key}"},
+                                json={"image_url": image_uri(), "seed": 10_000 + n, **job})
+        replies.append((n, reply.status_code, reply.json().get("seed") if reply.status_code == 200 else None))
+
+    async def everything():
+        async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=count + 10)) as http:
+            await asyncio.gather(*(one(http, n) for n in range(count)))
+    thread = threading.Thread(target=lambda: asyncio.run(everything()), daemon=True)
+    thread.start()
+    return thread
+
+
+def _unfinished_jobs(http: httpx.Client, base_url: str) -> int:
+    """How many unfinished jobs the server has: a probe's queue_position (then the probe is cancelled)."""
+    headers = {"Authorization": f"Key {next(iter(KEYS.values()))}"}
+    body = _call(http, "POST", f"{base_url}/{MODEL}", None, headers=headers, json={"image_url": image_uri()}).json()
+    http.put(body["cancel_url"], headers=headers)
+    return body["queue_position"]
+
+
+def run_sync_starvation(base_url: str, gate: Path, sync: int, pollers: int, seconds: float, job: dict) -> int:
+    """`pollers` clients each submit a job and poll its status while `sync` sync requests wait; all jobs are
+    held by the gate until the measurement ends. Prints status latency and the load average."""
+    status_s, replies, lock = [], [], threading.Lock()
+    stop = threading.Event()
+
+    def poller(n: int, ready: threading.Barrier) -> None:
+        headers = {"Authorization": f"Key {list(KEYS.values())[n % len(KEYS)]}"}
+        with httpx.Client(timeout=120) as http:
+            body = _call(http, "POST", f"{base_url}/{MODEL}", None, headers=headers,
+                         json={"image_url": image_uri(), "seed": n, **job}).json()
+            ready.wait()
+            mine = []
+            while not stop.is_set():
+                started = time.perf_counter()
+                http.get(body["status_url"], headers=headers)
+                mine.append(time.perf_counter() - started)
+                time.sleep(0.1)  # fal-client's poll interval
+        with lock:
+            status_s.extend(mine)
+
+    ready = threading.Barrier(pollers + 1)
+    threads = [threading.Thread(target=poller, args=(n, ready), daemon=True) for n in range(pollers)]
+    for thread in threads:
+        thread.start()
+    with httpx.Client(timeout=120) as http:
+        while _unfinished_jobs(http, base_url) < pollers:
+            time.sleep(0.2)
+        sync_thread = _sync_requests(base_url, sync, replies, job)
+        while _unfinished_jobs(http, base_url) < pollers + sync:  # every sync request accepted and waiting
+            time.sleep(0.2)
+    load_before = os.getloadavg()
+    ready.wait()
+    time.sleep(seconds)  # the measurement window (not a test: a benchmark)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    load_after = os.getloadavg()
+    released = time.perf_counter()
+    gate.touch()
+    sync_thread.join(timeout=600)
+    ms = lambda q: percentile(status_s, q) * 1000  # noqa: E731
+    good = sum(1 for n, code, seed in replies if code == 200 and seed == 10_000 + n)
+    print(f"{sync} sync requests waiting, {pollers} clients polling status for {seconds:g} s: status p50 "
+          f"{ms(0.5):.1f} ms, p99 {ms(0.99):.1f} ms, max {ms(1.0):.1f} ms ({len(status_s)} requests)")
+    print(f"load average (1/5/15 min) before {load_before[0]:.1f}/{load_before[1]:.1f}/{load_before[2]:.1f}, "
+          f"after {load_after[0]:.1f}/{load_after[1]:.1f}/{load_after[2]:.1f} on {os.cpu_count()} cores")
+    print(f"sync replies: {good} of {sync} with their own result, all within "
+          f"{time.perf_counter() - released:.1f} s of the release")
+    return 0 if good == sync else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=500)
@@ -289,11 +370,20 @@ def main() -> int:
     parser.add_argument("--gpus", default="auto", help="with --models-dir: serve's --gpus")
     parser.add_argument("--size", type=int, default=256, help="output side in pixels (square)")
     parser.add_argument("--steps", type=int, default=1, help="denoising steps per job")
+    parser.add_argument("--sync-waits", type=int, help="sync-starvation run: this many sync requests waiting while "
+                                                       "--clients poll status (stand-in only)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="with --sync-waits: the measuring window")
     args = parser.parse_args()
     job = {"image_size": {"width": args.size, "height": args.size}, "num_inference_steps": args.steps}
     with tempfile.TemporaryDirectory() as tmp:
         record = Path(tmp) / "runs.txt"
         serve = serve_args(args.workers, args.queue)
+        if args.sync_waits:
+            gate = Path(tmp) / "gate"
+            env = dict(serve_env(record, args.job_seconds), REDUX_STANDIN_GATE=str(gate))
+            with ServeProcess(serve + ["--state-dir", str(Path(tmp) / "state"), "--max-sync-waits-per-key",
+                                       str(args.sync_waits)], env, Path(tmp) / "serve.log") as server:
+                return run_sync_starvation(server.url, gate, args.sync_waits, args.clients, args.seconds, job)
         if args.models_dir:  # the real engine: same flags without the stand-in
             serve = [a for a in serve if a not in ("--engine", "benchmarks.server_standin:StandIn")]
             serve[serve.index("--gpus") + 1] = args.gpus
@@ -306,7 +396,7 @@ def main() -> int:
         print(report(result, *run_counts(record)))
         for error in result.errors[:10]:
             print("error:", error)
-    ok = result.lost() == 0 and not result.errors and (args.kill_after or not result.positions_rose)
+    ok = result.lost() == 0 and not result.errors and not result.positions_rose
     return 0 if ok else 1
 
 

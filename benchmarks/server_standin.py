@@ -5,8 +5,10 @@ sleeps `seconds` in small slices, checking for cancellation between them as the 
 steps, and returns one flat image per requested output in the colour of the input. With `record` set,
 every run's start and end is appended to that file ("start SEED PID" / "end SEED PID"), so a test can count how
 often each job ran. A job with seed `crash_seed` kills its worker process (os._exit), as a driver crash
-would; one with `hang_seed` never returns and ignores cancellation, as a hung GPU call would. In a worker
-process the settings come from REDUX_STANDIN_SECONDS / _RECORD / _CRASH_SEED / _HANG_SEED.
+would; one with `hang_seed` never returns and ignores cancellation, as a hung GPU call would. With `gate` (a
+file path) every run waits until that file exists before its `seconds` start, so a test holds jobs running
+for as long as it needs, with no fixed sleeps. In a worker process the settings come from
+REDUX_STANDIN_SECONDS / _RECORD / _CRASH_SEED / _HANG_SEED / _GATE.
 """
 
 from __future__ import annotations
@@ -30,13 +32,14 @@ class StandInOutput:
 
 class StandIn:
     def __init__(self, config=None, device: str = "cpu", *, seconds: float | None = None, record: str | None = None,
-                 crash_seed: int | None = None):
+                 crash_seed: int | None = None, gate: str | None = None):
         env = os.environ
         self.seconds = seconds if seconds is not None else float(env.get("REDUX_STANDIN_SECONDS", "0.01"))
         self.record = record or env.get("REDUX_STANDIN_RECORD")
         crash, hang = env.get("REDUX_STANDIN_CRASH_SEED"), env.get("REDUX_STANDIN_HANG_SEED")
         self.crash_seed = crash_seed if crash_seed is not None else (int(crash) if crash else None)
         self.hang_seed = int(hang) if hang else None
+        self.gate = gate or env.get("REDUX_STANDIN_GATE")
         self.device = device
 
     def _note(self, line: str) -> None:
@@ -55,6 +58,10 @@ class StandIn:
             os._exit(3)
         while self.hang_seed is not None and gen.seed == self.hang_seed:
             time.sleep(1)
+        while self.gate and not os.path.exists(self.gate):
+            if should_abort():
+                raise StandInAborted("cancelled")
+            time.sleep(SLICE_S * 4)
         started = time.perf_counter()
         while time.perf_counter() - started < self.seconds:
             if should_abort():

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from ..pipelines import params
+from ..pipelines import checks, params
 from ..pipelines.redux import TEXT_TOKENS, ReduxConditioning, TextConditioning
 from .local_loaders import CATEGORY
 from .widgets import number_widget
@@ -77,26 +77,32 @@ def append_redux(conditioning: list, tokens: torch.Tensor, strength: float, stre
     return out
 
 
-def check_conditioning(conditioning, width: int) -> None:
-    """A readable error for what is not a FLUX CONDITIONING as wide as the Redux tokens."""
+def check_conditioning(conditioning, width: int, name: str = "conditioning") -> None:
+    """A readable error naming the input `name` for what is not a FLUX CONDITIONING as wide as the Redux tokens,
+    with finite tokens and pooled vector (the engine's checks)."""
     if not isinstance(conditioning, (list, tuple)) or not conditioning:
-        raise ValueError("expected ComfyUI CONDITIONING (from CLIPTextEncode), a non-empty list of [tensor, dict]; "
-                         f"got {type(conditioning).__name__}")
+        raise ValueError(f"{name}: expected ComfyUI CONDITIONING (from CLIPTextEncode), a non-empty list of "
+                         f"[tensor, dict]; got {checks.describe(conditioning)}")
     for entry in conditioning:
         embeds = entry[0] if isinstance(entry, (list, tuple)) and entry else entry
+        keys = entry[1] if isinstance(entry, (list, tuple)) and len(entry) > 1 else {}
         if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3:
-            raise ValueError(f"CONDITIONING tensor must be [batch, tokens, width], got "
+            raise ValueError(f"{name}: CONDITIONING tensor must be [batch, tokens, width], got "
                              f"{getattr(embeds, 'shape', type(embeds).__name__)}")
+        if not isinstance(keys, dict):
+            raise ValueError(f"{name}: each CONDITIONING entry is [tensor, dict]; got {checks.describe(keys)} "
+                             "for the dict")
         if embeds.shape[-1] != width:
-            raise ValueError(f"the prompt CONDITIONING is {embeds.shape[-1]} wide but the Redux tokens are {width} "
-                             "wide: encode the prompt with DualCLIPLoader type flux (t5xxl + clip_l) and "
+            raise ValueError(f"{name}: the prompt CONDITIONING is {embeds.shape[-1]} wide but the Redux tokens are "
+                             f"{width} wide: encode the prompt with DualCLIPLoader type flux (t5xxl + clip_l) and "
                              "CLIPTextEncode; SD 1.5 or SDXL text conditionings do not fit FLUX")
+        checks.text_conditioning(embeds, keys.get("pooled_output"), name)
 
 
-def text_from_comfy(conditioning, width: int) -> TextConditioning:
+def text_from_comfy(conditioning, width: int, name: str = "prompt") -> TextConditioning:
     """A FLUX CONDITIONING (CLIPTextEncode) -> the engine's prompt: its first entry's T5 tokens [1, L, width] and
     pooled CLIP-L vector (float32, CPU)."""
-    check_conditioning(conditioning, width)
+    check_conditioning(conditioning, width, name)
     if len(conditioning) > 1:
         log.warning("CONDITIONING has %d entries; only the first is used as the Redux prompt", len(conditioning))
     embeds, keys = conditioning[0][0], (conditioning[0][1] if len(conditioning[0]) > 1 else {})
@@ -134,6 +140,7 @@ class FluxReduxToConditioning:
         }}
 
     def apply(self, redux_conditioning: ReduxConditioning, strength, strength_type, conditioning=None):
+        checks.redux_conditioning(redux_conditioning, "redux_conditioning")
         if conditioning is None:
             conditioning = empty_flux_conditioning(redux_conditioning)
         check_conditioning(conditioning, redux_conditioning.width)

@@ -11,25 +11,21 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..pipelines import checks
 from ..pipelines.references import to_pil_rgb
 
 log = logging.getLogger(__name__)
 
 
-def images_from_comfy(image: torch.Tensor) -> torch.Tensor:
-    """ComfyUI IMAGE [B,H,W,C] float 0..1 -> the same batch as the engine accepts it (RGB, CPU float32)."""
-    if not isinstance(image, torch.Tensor) or image.ndim not in (3, 4):
-        raise ValueError(f"expected a ComfyUI IMAGE tensor [batch, height, width, channels], got "
-                         f"{getattr(image, 'shape', type(image).__name__)}")
-    image = image if image.ndim == 4 else image[None]
-    if image.shape[-1] not in (3, 4):
-        raise ValueError(f"expected 3 (RGB) or 4 (RGBA) channels last, got shape {tuple(image.shape)}")
-    return image.detach().to("cpu", torch.float32)
+def images_from_comfy(image: torch.Tensor, name: str = "image") -> torch.Tensor:
+    """ComfyUI IMAGE [B,H,W,C] float 0..1 -> the same batch as the engine accepts it (RGB, CPU float32).
+    `name` is the node's input, named in the engine's error for an empty batch, a 0x0 image, NaN, ..."""
+    return checks.image_batch(image, name).detach().to("cpu", torch.float32)
 
 
-def image_batch_to_pils(images: torch.Tensor) -> list[Image.Image]:
+def image_batch_to_pils(images: torch.Tensor, name: str = "image") -> list[Image.Image]:
     """ComfyUI IMAGE -> one RGB PIL image per batch entry (an alpha channel is dropped)."""
-    return [to_pil_rgb(frame[..., :3]) for frame in images_from_comfy(images)]
+    return [to_pil_rgb(frame[..., :3]) for frame in images_from_comfy(images, name)]
 
 
 def pils_to_image_batch(pictures: list[Image.Image]) -> torch.Tensor:
@@ -44,15 +40,12 @@ def pils_to_image_batch(pictures: list[Image.Image]) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays))
 
 
-def masks_from_comfy(mask: torch.Tensor, count: int) -> list[torch.Tensor]:
+def masks_from_comfy(mask: torch.Tensor, count: int, name: str = "mask") -> list[torch.Tensor]:
     """ComfyUI MASK [B,H,W] (or [H,W]) float 0..1 -> one HxW CPU float32 mask per reference image.
 
     One mask serves every image of the batch; otherwise there must be one mask per image."""
-    if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3):
-        raise ValueError(f"expected a ComfyUI MASK tensor [batch, height, width], got "
-                         f"{getattr(mask, 'shape', type(mask).__name__)}")
-    mask = (mask if mask.ndim == 3 else mask[None]).detach().to("cpu", torch.float32)
+    mask = checks.mask_batch(mask, name).detach().to("cpu", torch.float32)
     if mask.shape[0] not in (1, count):
-        raise ValueError(f"got {count} reference image(s) but {mask.shape[0]} masks: connect one mask for all "
-                         f"images, or one mask per image")
+        raise ValueError(f"{name}: got {count} reference image(s) but {mask.shape[0]} masks: connect one mask for "
+                         "all images, or one mask per image")
     return list(mask.expand(count, -1, -1)) if mask.shape[0] == 1 else list(mask)

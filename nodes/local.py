@@ -14,7 +14,7 @@ import json
 import logging
 from dataclasses import replace
 
-from ..pipelines import params
+from ..pipelines import checks, params
 from ..pipelines.models import FluxModelSpec, ReduxEncoderSpec, load_flux_model, load_redux_encoder
 from ..pipelines.params import ParameterError
 from ..pipelines.redux import ReduxConditioning, check_encode_options, encode
@@ -121,7 +121,7 @@ class FluxReduxEncode:
 
     def encode(self, image, crop, redux_encoder=None, clip_vision=None, style_model=None):
         check_encode_options(crop)
-        images = images_from_comfy(image)
+        images = images_from_comfy(image, "image")
         encoder = pick_encoder(redux_encoder, clip_vision, style_model)
         return (encode(encoder, images, [1.0 / len(images)] * len(images), crop, on_image=encode_progress()),)
 
@@ -153,11 +153,18 @@ class FluxReduxCombine:
                 "optional": optional}
 
     def combine(self, conditioning_1: ReduxConditioning, weight_1: float, blend: str = "sum", **more):
-        items = [(conditioning_1, weight_1)]
+        """Every connected input checked by the engine under its own name; all weights 0 is refused (the
+        result would ignore every reference)."""
+        params.check_choice("blend", blend, params.BLEND_MODES)
+        named = {1: (conditioning_1, weight_1)}
         for n in range(2, MAX_BLEND_INPUTS + 1):
             if more.get(f"conditioning_{n}") is not None:
-                items.append((more[f"conditioning_{n}"], more.get(f"weight_{n}", params.REFERENCE_WEIGHT.default)))
-        return (ReduxConditioning.combine(items, blend),)
+                named[n] = (more[f"conditioning_{n}"], more.get(f"weight_{n}", params.REFERENCE_WEIGHT.default))
+        for n, (conditioning, weight) in named.items():
+            checks.redux_conditioning(conditioning, f"conditioning_{n}", used=False)
+            replace(params.REFERENCE_WEIGHT, name=f"weight_{n}").validate(weight)
+        checks.total_weight({f"weight_{n}": weight for n, (_, weight) in named.items()})
+        return (ReduxConditioning.combine(list(named.values()), blend),)
 
 
 # -- generate ----------------------------------------------------------------------------------------------------
@@ -239,6 +246,7 @@ class FluxReduxGenerate:
 def run_generation(model: FluxModelSpec, conditioning: ReduxConditioning, settings: tuple, **img2img):
     """(images, info JSON) for the generate nodes; settings = the GENERATE widgets in order. Validation comes
     before any model work; img2img is `init_image=` and `denoise=`, passed to the engine."""
+    checks.redux_conditioning(conditioning, "conditioning")
     gen, warnings = plan_generation(model_variant(model), *settings)
     bridge.check_interrupt()
     flux = load_flux(model, gen)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..pipelines import params
+from ..pipelines import checks, params
 from ..pipelines.loading import LoadOptions
 from ..pipelines.models import FluxModelSpec, ReduxEncoderSpec
 from ..pipelines.weights import detect_variant, read_index
@@ -32,7 +32,9 @@ SPEED_TOOLTIP = ("compile: torch.compile of the transformer blocks (warm-up on t
 
 
 def device_option(device: str) -> str:
-    return bridge.default_device() if device == "auto" else device
+    """The device widget checked by the engine (an API workflow may carry cuda on a machine without CUDA, or
+    any string); auto is ComfyUI's own device."""
+    return bridge.default_device() if checks.check_device(device, "device", "device cpu or auto") == "auto" else device
 
 
 def check_file(path: str, kind: str) -> None:
@@ -85,11 +87,14 @@ class FluxReduxLoadEncoder:
         return files_checked_when_run()
 
     def load(self, redux_model, clip_vision, device, dtype):
+        checks.file_choice(redux_model, "redux_model", "style_models")
+        checks.file_choice(clip_vision, "clip_vision", "clip_vision")
+        device = device_option(device)
         redux = bridge.resolve_model("style_models", "image_embedder", redux_model)
         siglip = bridge.resolve_model("clip_vision", "image_encoder", clip_vision)
         check_file(redux, "redux")
         check_file(siglip, "siglip")
-        return (ReduxEncoderSpec(redux, siglip, LoadOptions(device=device_option(device), dtype=dtype)),)
+        return (ReduxEncoderSpec(redux, siglip, LoadOptions(device=device, dtype=dtype)),)
 
 
 class FluxReduxLoadModel:
@@ -113,11 +118,15 @@ class FluxReduxLoadModel:
             "vae": (bridge.model_choices("vae", "vae"), {
                 "tooltip": "FLUX autoencoder: models/vae/ae.safetensors, or diffusers/<folder> holding vae/."}),
             "variant": (params.VARIANT_CHOICES, {"default": "auto", "tooltip": (
-                "auto: read from the weights (a guidance embedding means dev). Sets the step range and the "
-                "scheduler: dev 1-50 steps with guidance, schnell 1-12 steps without.")}),
+                "auto: read from the weights (a guidance embedding means dev). Sets the scheduler and the "
+                f"default steps: dev {params.VARIANTS['dev'].steps.default} with guidance, schnell "
+                f"{params.VARIANTS['schnell'].steps.default} without; either runs "
+                f"{params.VARIANTS['schnell'].steps.minimum}-{params.VARIANTS['schnell'].steps.maximum} steps.")}),
             "weight_dtype": (WEIGHT_DTYPE_CHOICES, {"default": "default", "tooltip": (
-                "default: bf16 on CUDA, fp32 on CPU. bf16/fp16/fp32: that compute dtype. fp8: transformer "
-                "weights stored in float8 (about half the VRAM), computed in the default dtype.")}),
+                "default: bf16 on CUDA, fp32 on CPU. bf16/fp16/fp32: that compute dtype. The weights keep the "
+                "file's precision (an fp8 file stays fp8, computed layer by layer in that dtype). fp8: every "
+                "transformer weight stored in float8 (about half the VRAM of bf16), computed in the default "
+                "dtype.")}),
             "offload": (params.OFFLOAD_CHOICES, {"default": "auto", "tooltip": (
                 "auto: fit the card from the file sizes and free VRAM (all on the GPU, else fp8 weights, else "
                 "group, else sequential; the choice is in the log and in info). none: all on the GPU. model: "
@@ -138,12 +147,15 @@ class FluxReduxLoadModel:
     def load(self, transformer, vae, variant, weight_dtype, offload, vae_tiling, device, speed=params.SPEED_NONE,
              cache_threshold=params.CACHE_THRESHOLD.default):
         params.check_choice("weight_dtype", weight_dtype, WEIGHT_DTYPE_CHOICES)
+        checks.file_choice(transformer, "transformer", "diffusion_models")
+        checks.file_choice(vae, "vae", "vae")
+        device = device_option(device)
         transformer_path = bridge.resolve_model("diffusion_models", "transformer", transformer)
         vae_path = bridge.resolve_model("vae", "vae", vae)
         check_file(transformer_path, "flux_transformer")
         check_file(vae_path, "vae")
         dtype, storage = WEIGHT_DTYPES[weight_dtype]
-        options = LoadOptions(device=device_option(device), dtype=dtype, weight_storage=storage, offload=offload,
+        options = LoadOptions(device=device, dtype=dtype, weight_storage=storage, offload=offload,
                               vae_tiling=vae_tiling, speed=speed)
         spec = FluxModelSpec(transformer_path, vae_path, params.check_choice("variant", variant,
                                                                              params.VARIANT_CHOICES), options,

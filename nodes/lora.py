@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..pipelines import params
+from ..pipelines import checks, params
 from ..pipelines.lora import LoraSpec, read_lora
 from ..pipelines.models import FluxModelSpec
 from . import comfy_bridge as bridge
@@ -36,6 +36,7 @@ class FluxReduxLoadLora:
         }}
 
     def load(self, flux_model: FluxModelSpec, lora_name, strength):
+        checks.file_choice(lora_name, "lora_name", "loras")
         path = bridge.resolve_model("loras", "lora", lora_name)
         spec = LoraSpec(path, params.LORA_STRENGTH.validate(strength))
         read_lora(path)  # a bad file (pickle, truncated, another model's LoRA) is reported at this node

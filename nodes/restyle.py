@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from ..pipelines import params
+from ..pipelines import checks, params
 from ..pipelines.models import FluxModelSpec, ReduxEncoderSpec
 from ..pipelines.redux import ReduxConditioning, check_encode_options, encode
 from .conditioning import text_from_comfy
@@ -69,8 +69,8 @@ class FluxReduxEncodeAdvanced:
         margin = autocrop_margin if autocrop else None
         check_encode_options(crop, downsample_factor, downsample_mode, margin)  # all before the encoder loads
         strength = STRENGTH.validate(strength)
-        images = images_from_comfy(image)
-        masks = None if mask is None else masks_from_comfy(mask, len(images))
+        images = images_from_comfy(image, "image")
+        masks = None if mask is None else masks_from_comfy(mask, len(images), "mask")
         if autocrop:
             if masks is None:
                 raise ValueError("autocrop needs a mask: connect a MASK (e.g. LoadImage's, painted in its Mask "
@@ -114,9 +114,11 @@ class FluxReduxPrompt:
         }}
 
     def apply(self, conditioning: ReduxConditioning, prompt_scale, pooled_scale, prompt=None):
+        checks.redux_conditioning(conditioning, "conditioning", used=False)
         if prompt is None:
             return (conditioning,)
-        return (conditioning.with_prompt(text_from_comfy(prompt, conditioning.width), prompt_scale, pooled_scale),)
+        text = text_from_comfy(prompt, conditioning.width, "prompt")
+        return (conditioning.with_prompt(text, prompt_scale, pooled_scale),)
 
 
 def match_size(width: int, height: int, pixels: int | None = None) -> tuple[int, int]:
@@ -157,7 +159,7 @@ class FluxReduxGenerateImg2Img:
     def generate(self, model: FluxModelSpec, conditioning: ReduxConditioning, image_size, width, height,
                  num_inference_steps, guidance_scale, seed, num_images, init_image, denoise):
         denoise = params.DENOISE.validate(denoise)
-        pictures = image_batch_to_pils(init_image)
+        pictures = image_batch_to_pils(init_image, "init_image")
         if len(pictures) != 1:
             raise ValueError(f"init_image is a batch of {len(pictures)} images; this node restyles one: pick one "
                              "with ImageFromBatch, or queue one run per image")

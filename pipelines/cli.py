@@ -3,7 +3,8 @@
 Each input image gets its own variations (batch restyle). PNGs carry the parameters in their metadata.
 Everything checkable is checked before any model loads (cli_checks.py); files are never overwritten or left
 half-written (cli_outputs.py). Exit status: 0 all done, 1 done but some inputs were skipped, 2 an error
-stopped the run (one line on stderr; --debug adds the traceback), 130 interrupted.
+stopped the run (one line on stderr; --debug adds the traceback), 130 interrupted (Ctrl-C), 143 SIGTERM, 129
+SIGHUP (both handled like Ctrl-C: the summary of what was kept, no half-written file).
 
 Another subcommand plugs in with `add_<name>_parser(sub)` in build_parser: its parser sets
 `handler=function(args) -> exit status` and calls add_common_options.
@@ -13,15 +14,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import cli_checks, cli_restyle, lora, params, speed
 from .server import cli as server_cli
 from .loading import LoadOptions
-from .cli_outputs import OutputWriter
+from .cli_outputs import OutputWriter, output_name, remove_stale_partials
 from .models import FluxModelSpec, ReduxEncoderSpec, load_flux_model, load_redux_encoder
 from .sampling import generate
 from .text import TextEncoderSpec
@@ -80,7 +84,8 @@ def add_variation_parser(sub) -> argparse.ArgumentParser:
     v.add_argument("--device", default=LOAD_DEFAULTS.device, help="auto, cpu, cuda, cuda:1, mps")
     v.add_argument("--dtype", choices=params.DTYPE_CHOICES, default=LOAD_DEFAULTS.dtype, help="compute dtype")
     v.add_argument("--weight-storage", choices=params.WEIGHT_STORAGE_CHOICES, default=LOAD_DEFAULTS.weight_storage,
-                   help="fp8 keeps transformer weights in float8 (about half the memory)")
+                   help="default: the file's own precision (an fp8 file stays fp8); fp8: every Linear weight in "
+                        "float8 (about half the memory); compute: all in --dtype")
     v.add_argument("--offload", choices=params.OFFLOAD_CHOICES, default=LOAD_DEFAULTS.offload,
                    help="where weights wait between uses on a GPU (see the README)")
     v.add_argument("--vae-tiling", choices=params.VAE_TILING_CHOICES, default=LOAD_DEFAULTS.vae_tiling)
@@ -129,7 +134,7 @@ def size_notes(args) -> list[str]:
 
 def prepare(args) -> Plan:
     """Every check that needs no model: arguments, input images, output folder, device, weight headers."""
-    for note in size_notes(args) + cli_restyle.validate(args):
+    for note in size_notes(args) + cli_restyle.validate(args) + cli_restyle.check_weights(args):
         log.warning("warning: %s", note)
     if not args.inputs and not args.ref:
         raise cli_checks.InputError("no reference image: give image files or folders, or --ref IMG[:WEIGHT]")
@@ -153,7 +158,15 @@ def prepare(args) -> Plan:
     text = cli_restyle.text_spec(args, options)
     cli_restyle.check_text_encoders(text)
     cli_checks.check_out_dir(args.out)
-    return Plan(found.images or [None], sources, gen, options, text, found.skipped, loras, cache_threshold)
+    remove_stale_partials(args.out)
+    jobs, skipped = found.images or [None], list(found.skipped)
+    too_long = cli_checks.name_problems(jobs, gen.seed, gen.num_images, args.out)
+    if too_long:
+        if args.fail_fast or len(too_long) == len(jobs):
+            path, why = next(iter(too_long.items()))
+            raise cli_checks.InputError(f"input {path}: {why}")
+        jobs, skipped = [p for p in jobs if p not in too_long], skipped + list(too_long.items())
+    return Plan(jobs, sources, gen, options, text, skipped, loras, cache_threshold)
 
 
 def run_variation(args, writer: OutputWriter) -> Plan:
@@ -174,11 +187,11 @@ def run_variation(args, writer: OutputWriter) -> Plan:
             raise ValueError(f"the model produced NaN pixels for {path or 'the references'}: the weights are "
                              "broken or the dtype overflows; try --dtype bf16 or fp32")
         meta = dict(result.metadata, reference=str(path) if path else None, crop=args.crop,
-                    refs=[[str(r.path), r.weight, str(r.mask) if r.mask else None] for r in args.ref],
+                    refs=cli_restyle.used_refs(args),
                     prompt=args.prompt, downsample=args.downsample, blend=args.blend,
                     init_image=str(args.init_image) if args.init_image else None)
         for index, image in enumerate(result.pil_images()):
-            writer.save_png(image, f"{name}_seed{result.seed}_{index}.png", meta)
+            writer.save_png(image, output_name(name, result.seed, index), meta)
         log.info("seed %d, %.2f s per image -> %s", result.seed, result.metadata["timings"]["per_image_s"], args.out)
     return plan
 
@@ -199,11 +212,51 @@ def report_error(exc: BaseException, debug: bool) -> int:
     return EXIT_ERROR if expected else EXIT_BUG
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout, docker stop, systemd) or SIGHUP (the terminal closed): handled exactly like Ctrl-C, so
+    the half-written file is removed and the summary says what was kept."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+@contextmanager
+def stop_signals_interrupt():
+    """While the run lasts, SIGTERM and SIGHUP raise Terminated in the main thread (Python's default for them is
+    to die at once: no clean-up, no summary). Outside the main thread (tests, embedding) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, _frame):
+        for number in STOP_SIGNALS:  # a second signal during the clean-up ends the process the usual way
+            signal.signal(number, signal.SIG_DFL)
+        raise Terminated(signum)
+
+    # an ignored signal stays ignored (nohup ignores SIGHUP: closing the terminal must not stop the run)
+    previous = {number: signal.signal(number, stop) for number in STOP_SIGNALS
+                if signal.getsignal(number) != signal.SIG_IGN}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def variation_command(args) -> int:
     writer = OutputWriter(args.out, overwrite=args.overwrite)
     kept = lambda: f"{len(writer.written)} complete image(s) kept in {args.out}"  # noqa: E731
     try:
-        plan = run_variation(args, writer)
+        with stop_signals_interrupt():
+            plan = run_variation(args, writer)
+    except Terminated as stop:
+        print(f"stopped by {stop.name}; {kept()}", file=sys.stderr)
+        return 128 + stop.signum
     except KeyboardInterrupt:
         print(f"interrupted; {kept()}", file=sys.stderr)
         return EXIT_INTERRUPTED

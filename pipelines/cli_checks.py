@@ -7,6 +7,7 @@ needs only arguments, headers or a few bytes happens here first.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -14,7 +15,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import params
+from . import checks, files, params
+from .cli_outputs import name_bytes, name_max, output_name
 from .loading import folder_with
 from .weights import (KIND_NAMES, SLOTS, TensorIndex, WeightsError, check_diffusers_folder,
                       check_transformer_complete, check_values, detect_variant, find_weights, read_index)
@@ -43,20 +45,27 @@ class Inputs:
 
 
 def image_problem(path: Path) -> str | None:
-    """Why `path` is not a usable image (decoded in full, so truncation shows), or None."""
+    """Why `path` is not a usable image (decoded in full, so truncation shows), or None. A FIFO, socket or
+    device is named, never opened in a way that could wait (files.py)."""
+    problem = files.not_regular(path)
+    if problem:
+        return problem
     try:
-        if path.stat().st_size == 0:
-            return "empty file (0 bytes)"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # large photos are fine
-            with Image.open(path) as image:
-                width, height = image.size
-                image.load()
+        with files.open_regular(path) as handle:
+            if os.fstat(handle.fileno()).st_size == 0:
+                return "empty file (0 bytes)"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # large photos are fine
+                with Image.open(handle) as image:
+                    width, height = image.size
+                    image.load()
     except Image.DecompressionBombError:  # PIL's limit: twice MAX_IMAGE_PIXELS (a decompression bomb)
         limit = 2 * Image.MAX_IMAGE_PIXELS / 1e6
         return f"too many pixels (over the {limit:.0f} megapixel limit for input images); downscale it"
     except PermissionError:
         return "permission denied (make the file readable)"
+    except files.NotRegularFileError as exc:  # replaced by a FIFO or the like since the check above
+        return exc.strerror
     except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for unknown or broken files
         return f"not a readable image ({exc})"
     if width * height == 0:
@@ -68,12 +77,12 @@ def collect_inputs(items: list[Path], fail_fast: bool) -> Inputs:
     """Every image in the given files and folders, checked; bad ones are skipped (or stop the run)."""
     found = Inputs()
     for item in items:
-        if item.is_dir():
-            entries = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if item.is_dir():  # sub-folders are not searched; FIFOs, sockets and devices are skipped and named
+            entries = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
             visible = [p for p in entries if not p.name.startswith(".")]
             found.hidden += len(entries) - len(visible)
             candidates = visible
-        elif item.exists():
+        elif item.exists() or item.is_symlink():
             candidates = [item]
         else:
             raise InputError(f"input {item} does not exist (expected an image file or a folder of images)")
@@ -90,7 +99,7 @@ def collect_inputs(items: list[Path], fail_fast: bool) -> Inputs:
 
 def check_image_option(option: str, path: Path) -> None:
     """A file every job uses (--ref, --mask, --init-image): any problem stops the run."""
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise InputError(f"{option} {path}: file not found (expected an image file)")
     problem = image_problem(path)
     if problem:
@@ -109,27 +118,27 @@ def check_out_dir(out: Path) -> None:
         raise InputError(f"--out {out}: cannot write there ({exc.strerror or exc}); choose another folder") from None
 
 
-def check_device(device: str) -> None:
-    """--device names a device torch has on this machine."""
-    import torch
+def name_problems(jobs: list[Path | None], seed: int | None, num_images: int, out: Path) -> dict[Path, str]:
+    """Inputs whose output names would not fit the --out file system's name limit (checked before any model
+    loads, so a batch never dies after generating): {input: reason}. A random seed counts at its longest."""
+    limit = name_max(out)
+    longest_seed = params.SEED.maximum if seed is None else seed
+    problems = {}
+    for path in jobs:
+        if path is None:
+            continue
+        name = output_name(path.stem, longest_seed, num_images - 1)
+        size = name_bytes(name)
+        if size > limit:
+            room = limit - (size - name_bytes(path.stem))
+            problems[path] = (f"its output name would be {size} bytes ({name[:24]}...), over the {limit}-byte "
+                              f"file name limit of --out {out}; rename it to a stem of at most {room} bytes")
+    return problems
 
-    if device == "auto":
-        return
-    try:
-        chosen = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise params.ParameterError("device", device, "expected auto, cpu, cuda, cuda:N or mps") from None
-    if chosen.type == "cuda":
-        if not torch.cuda.is_available():
-            raise params.ParameterError("device", device, "CUDA is not available here (this torch build or "
-                                                          "driver has no usable GPU); use --device cpu or auto")
-        if chosen.index is not None and chosen.index >= torch.cuda.device_count():
-            raise params.ParameterError("device", device, f"this machine has {torch.cuda.device_count()} CUDA "
-                                                          "device(s), numbered from 0")
-    elif chosen.type == "mps" and not torch.backends.mps.is_available():
-        raise params.ParameterError("device", device, "MPS is not available here; use --device cpu or auto")
-    elif chosen.type not in ("cpu", "cuda", "mps"):
-        raise params.ParameterError("device", device, "expected auto, cpu, cuda, cuda:N or mps")
+
+def check_device(device: str) -> None:
+    """--device names a device torch has on this machine (the engine's check, as the loader nodes use it)."""
+    checks.check_device(device, "device", "--device cpu or auto")
 
 
 def resolve_sources(explicit: dict[str, Path | None], models_dir: Path | None, model: str) -> dict[str, Path]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import params
+from . import files, params
 from .cache import CACHE
 from .loading import LoadOptions
 from .redux import ReduxConditioning, TextConditioning, encode
@@ -107,6 +107,27 @@ def validate(args) -> list[str]:
     return notes
 
 
+def check_weights(args) -> list[str]:
+    """Refuse a run whose every reference has weight 0 (its images would ignore every reference, silently);
+    return a note for each --ref at weight 0 beside others (it is left out, and not recorded as used)."""
+    if args.inputs or not args.ref:
+        weights = {}
+    else:
+        weights = {f"--ref {r.path}:{r.weight:g}": r.weight for r in args.ref}
+    if weights and not any(w > 0 for w in weights.values()):
+        raise params.ParameterError("weight", 0.0, "every --ref has weight 0, so the images would ignore every "
+                                    "reference; give at least one a weight above 0 (allowed range "
+                                    f"{params.REFERENCE_WEIGHT.minimum}–{params.REFERENCE_WEIGHT.maximum})")
+    return [f"--ref {r.path}:{r.weight:g} has weight 0: that reference is left out" for r in args.ref
+            if r.weight == 0]
+
+
+def used_refs(args) -> list[list]:
+    """The --ref entries that shape the images ([path, weight, mask]), for the PNG metadata: weight 0 ones are
+    left out, so the metadata never names a reference the images ignored."""
+    return [[str(r.path), r.weight, str(r.mask) if r.mask else None] for r in args.ref if r.weight > 0]
+
+
 def image_options(args) -> list[tuple[str, Path]]:
     """The image files every job reads: (option, path)."""
     files = [("--ref", r.path) for r in args.ref] + [("--ref mask", r.mask) for r in args.ref if r.mask]
@@ -145,7 +166,7 @@ def open_image(path: Path | None):
     """A file fully read (so it can be closed), turned upright by its EXIF orientation."""
     if path is None:
         return None
-    with Image.open(path) as image:
+    with files.open_regular(path) as handle, Image.open(handle) as image:
         image.load()
         return upright(image)
 

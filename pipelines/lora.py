@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from . import params
+from . import files, params
 from .cache import file_identity
 from .weights import WeightsError, refuse_pickle
 
@@ -58,13 +58,23 @@ def parse_lora_arg(text: str) -> LoraSpec:
     path, sep, strength = text.rpartition(":")
     if sep:
         try:
-            return LoraSpec(path, float(strength))
+            value = float(strength)
         except ValueError:
             if Path(text).exists():  # a colon inside the path and no strength
                 return LoraSpec(text)
-            raise params.ParameterError("lora", text, "expected FILE or FILE:STRENGTH with a number, e.g. "
-                                        "style.safetensors:0.8") from None
+            raise params.ParameterError("lora", text, "expected FILE or FILE:STRENGTH with a number in "
+                                        f"{_strength_range()}, e.g. style.safetensors:0.8") from None
+        try:
+            return LoraSpec(path, value)
+        except params.ParameterError:  # 11, -11, inf, nan: say the range, not "not a number"
+            raise params.ParameterError("lora", text, f"the strength {strength} is outside {_strength_range()} "
+                                        "(0 = off, 1 = as trained, negative inverts it)") from None
     return LoraSpec(text)
+
+
+def _strength_range() -> str:
+    spec = params.LORA_STRENGTH
+    return f"{spec.minimum:g} to {spec.maximum:g}"
 
 
 def _one_line(exc: Exception, limit: int = 200) -> str:
@@ -76,8 +86,11 @@ def check_path(path: str | Path) -> Path:
     """A LoRA path that exists and is not a pickle (checked before any model is loaded)."""
     path = Path(path)
     refuse_pickle(path)
-    if not path.is_file():
+    problem = files.not_regular(path)
+    if problem == "does not exist":
         raise WeightsError(f"{path}: LoRA file not found (expected a .safetensors LoRA for FLUX.1).")
+    if problem:
+        raise WeightsError(f"{path}: {problem}; expected a .safetensors LoRA file for FLUX.1.")
     return path
 
 
@@ -89,6 +102,7 @@ def read_lora(path: str | Path) -> dict[str, torch.Tensor]:
 
     path = check_path(path)
     try:
+        files.require_regular(path)  # safetensors opens it itself: never a FIFO swapped in since the check
         tensors = load_file(str(path))
     except Exception as exc:  # safetensors raises several types for bad or cut-off files
         raise WeightsError(f"{path}: not a readable safetensors LoRA ({_one_line(exc)}); the download may be "

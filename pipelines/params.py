@@ -25,12 +25,17 @@ SIZE_MULTIPLE = 16  # FLUX packs 2x2 latents of an 8x VAE: both sides must divid
 
 OUTPUT_FORMATS: tuple[str, ...] = ("jpeg", "png")
 ACCELERATIONS: tuple[str, ...] = ("none", "regular", "high")
+FAL_DEFAULT_OUTPUT_FORMAT, FAL_DEFAULT_ACCELERATION = "jpeg", "none"
+# The seed documents also list "default" among the output_format / acceleration values: the API's own default.
+DEFAULT_CHOICE = "default"
 CROP_MODES: tuple[str, ...] = ("center", "squash", "pad")
 
 # Model-loading choices (read by the loader nodes, the CLI and pipelines.loading).
 VARIANT_CHOICES: tuple[str, ...] = ("auto", "dev", "schnell")  # auto: from the weights (guidance_in present = dev)
 DTYPE_CHOICES: tuple[str, ...] = ("auto", "bf16", "fp16", "fp32")  # auto: bf16 on CUDA, fp32 on CPU
-WEIGHT_STORAGE_CHOICES: tuple[str, ...] = ("default", "fp8")  # fp8: weights stored in float8, computed in dtype
+# Transformer weight storage (pipelines/storage.py): default keeps the file's own precision (an fp8 file stays fp8,
+# computed in dtype layer by layer); fp8 stores every Linear weight in float8; compute stores all in dtype.
+WEIGHT_STORAGE_CHOICES: tuple[str, ...] = ("default", "fp8", "compute")
 # auto: decided from the files' sizes and the free VRAM (pipelines/placement.py); group: blocks streamed in
 OFFLOAD_CHOICES: tuple[str, ...] = ("auto", "none", "model", "group", "sequential")
 VAE_TILING_CHOICES: tuple[str, ...] = ("auto", "on", "off")  # auto: on above VAE_TILING_AUTO_PIXELS
@@ -109,6 +114,14 @@ NUM_IMAGES = NumberSpec("num_images", 1, 4, 1, help="images generated in one bat
 SEED = NumberSpec("seed", 0, 2**64 - 1, None, help="random seed; empty/None picks one and reports it")
 WIDTH = NumberSpec("width", 256, 4096, 1024, step=SIZE_MULTIPLE, help="custom width in pixels, a multiple of 16")
 HEIGHT = NumberSpec("height", 256, 4096, 1024, step=SIZE_MULTIPLE, help="custom height in pixels, a multiple of 16")
+# fal's ImageSize takes any whole number up to 14142 per side; the API server rounds each side to the nearest
+# multiple of 16 (at least 16) and makes images up to SERVER_MAX_PIXELS, reporting the real size in the result.
+FAL_MAX_SIDE = 14142
+FAL_WIDTH, FAL_HEIGHT = (NumberSpec(side, 1, FAL_MAX_SIDE, 1024, help=f"custom {side}: any whole number up to "
+                                    f"{FAL_MAX_SIDE}; rounded to the nearest multiple of {SIZE_MULTIPLE}")
+                         for side in ("width", "height"))
+SERVER_MAX_PIXELS = NumberSpec("max_output_pixels", SIZE_MULTIPLE ** 2, FAL_MAX_SIDE ** 2, 4096 * 4096,
+                               help="largest image (width x height, after rounding) the API server makes")
 REFERENCE_WEIGHT = NumberSpec("weight", 0.0, 10.0, 1.0, step=0.05, integer=False,
                               help="how much this reference contributes to the blend")
 
@@ -135,8 +148,14 @@ WAVESPEED_WIDTH, WAVESPEED_HEIGHT = (  # WAVESPEED_SIDE's range, named as the wi
                help=f"WaveSpeed custom {side} in pixels, a multiple of 16") for side in ("width", "height"))
 
 # The API server's own numbers (python -m pipelines serve).
+START_TIMEOUT = NumberSpec("start_timeout", 1, 86400, None, integer=False,
+                           help="fal's X-Fal-Request-Timeout header: seconds a request may wait before it starts")
+FAL_PRIORITIES: tuple[str, ...] = ("normal", "low")  # fal's X-Fal-Queue-Priority values
+SERVED_PRIORITIES: tuple[str, ...] = ("normal",)  # one queue in arrival order: positions never go up
 SERVER_PORT = NumberSpec("port", 1, 65535, 8184, help="TCP port the API server listens on")
 MAX_JOBS_PER_KEY = NumberSpec("max_jobs_per_key", 1, 1_000_000, 8, help="unfinished requests one key may have")
+MAX_SYNC_WAITS_PER_KEY = NumberSpec("max_sync_waits_per_key", 1, 1_000_000, 8,
+                                    help="sync requests (fal /sync, WaveSpeed enable_sync_mode) one key may have waiting")
 
 # Remote-only knob: how many input images run as parallel jobs (WaveSpeed's lowest tier allows 3 tasks).
 MAX_CONCURRENCY = NumberSpec("max_concurrency", 1, 8, 2, help="input images sent as parallel jobs")
@@ -183,6 +202,27 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     return value
 
 
+def check_choice_or_default(name: str, value: Any, choices: tuple[str, ...], default: str) -> str:
+    """check_choice that also takes DEFAULT_CHOICE ("default"), meaning `default`."""
+    if value == DEFAULT_CHOICE:
+        return default
+    if value not in choices:
+        raise ParameterError(name, value, f"expected one of {', '.join((*choices, DEFAULT_CHOICE))}")
+    return value
+
+
+def round_side(value: int) -> int:
+    """A custom side rounded to the nearest multiple of SIZE_MULTIPLE (halves up), at least SIZE_MULTIPLE."""
+    return max(SIZE_MULTIPLE, (value + SIZE_MULTIPLE // 2) // SIZE_MULTIPLE * SIZE_MULTIPLE)
+
+
+def check_pixels(width: int, height: int, max_pixels: int, name: str = "image_size") -> tuple[int, int]:
+    if width * height > max_pixels:
+        raise ParameterError(name, f"{width}x{height}", f"{width * height} pixels is more than this server's limit "
+                                                        f"of {max_pixels} pixels per image (serve --max-output-pixels)")
+    return width, height
+
+
 def resolve_size(image_size: str, width: int | None = None, height: int | None = None,
                  width_spec: NumberSpec = WIDTH, height_spec: NumberSpec = HEIGHT) -> tuple[int, int]:
     """Return (width, height) for a preset name, or for `custom` with explicit width and height.
@@ -225,15 +265,16 @@ class GenerationParams:
 def validate_generation(variant: str = "dev", image_size: str = DEFAULT_IMAGE_SIZE, width: int | None = None,
                         height: int | None = None, num_inference_steps: int | None = None,
                         guidance_scale: float | None = None, seed: int | None = None,
-                        num_images: int = 1) -> GenerationParams:
+                        num_images: int = 1, size: tuple[int, int] | None = None) -> GenerationParams:
     """Validate everything up front (before any model work); None (and steps 0) picks the variant's default.
 
     A guidance_scale given for schnell is an error: schnell has no guidance input, and silently dropping a
     value the user set would hide a mistake. Callers that always carry a guidance value (a node widget)
-    pass None for schnell.
+    pass None for schnell. `size` is a (width, height) the caller already checked (the API server's rounded
+    custom sizes, which reach past the local 256-4096 range) and replaces image_size/width/height.
     """
     spec = variant_spec(variant)
-    w, h = resolve_size(image_size, width, height)
+    w, h = size if size is not None else resolve_size(image_size, width, height)
     default = num_inference_steps is None or num_inference_steps == VARIANT_DEFAULT_STEPS
     steps = spec.steps.default if default else spec.steps.validate(num_inference_steps, variant)
     if spec.guidance is None:

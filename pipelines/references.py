@@ -103,6 +103,8 @@ def to_mask(mask, size: tuple[int, int]) -> np.ndarray:
         mask = mask[0]
     if mask.ndim != 2:
         raise ValueError(f"mask must be HxW (or 1xHxW), got shape {mask.shape}")
+    if 0 in mask.shape:
+        raise ValueError(f"a mask has no pixels ({mask.shape[1]}x{mask.shape[0]}); expected at least 1x1")
     mask = to_unit_range(mask, "mask")
     if mask.shape[::-1] != size:  # resize to the image, as ComfyUI does when sizes differ
         mask = np.asarray(Image.fromarray(mask).resize(size, Image.BILINEAR), dtype=np.float32)
@@ -153,6 +155,8 @@ def square_pixels(images: list[Image.Image], size: int) -> torch.Tensor:
 def prepare(image, mask=None, crop: str = "center", autocrop_margin: int | None = None):
     """-> (square-ish PIL RGB image for SigLIP, float mask HxW or None)."""
     pil = to_pil_rgb(image)
+    if 0 in pil.size:  # the CLI refuses such a file up front; an API caller or node gets the same rule here
+        raise ValueError(f"a reference image has no pixels ({pil.width}x{pil.height}); expected at least 1x1")
     array = None if mask is None else to_mask(mask, pil.size)
     if autocrop_margin is not None:
         if array is None:

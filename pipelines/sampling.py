@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from . import params, speed
+from . import checks, params, speed
 from .models import FluxModel
 from .redux import ReduxConditioning
 
@@ -67,6 +67,7 @@ def generate(model: FluxModel, conditioning: ReduxConditioning, gen: params.Gene
     _check_variant(model, gen)
     if model.pipe is None:
         raise RuntimeError(f"{model!r} was unloaded; load it again")
+    checks.redux_conditioning(conditioning, "conditioning")  # None, a list, NaN tokens, every weight 0
     pipe = model.pipe
     extra = {}
     if init_image is not None:

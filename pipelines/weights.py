@@ -17,6 +17,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from . import files
 from .placement import Footprint
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,16 @@ class TensorIndex:
         return TensorIndex(self.path, strip(self.shapes), strip(self.dtypes), self.prefix + prefix, strip(self.nbytes))
 
 
+def open_safetensors(path: str | Path):
+    """safe_open reading with pread(2): its default memory map is private and writable, which the kernel counts
+    as the process's private data (RLIMIT_DATA) for the whole file while it is open, even for a header read.
+    safetensors < 0.8 has no pread backend; its memory map is then the only way."""
+    try:
+        return safe_open(str(path), framework="pt", backend="pread")
+    except TypeError:
+        return safe_open(str(path), framework="pt")
+
+
 def refuse_pickle(path: Path) -> None:
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise WeightsError(
@@ -87,8 +98,10 @@ def refuse_pickle(path: Path) -> None:
 
 
 def read_header(path: Path) -> TensorIndex:
-    """A safetensors or GGUF header, whatever it holds. Raises the format library's own errors."""
+    """A safetensors or GGUF header, whatever it holds. Raises the format library's own errors, or
+    files.NotRegularFileError for a FIFO, socket or device (which the libraries' open would wait on forever)."""
     path = Path(path)
+    files.require_regular(path)
     if path.suffix.lower() == ".gguf":
         from gguf import GGUFReader
 
@@ -96,7 +109,7 @@ def read_header(path: Path) -> TensorIndex:
         return TensorIndex(path, {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in tensors},
                            {t.name: t.tensor_type.name for t in tensors},
                            nbytes={t.name: int(t.n_bytes) for t in tensors})
-    with safe_open(str(path), framework="pt") as f:
+    with open_safetensors(path) as f:
         slices = {key: f.get_slice(key) for key in f.keys()}
         shapes = {k: tuple(s.get_shape()) for k, s in slices.items()}
         dtypes = {k: s.get_dtype() for k, s in slices.items()}
@@ -120,11 +133,16 @@ def read_index(path: str | Path, expected: str) -> TensorIndex:
         raise WeightsError(f"{path}: file not found (expected {want}).")
     if path.is_dir():
         raise WeightsError(f"{path} is a folder; expected a .safetensors or .gguf file with {want}.")
+    problem = files.not_regular(path)
+    if problem:
+        raise WeightsError(f"{path}: {problem}; expected a .safetensors or .gguf file with {want}.")
     refuse_pickle(path)
     if not os.access(path, os.R_OK):
         raise WeightsError(f"{path}: permission denied; make the file readable by this user (expected {want}).")
     try:
         index = read_header(path)
+    except files.NotRegularFileError as exc:  # swapped for a FIFO or the like since the check above
+        raise WeightsError(f"{exc}; expected a .safetensors or .gguf file with {want}.") from None
     except Exception as exc:  # safetensors and gguf raise several types for bad headers
         kind = "GGUF" if path.suffix.lower() == ".gguf" else "safetensors"
         raise WeightsError(f"{path}: not a readable {kind} file ({exc}). The download may be truncated or the "
@@ -147,28 +165,6 @@ def check_quant_layout(index: TensorIndex) -> None:
     if odd:
         raise WeightsError(f"{index.path}: quantized with scales this pack cannot apply (e.g. {odd[0]}); use the "
                            "bf16/fp16, plain fp8, ComfyUI scaled fp8 or GGUF release of this model.")
-
-
-def load_state(index: TensorIndex) -> dict:
-    """The index's tensors (only its part of a checkpoint, without the prefix), scaled fp8 dequantized."""
-    check_quant_layout(index)
-    with safe_open(str(index.path), framework="pt") as f:
-        tensors = {k: f.get_tensor(index.prefix + k) for k in index.keys}
-    return dequantize_scaled(index, tensors) if index.scaled else tensors
-
-
-def dequantize_scaled(index: TensorIndex, tensors: dict) -> dict:
-    """weight * scale_weight in float32 for every scaled layer. The marker and the input scales go: they only
-    serve fp8 matmuls, and these weights are no longer fp8."""
-    for key in [k for k in tensors if k.endswith(".scale_weight")]:
-        base = key[: -len("scale_weight")] + "weight"
-        scale, weight = tensors.pop(key).float(), tensors.get(base)
-        if weight is None or (scale.numel() > 1 and scale.shape[0] != weight.shape[0]):
-            raise WeightsError(f"{index.path}: {key} matches no weight it could scale; the file is not in "
-                               "ComfyUI's scaled fp8 layout.")
-        scale = scale.reshape(-1, *[1] * (weight.ndim - 1)) if scale.numel() > 1 else scale.reshape(())
-        tensors[base] = weight.float() * scale
-    return {k: v for k, v in tensors.items() if k != "scaled_fp8" and not k.endswith(".scale_input")}
 
 
 INTEGER_DTYPES = frozenset({"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64"})
@@ -194,13 +190,13 @@ def check_values(index: TensorIndex, sample: int = 64) -> None:
     if index.is_gguf:
         return
 
-    with safe_open(str(index.path), framework="pt") as f:
+    with open_safetensors(index.path) as f:
         for key in f.keys():
             values = f.get_slice(key)
             shape = values.get_shape()
             if not shape or 0 in shape:
                 continue
-            head = values[:1].reshape(-1)[:sample] if len(shape) > 1 else values[:sample]
+            head = values[:1].reshape(-1)[:sample] if len(shape) > 1 else values[:min(sample, shape[0])]
             if head.is_floating_point() and not torch.isfinite(head.float()).all():
                 raise WeightsError(f"{index.path}: tensor {key} holds NaN or infinite values; the file is "
                                    "corrupt (re-download it).")
@@ -220,8 +216,12 @@ def check_diffusers_folder(folder: Path, model_class, what: str) -> None:
     if not any(folder.glob("*.safetensors")):
         raise WeightsError(f"{folder}: no .safetensors weights in this folder; expected {what} as a diffusers "
                            "folder (config.json + *.safetensors).")
+    for part in sorted([folder / "config.json", *folder.glob("*.safetensors")]):  # the loader would wait on a FIFO
+        problem = files.not_regular(part)
+        if problem:
+            raise WeightsError(f"{part}: {problem}; expected {what} as a diffusers folder of regular files.")
     try:
-        config = json.loads((folder / "config.json").read_text())
+        config = json.loads(files.read_text(folder / "config.json"))
     except (OSError, ValueError) as exc:
         raise WeightsError(f"{folder / 'config.json'}: unreadable ({type(exc).__name__}); expected the "
                            f"config of {what}.") from None
@@ -323,22 +323,33 @@ def _index_footprint(index: TensorIndex, keys) -> tuple[int, int]:
     return sum(math.prod(index.shapes[k]) for k in keys), sum(index.nbytes[k] for k in keys)
 
 
+def _matrix_params(index: TensorIndex, keys) -> tuple[int, int]:
+    """Parameters of the 2-D weights (FLUX's Linear layers) and of those stored in plain (unscaled) fp8."""
+    matrices = [k for k in keys if k.endswith(".weight") and len(index.shapes[k]) == 2]
+    fp8 = [k for k in matrices if index.dtypes.get(k, "").startswith("F8_") and
+           f"{k[:-len('weight')]}scale_weight" not in index.shapes]
+    return sum(math.prod(index.shapes[k]) for k in matrices), sum(math.prod(index.shapes[k]) for k in fp8)
+
+
 def transformer_footprint(path: str | Path) -> Footprint:
     """Parameter count, bytes and block count of a FLUX transformer, from headers only (nothing loaded)."""
     path = Path(path)
     if path.is_dir():
         folder = path / "transformer" if (path / "transformer").is_dir() else path
-        params = stored = 0
+        params = stored = matrices = 0
         for file in sorted(folder.glob("*.safetensors")):
             index = read_header(file)
             p, b = _index_footprint(index, index.keys)
-            params, stored = params + p, stored + b
+            params, stored, matrices = params + p, stored + b, matrices + _matrix_params(index, index.keys)[0]
         config = json.loads((folder / "config.json").read_text())
-        return Footprint(params, stored, False, config.get("num_layers", 19) + config.get("num_single_layers", 38))
+        blocks = config.get("num_layers", 19) + config.get("num_single_layers", 38)
+        return Footprint(params, stored, False, blocks, matrices)  # from_pretrained: all in the compute dtype
     index = read_index(path, "flux_transformer")
     layout = transformer_layout(index)
-    params, stored = _index_footprint(index, [k for k in index.keys if not k.endswith(SCALE_SUFFIXES)])
-    return Footprint(params, stored, index.is_gguf, layout.num_layers + layout.num_single_layers)
+    keys = [k for k in index.keys if not k.endswith(SCALE_SUFFIXES)]
+    params, stored = _index_footprint(index, keys)
+    matrices, fp8 = _matrix_params(index, keys)
+    return Footprint(params, stored, index.is_gguf, layout.num_layers + layout.num_single_layers, matrices, fp8)
 
 
 def component_params(path: str | Path, kind: str, sub: str) -> int:
@@ -400,12 +411,18 @@ SLOTS = ("transformer", "vae", "redux", "siglip")
 
 def transformer_candidates(root: Path, variant: str) -> list[Path]:
     """Every FLUX transformer of `variant` in diffusion_models/, unet/ and checkpoints/, told by its header
-    (milliseconds a file), whatever its name; files that are something else are passed over."""
+    (milliseconds a file), whatever its name; files that are something else are passed over. What is not a
+    regular file (a FIFO, socket or device would block the header read; a folder named like a file) is
+    skipped with a warning naming it, never opened."""
     found = []
     for folder in TRANSFORMER_FOLDERS:
         base = root / folder
-        files = sorted(p for p in base.rglob("*") if p.suffix.lower() in WEIGHT_SUFFIXES) if base.is_dir() else []
-        for path in files:
+        named = sorted(p for p in base.rglob("*") if p.suffix.lower() in WEIGHT_SUFFIXES) if base.is_dir() else []
+        for path in named:
+            problem = files.not_regular(path)
+            if problem:
+                log.warning("skipped %s while looking for a FLUX transformer: %s", path, problem)
+                continue
             try:
                 if transformer_layout(read_index(path, "flux_transformer")).variant == variant:
                     found.append(path)

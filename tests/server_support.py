@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
+from fakes.server import FakeServer, Response
 from packloader import ROOT, submodule
 
 sys.path.insert(0, str(ROOT / "benchmarks"))  # the stand-in engine and the load driver
@@ -67,3 +69,28 @@ def wait_for_workers(log_path: Path, count: int, timeout: float = 120.0) -> None
     while log_path.read_text(errors="replace").count(" ready on ") < count:
         assert time.monotonic() < deadline, f"{count} workers not ready:\n{log_path.read_text()[-2000:]}"
         time.sleep(0.1)
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1 that answers with the given statuses in turn (the last one repeats)."""
+
+    def __init__(self, *statuses: int):
+        self.statuses, self.hits, self.changed = list(statuses) or [200], [], threading.Condition()
+        self.server = FakeServer(self._answer).start()
+        self.url = self.server.url + "/hook?token=abc"
+        self.host = self.server.url.split("//")[1]
+
+    def _answer(self, hit):
+        with self.changed:
+            self.hits.append(hit)
+            status = self.statuses[min(len(self.hits), len(self.statuses)) - 1]
+            self.changed.notify_all()
+        return Response(status, {"ok": status < 300})
+
+    def wait_for(self, count: int, timeout: float = 30.0) -> list:
+        with self.changed:
+            assert self.changed.wait_for(lambda: len(self.hits) >= count, timeout), f"{len(self.hits)} hits"
+            return list(self.hits)
+
+    def stop(self):
+        self.server.stop()

@@ -42,6 +42,7 @@ def test_each_gpu_worker_sees_only_its_own_gpu():
     (["--gpus", "two"], "gpus"), (["--result-ttl", "0"], "result_ttl"), (["--max-jobs-per-key", "0"], "max_jobs"),
     (["--gpus", "cpu"], "--models-dir"), (["--tls-cert", "cert.pem"], "go together"),
     (["--tls-cert", "nope.pem", "--tls-key", "nope.key"], "no such file"),
+    (["--drain-timeout", "-1"], "drain_timeout"), (["--max-sync-waits-per-key", "0"], "max_sync_waits"),
 ])
 def test_bad_arguments_exit_2_with_one_line(capsys, argv, words):
     assert cli.main(["serve", *argv]) == 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import subprocess
+import sys
 import time
 
 import fal_client
@@ -18,7 +19,7 @@ from PIL import Image
 
 from fakes.helpers import settings as client_settings
 from packloader import submodule
-from server_support import ALICE, DEV, KEYS, SCHNELL, StandIn, data_uri, local_server
+from server_support import ALICE, DEV, KEYS, SCHNELL, Receiver, StandIn, data_uri, local_server
 
 remote = submodule("pipelines.remote")
 server_engine = submodule("pipelines.server.engine")
@@ -171,3 +172,70 @@ def test_https_with_the_servers_own_certificate(tmp_path, certificate, monkeypat
         assert result.seed == 3 and result.images[0].size == (256, 256)
         with pytest.raises(httpx.HTTPError):
             httpx.get(server.url.replace("https", "http") + "/health")
+
+
+def test_real_engine_serves_custom_sizes_fal_accepts(fal):
+    """Sizes that are not multiples of 16 (fal takes any whole number): rounded, generated, and reported."""
+    result = fal.run(DEV, arguments={"image_url": data_uri(), "image_size": {"width": 100, "height": 250},
+                                     "num_inference_steps": 1, "output_format": "png", "sync_mode": True})
+    image = result["images"][0]
+    assert (image["width"], image["height"]) == (96, 256)
+    picture = Image.open(io.BytesIO(base64.b64decode(image["url"].split(",", 1)[1])))
+    assert picture.size == (96, 256)
+
+
+def test_fal_client_start_timeout_priority_and_webhook_switched_off(fal):
+    result = fal.subscribe(SCHNELL, arguments={"image_url": data_uri(), **TINY}, priority="normal",
+                           start_timeout=60)
+    assert result["images"]
+    with pytest.raises(fal_client.FalClientHTTPError) as low:
+        fal.submit(SCHNELL, arguments={"image_url": data_uri(), **TINY}, priority="low")
+    assert low.value.status_code == 422 and "arrival order" in str(low.value.message)
+    with pytest.raises(fal_client.FalClientHTTPError) as hook:
+        fal.submit(SCHNELL, arguments={"image_url": data_uri(), **TINY}, webhook_url="https://example.com/hook")
+    assert hook.value.status_code == 422 and "--allow-webhooks" in str(hook.value.message)
+
+
+def test_fal_client_webhook_url(tmp_path, monkeypatch):
+    receiver = Receiver()
+    settings = dict(webhooks=True, url_allow_hosts=(receiver.host,))
+    try:
+        with local_server(tmp_path, [StandIn(seconds=0.01)], **settings) as server:
+            monkeypatch.setattr(fal_client_module, "QUEUE_URL_FORMAT", server.url + "/")
+            client = fal_client.SyncClient(key=KEYS["alice"])
+            handle = client.submit(DEV, arguments={"image_url": data_uri(), "image_size": "square", "seed": 9},
+                                   webhook_url=receiver.url)
+            (hit,) = receiver.wait_for(1)
+            body = hit.json()
+            assert body["request_id"] == handle.request_id and body["status"] == "OK"
+            assert body["payload"] == handle.get() and body["payload"]["seed"] == 9
+    finally:
+        receiver.stop()
+
+
+FAL_OVER_HTTPS = """
+import base64, io, sys
+import fal_client
+from PIL import Image
+buffer = io.BytesIO()
+Image.new("RGB", (8, 8), (0, 200, 0)).save(buffer, "PNG")
+image = fal_client.encode_image(Image.open(buffer), "png")  # a data URI: nothing goes to fal's storage
+out = fal_client.run("fal-ai/flux-1/schnell/redux", arguments={"image_url": image, "image_size": "square",
+                                                               "sync_mode": True})
+handle = fal_client.submit("fal-ai/flux-1/dev/redux", arguments={"image_url": image, "image_size": "square"})
+print(out["images"][0]["width"], handle.get()["images"][0]["url"].split("://")[0])
+"""
+
+
+def test_fal_client_over_https_as_the_readme_says(tmp_path, certificate):
+    """fal-client builds https:// URLs from FAL_QUEUE_RUN_HOST / FAL_RUN_HOST: the README's recipe (serve
+    --tls-cert, the client trusting it with SSL_CERT_FILE, images as encode_image data URIs) end to end."""
+    cert, key = certificate
+    with local_server(tmp_path, [StandIn(seconds=0.01)], tls_cert=str(cert), tls_key=str(key)) as server:
+        host = server.url.removeprefix("https://")
+        env = {"FAL_KEY": KEYS["alice"], "FAL_QUEUE_RUN_HOST": host, "FAL_RUN_HOST": f"{host}/sync",
+               "SSL_CERT_FILE": str(cert), "PATH": "/usr/bin:/bin"}
+        done = subprocess.run([sys.executable, "-c", FAL_OVER_HTTPS], capture_output=True, text=True, timeout=120,
+                              env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["512", "https"]

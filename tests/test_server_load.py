@@ -40,7 +40,7 @@ def test_load_nothing_lost_each_job_once_positions_only_go_down(tmp_path, record
     assert len(result.submit_s) == 120 and len(result.status_s) >= 120
 
 
-def test_kill9_mid_load_loses_nothing(tmp_path, record):
+def test_kill9_mid_load_loses_nothing_and_positions_never_rise(tmp_path, record):
     server = serve(tmp_path, record, job_seconds=0.03)
     old_workers = []
     during = kill_and_restart(server, after_completed=30, before_kill=lambda: old_workers.extend(
@@ -51,6 +51,7 @@ def test_kill9_mid_load_loses_nothing(tmp_path, record):
     print("\n" + report(result, starts, ends, by_worker))
     assert result.errors == [] and result.lost() == 0
     assert all(ends[seed] >= 1 and starts[seed] <= 2 for seed in range(100))
+    assert result.positions_rose == []  # re-queued jobs kept their place: no position went up, not even at restart
     assert len(old_workers) == 2 and not any(map(supervisor.process_alive, old_workers))  # they followed serve (no orphans)
     assert set(by_worker) - set(map(str, old_workers))  # the restarted server's workers finished the load
 

@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import logging
+import os
 import re
 import time
 
@@ -15,7 +16,7 @@ from PIL import Image
 
 from fakes.server import FakeServer, Response
 from packloader import submodule
-from server_support import ALICE, BOB, DEV, KEYS, SCHNELL, StandIn, data_uri, local_server, wait_done
+from server_support import ALICE, BOB, DEV, KEYS, SCHNELL, Receiver, StandIn, data_uri, local_server, wait_done
 
 params = submodule("pipelines.params")
 
@@ -66,7 +67,7 @@ def test_status_is_202_until_completed_and_positions_count_down(tmp_path, client
         while client.get(running["status_url"], headers=ALICE).json()["status"] == "IN_QUEUE":
             time.sleep(0.01)
         ids = [submit(client, server, {"seed": n}).json() for n in range(2)]
-        assert [job["queue_position"] for job in ids] == [0, 1]
+        assert [job["queue_position"] for job in ids] == [1, 2]  # unfinished jobs submitted before it (one runs)
         last = ids[-1]
         positions = []
         while True:
@@ -76,7 +77,7 @@ def test_status_is_202_until_completed_and_positions_count_down(tmp_path, client
             assert reply.status_code == 202
             positions.append(reply.json()["queue_position"])
             time.sleep(0.02)
-        assert positions[0] >= 1 and positions == sorted(positions, reverse=True) and 0 in positions
+        assert positions[0] >= 1 and positions == sorted(positions, reverse=True) and 1 in positions
         assert wait_done(client, last["status_url"], ALICE)["status"] == "COMPLETED"
 
 
@@ -97,7 +98,7 @@ def test_result_before_completion_is_400(tmp_path, client):
 
 
 def test_validation_errors_complete_with_422_naming_each_field(server, client):
-    reply = submit(client, server, {"num_inference_steps": 28, "image_size": {"width": 1000, "height": 64},
+    reply = submit(client, server, {"num_inference_steps": 28, "image_size": {"width": 1000, "height": 20000},
                                     "output_format": "webp"}, model=SCHNELL)
     assert reply.status_code == 200
     job = reply.json()
@@ -109,14 +110,16 @@ def test_validation_errors_complete_with_422_naming_each_field(server, client):
     assert set(by_field) == {("body", "num_inference_steps"), ("body", "image_size", "height"),
                              ("body", "output_format")}
     assert "1–12" in by_field[("body", "num_inference_steps")]["msg"]
-    assert "256–4096" in by_field[("body", "image_size", "height")]["msg"]
+    assert "1–14142" in by_field[("body", "image_size", "height")]["msg"]
 
 
 @pytest.mark.parametrize("body, field", [
     ({"image_url": None}, "image_url"), ({"image_url": "ftp://x/y.png"}, "image_url"),
     ({"image_url": "https://example.com/a.png"}, "image_url"),  # URL inputs are off by default
     ({"guidance_scale": 25}, "guidance_scale"), ({"seed": -1}, "seed"), ({"num_images": 5}, "num_images"),
-    ({"image_size": {"width": 1000, "height": 1024}}, "image_size"), ({"image_size": "huge"}, "image_size"),
+    ({"image_size": {"width": 0, "height": 1024}}, "image_size"), ({"image_size": "huge"}, "image_size"),
+    ({"image_size": {"width": 14143, "height": 16}}, "image_size"), ({"image_size": {"width": 512}}, "image_size"),
+    ({"image_size": {"width": 512.5, "height": 512}}, "image_size"), ({"output_format": "Default"}, "output_format"),
     ({"sync_mode": "yes"}, "sync_mode"), ({"acceleration": "max"}, "acceleration"),
 ])
 def test_sync_endpoint_answers_422_naming_the_field(server, client, body, field):
@@ -146,12 +149,12 @@ def test_cancel_a_queued_job_at_once(tmp_path, client):
         first, second, third = (submit(client, server, {"seed": n}).json() for n in range(3))
         while client.get(first["status_url"], headers=ALICE).json()["status"] == "IN_QUEUE":
             time.sleep(0.02)
-        assert client.get(third["status_url"], headers=ALICE).json()["queue_position"] == 1
+        assert client.get(third["status_url"], headers=ALICE).json()["queue_position"] == 2
         reply = client.put(second["cancel_url"], headers=ALICE)
         assert reply.status_code == 202 and reply.json() == {"status": "CANCELLATION_REQUESTED"}
         status = client.get(second["status_url"], headers=ALICE)
         assert status.status_code == 200 and status.json()["error_type"] == "request_cancelled"
-        assert client.get(third["status_url"], headers=ALICE).json()["queue_position"] == 0
+        assert client.get(third["status_url"], headers=ALICE).json()["queue_position"] == 1
         assert client.get(second["response_url"], headers=ALICE).status_code == 400
         assert client.put(second["cancel_url"], headers=ALICE).json() == {"status": "ALREADY_COMPLETED"}
 
@@ -321,3 +324,267 @@ def test_url_inputs_when_switched_on_with_caps_and_no_private_redirects(tmp_path
     finally:
         images.stop()
         other.stop()
+
+
+SUBMIT_FIELDS = {"request_id": str, "response_url": str, "status_url": str, "cancel_url": str, "status": str,
+                 "queue_position": int, "logs": dict, "metrics": dict}  # fal's QueueStatus schema and its types
+
+
+@pytest.mark.parametrize("body", [{}, {"num_images": 99, "image_size": "huge"}, {"image_url": None}],
+                         ids=["valid", "invalid fields", "missing image"])
+def test_submit_reply_has_every_field_of_the_seed_schema_with_its_type(server, client, body):
+    payload = {"image_url": data_uri(), "image_size": "square", **body}
+    reply = client.post(f"{server.url}/{DEV}", json={k: v for k, v in payload.items() if v is not None},
+                        headers=ALICE)
+    assert reply.status_code == 200
+    job = reply.json()
+    assert set(job) == set(SUBMIT_FIELDS)
+    for name, kind in SUBMIT_FIELDS.items():
+        assert isinstance(job[name], kind) and not isinstance(job[name], bool), (name, job[name])
+    assert job["queue_position"] >= 0
+    assert job["status"] == ("IN_QUEUE" if not body else "COMPLETED")
+
+
+def test_values_the_seeds_list_are_accepted(server, client):
+    reply = client.post(f"{server.url}/sync/{DEV}", headers=ALICE, json={
+        "image_url": data_uri(), "image_size": "square", "output_format": "default", "acceleration": "default"})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["images"][0]["content_type"] == "image/jpeg"  # fal's default format
+    for acceleration in params.ACCELERATIONS:
+        ok = client.post(f"{server.url}/sync/{SCHNELL}", headers=ALICE, json={
+            "image_url": data_uri(), "image_size": "square", "acceleration": acceleration, "output_format": "png"})
+        assert ok.status_code == 200 and ok.json()["images"][0]["content_type"] == "image/png"
+    task = wavespeed(client, server, {"output_format": "default", "enable_sync_mode": True}).json()["data"]
+    assert task["status"] == "completed"
+    assert Image.open(io.BytesIO(client.get(task["outputs"][0]).content)).format == "JPEG"
+
+
+@pytest.mark.parametrize("asked, served", [((1000, 333), (1008, 336)), ((1, 7), (16, 16)), ((24, 8), (32, 16)),
+                                           ((257, 1023), (256, 1024)), ((4100, 16), (4096, 16))])
+def test_custom_sizes_fal_accepts_are_rounded_to_16_and_reported(server, client, asked, served):
+    reply = client.post(f"{server.url}/sync/{DEV}", headers=ALICE, json={
+        "image_url": data_uri(), "image_size": {"width": asked[0], "height": asked[1]}, "output_format": "png"})
+    assert reply.status_code == 200, reply.text
+    image = reply.json()["images"][0]
+    assert (image["width"], image["height"]) == served
+    assert Image.open(io.BytesIO(client.get(image["url"]).content)).size == served
+
+
+def test_sizes_past_the_servers_pixel_limit_are_refused_naming_it(tmp_path, client):
+    with local_server(tmp_path, [StandIn(seconds=0.01)], max_output_pixels=512 * 512) as server:
+        for size in ({"width": 14142, "height": 14142}, {"width": 600, "height": 600}, "square_hd"):
+            reply = client.post(f"{server.url}/sync/{DEV}", headers=ALICE,
+                                json={"image_url": data_uri(), "image_size": size})
+            assert reply.status_code == 422
+            (issue,) = reply.json()["detail"]
+            assert issue["loc"] == ["body", "image_size"]
+            assert "limit of 262144 pixels" in issue["msg"] and "--max-output-pixels" in issue["msg"]
+        ok = client.post(f"{server.url}/sync/{DEV}", headers=ALICE,
+                         json={"image_url": data_uri(), "image_size": {"width": 500, "height": 520}})
+        image = ok.json()["images"][0]
+        assert ok.status_code == 200 and (image["width"], image["height"]) == (496, 528)  # 261,888 pixels
+        refused = wavespeed(client, server, {"size": "1024*1024"})
+        assert refused.status_code == 400 and "262144 pixels" in refused.json()["message"]
+
+
+def test_wavespeed_sizes_are_rounded_too(server, client):
+    task = wavespeed(client, server, {"size": "1000*333", "enable_sync_mode": True}).json()["data"]
+    assert task["status"] == "completed"
+    assert Image.open(io.BytesIO(client.get(task["outputs"][0]).content)).size == (1008, 336)
+    assert "256–1536" in wavespeed(client, server, {"size": "2000*512"}).json()["message"]
+
+
+def noise_png_uri(side: int) -> str:
+    """An incompressible PNG as a data URI: side 1600 gives about 10 MB of base64."""
+    picture = Image.frombytes("RGB", (side, side), os.urandom(side * side * 3))
+    buffer = io.BytesIO()
+    picture.save(buffer, "PNG", compress_level=0)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def status_latency(client, url: str) -> float:
+    started = time.perf_counter()
+    assert client.get(url, headers=ALICE).status_code in (200, 202)
+    return time.perf_counter() - started
+
+
+def test_inputs_are_stored_once_apart_from_the_record_status_updates_rewrite(tmp_path, client):
+    big = noise_png_uri(1600)
+    assert len(big) > 10_000_000
+    with local_server(tmp_path, []) as server:  # no worker: both jobs stay queued while we measure
+        heavy = submit(client, server, {"image_url": big}).json()
+        light = submit(client, server).json()
+        db = server.service.store._connection()
+        records = dict(db.execute("select id, length(doc) from jobs"))
+        assert records[heavy["request_id"]] < 20_000 and records[light["request_id"]] < 20_000
+        (stored,) = db.execute("select length(data) from inputs where job_id = ?", (heavy["request_id"],)).fetchone()
+        assert len(big) < stored < len(big) + 1000  # once, whole
+        heavy_s, light_s = [], []
+        for _ in range(30):  # interleaved, so a busy machine slows both alike
+            heavy_s.append(status_latency(client, heavy["status_url"]))
+            light_s.append(status_latency(client, light["status_url"]))
+        heavy_p50, light_p50 = sorted(heavy_s)[15], sorted(light_s)[15]
+        print(f"\nstatus p50 with a {len(big) / 1e6:.1f} MB input: {heavy_p50 * 1000:.1f} ms; "
+              f"with {len(data_uri())} bytes: {light_p50 * 1000:.1f} ms")
+        assert heavy_p50 < 2 * light_p50 + 0.010  # independent of the input size
+
+
+def test_a_finished_job_keeps_no_inputs_and_its_worker_read_them_once(tmp_path, client):
+    class Logging(StandIn):
+        def run(self, inputs, picture, should_abort, log):
+            for step in range(20):
+                log(f"step {step + 1}/20")  # each line is a state change that rewrites the record
+            return super().run(inputs, picture, should_abort, log)
+
+    big = noise_png_uri(1600)
+    with local_server(tmp_path, [Logging(seconds=0.01)]) as server:
+        job = submit(client, server, {"image_url": big, "output_format": "png"}).json()
+        status = wait_done(client, job["status_url"], ALICE, timeout=60)
+        assert "error" not in status and len([line for line in status["logs"] if "step" in line["message"]]) == 20
+        output = client.get(job["response_url"], headers=ALICE).json()["images"][0]
+        assert (output["width"], output["height"]) == (512, 512)
+        store = server.service.store
+        (size,) = store._connection().execute("select length(doc) from jobs where id = ?",
+                                              (job["request_id"],)).fetchone()
+        assert size < 20_000
+        assert store.inputs(job["request_id"]) is None
+        assert store._connection().execute("select count(*) from inputs").fetchone() == (0,)
+
+
+@pytest.fixture
+def receiver():
+    found = Receiver()
+    yield found
+    found.stop()
+
+
+def webhook_server(tmp_path, receiver, engine=None, **config):
+    config = {"webhooks": True, "url_allow_hosts": (receiver.host,), "webhook_retry_s": (0.05, 0.05), **config}
+    return local_server(tmp_path, [engine or StandIn(seconds=0.01)], **config)
+
+
+def submit_with_webhook(client, server, url, body=None, model=DEV):
+    payload = {"image_url": data_uri(), "image_size": "square", **(body or {})}
+    return client.post(f"{server.url}/{model}", params={"fal_webhook": url}, json=payload, headers=ALICE)
+
+
+def webhooks_pending(server) -> int:
+    return server.service.store._connection().execute("select count(*) from webhooks").fetchone()[0]
+
+
+def test_webhooks_are_refused_with_422_naming_the_flag_when_off(server, client):
+    before = server.service.store._connection().execute("select count(*) from jobs").fetchone()
+    reply = submit_with_webhook(client, server, "https://example.com/hook")
+    assert reply.status_code == 422
+    (issue,) = reply.json()["detail"]
+    assert issue["loc"] == ["query", "fal_webhook"] and "--allow-webhooks" in issue["msg"]
+    assert server.service.store._connection().execute("select count(*) from jobs").fetchone() == before
+    refused = client.post(f"{server.url}/api/v3/wavespeed-ai/flux-redux-dev", params={"webhook": "https://x.io/h"},
+                          json={"image": data_uri()}, headers=BOB)
+    assert refused.status_code == 400 and "--allow-webhooks" in refused.json()["message"]
+
+
+def test_fal_webhook_is_posted_fals_payload_when_the_job_ends(tmp_path, client, receiver):
+    with webhook_server(tmp_path, receiver) as server:
+        job = submit_with_webhook(client, server, receiver.url, {"seed": 41, "output_format": "png"}).json()
+        (hit,) = receiver.wait_for(1)
+        assert hit.method == "POST" and hit.path == "/hook" and hit.query == {"token": "abc"}
+        body = hit.json()
+        assert body == {"request_id": job["request_id"], "gateway_request_id": job["request_id"], "status": "OK",
+                        "payload": body["payload"], "error": None}
+        assert body["payload"] == client.get(job["response_url"], headers=ALICE).json()
+        assert body["payload"]["seed"] == 41
+        picture = Image.open(io.BytesIO(client.get(body["payload"]["images"][0]["url"]).content))
+        assert picture.size == (512, 512)
+        invalid = submit_with_webhook(client, server, receiver.url, {"num_images": 9}).json()
+        failed = receiver.wait_for(2)[1].json()
+        assert failed["request_id"] == invalid["request_id"] and failed["status"] == "ERROR"
+        assert failed["error"] == "Invalid status code: 422"
+        assert failed["payload"]["detail"][0]["loc"] == ["body", "num_images"]
+        assert KEYS["alice"] not in str([hit.headers for hit in receiver.hits])  # the key never goes out
+
+
+def test_webhook_of_a_cancelled_job_and_of_wavespeed(tmp_path, client, receiver):
+    with webhook_server(tmp_path, receiver, StandIn(seconds=30)) as server:
+        job = submit_with_webhook(client, server, receiver.url).json()
+        assert client.put(job["cancel_url"], headers=ALICE).status_code == 202
+        cancelled = receiver.wait_for(1)[0].json()
+        assert cancelled["status"] == "ERROR" and cancelled["payload"]["error_type"] == "request_cancelled"
+        task = client.post(f"{server.url}/api/v3/wavespeed-ai/flux-redux-dev", params={"webhook": receiver.url},
+                           json={"image": data_uri(), "size": "256*256"}, headers=BOB).json()["data"]
+        client.delete(f"{server.url}/api/v3/predictions/{task['id']}", headers=BOB)
+        data = receiver.wait_for(2)[1].json()
+        assert data["id"] == task["id"] and data["status"] == "cancelled"
+
+
+@pytest.mark.parametrize("statuses, tries, delivered", [((500,), 3, False), ((503, 302, 200), 3, True),
+                                                        ((200,), 1, True)])
+def test_webhook_retries_are_bounded(tmp_path, client, statuses, tries, delivered, caplog):
+    caplog.set_level(logging.INFO, logger="flux-redux.server")
+    receiver = Receiver(*statuses)
+    try:
+        with webhook_server(tmp_path, receiver) as server:
+            submit_with_webhook(client, server, receiver.url)
+            receiver.wait_for(tries)
+            deadline = time.monotonic() + 30
+            while webhooks_pending(server):  # delivered or given up: nothing left to send
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            assert len(receiver.hits) == tries
+            assert ("delivered" in caplog.text) == delivered and ("given up" in caplog.text) != delivered
+    finally:
+        receiver.stop()
+
+
+@pytest.mark.parametrize("url, words", [
+    ("ftp://127.0.0.1/hook", "expected an http(s) URL"), ("not a url", "expected an http(s) URL"),
+    ("http://127.0.0.2:9/hook", "non-public address"), ("http://[::1]:9/hook", "non-public address"),
+    ("http://localhost:9/hook", "non-public address"), ("https://x.io/" + "a" * 3000, "at most 2048"),
+])
+def test_webhook_urls_pass_the_address_guard_of_url_inputs(tmp_path, client, receiver, url, words):
+    with webhook_server(tmp_path, receiver) as server:
+        reply = submit_with_webhook(client, server, url)
+        assert reply.status_code == 422 and words in reply.json()["detail"][0]["msg"]
+        sync = client.post(f"{server.url}/sync/{DEV}", params={"fal_webhook": receiver.url},
+                           json={"image_url": data_uri()}, headers=ALICE)
+        assert sync.status_code == 422 and "queue endpoint" in sync.json()["detail"][0]["msg"]
+
+
+def test_start_timeout_is_honoured(tmp_path, client):
+    with local_server(tmp_path, [StandIn(seconds=3.0)]) as server:
+        submit(client, server)  # keeps the one worker busy for 3 s
+        late = client.post(f"{server.url}/{DEV}", json={"image_url": data_uri(), "image_size": "square"},
+                           headers={**ALICE, "X-Fal-Request-Timeout": "1"}).json()
+        patient = client.post(f"{server.url}/{DEV}", json={"image_url": data_uri(), "image_size": "square"},
+                              headers={**ALICE, "X-Fal-Request-Timeout": "120"}).json()
+        sync = client.post(f"{server.url}/sync/{DEV}", json={"image_url": data_uri(), "image_size": "square"},
+                           headers={**ALICE, "X-Fal-Request-Timeout": "1"})  # fal.run(start_timeout=1)
+        assert sync.status_code == 504 and sync.json()["error_type"] == "request_timeout"
+        status = wait_done(client, late["status_url"], ALICE, timeout=20)
+        assert status["error_type"] == "request_timeout" and "start_timeout of 1 s" in status["error"]
+        assert not any("started on worker" in line["message"] for line in status["logs"])  # it never ran
+        result = client.get(late["response_url"], headers=ALICE)
+        assert result.status_code == 504 and result.headers["X-Fal-Error-Type"] == "request_timeout"
+        assert "error" not in wait_done(client, patient["status_url"], ALICE, timeout=30)
+
+
+@pytest.mark.parametrize("headers, field, words", [
+    ({"X-Fal-Request-Timeout": "soon"}, "X-Fal-Request-Timeout", "expected seconds"),
+    ({"X-Fal-Request-Timeout": "0.5"}, "X-Fal-Request-Timeout", "1–86400"),
+    ({"X-Fal-Request-Timeout": "nan"}, "X-Fal-Request-Timeout", "1–86400"),
+    ({"X-Fal-Request-Timeout": "1e9"}, "X-Fal-Request-Timeout", "1–86400"),
+    ({"X-Fal-Queue-Priority": "low"}, "X-Fal-Queue-Priority", "arrival order"),
+    ({"X-Fal-Queue-Priority": "urgent"}, "X-Fal-Queue-Priority", "expected one of normal"),
+])
+def test_start_timeout_and_priority_are_refused_with_a_clear_422(server, client, headers, field, words):
+    for path in (f"/{DEV}", f"/sync/{DEV}"):
+        reply = client.post(server.url + path, json={"image_url": data_uri()}, headers={**ALICE, **headers})
+        assert reply.status_code == 422
+        (issue,) = reply.json()["detail"]
+        assert issue["loc"] == ["header", field] and words in issue["msg"]
+
+
+def test_normal_priority_is_served(server, client):
+    reply = client.post(f"{server.url}/sync/{DEV}", json={"image_url": data_uri(), "image_size": "square"},
+                        headers={**ALICE, "X-Fal-Queue-Priority": "normal", "X-Fal-Request-Timeout": "30"})
+    assert reply.status_code == 200 and reply.json()["images"]

@@ -12,8 +12,8 @@ import httpx
 import pytest
 import redis
 
-from server_support import (ALICE, BOB, DEV, ServeProcess, StandIn, data_uri, free_port, local_server,  # noqa: I001
-                            wait_done, wait_for_workers)
+from server_support import (ALICE, BOB, DEV, Receiver, ServeProcess, StandIn, data_uri, free_port,  # noqa: I001
+                            local_server, wait_done, wait_for_workers)
 from server_load import report, run_counts, run_load, serve_args, serve_env
 
 
@@ -51,9 +51,9 @@ def test_protocol_on_the_redis_store(tmp_path, redis_url, namespace):
         assert http.post(url, json=body, headers=ALICE).status_code == 429
         while http.get(jobs[0]["status_url"], headers=ALICE).json()["status"] == "IN_QUEUE":
             time.sleep(0.02)
-        assert http.get(jobs[2]["status_url"], headers=ALICE).json()["queue_position"] == 1
+        assert http.get(jobs[2]["status_url"], headers=ALICE).json()["queue_position"] == 2
         assert http.put(jobs[1]["cancel_url"], headers=ALICE).status_code == 202
-        assert http.get(jobs[2]["status_url"], headers=ALICE).json()["queue_position"] == 0
+        assert http.get(jobs[2]["status_url"], headers=ALICE).json()["queue_position"] == 1
         assert http.get(jobs[2]["status_url"], headers=BOB).status_code == 404
         done = wait_done(http, jobs[2]["status_url"], ALICE)
         assert "error" not in done
@@ -79,3 +79,40 @@ def test_two_workers_on_redis_run_every_job_exactly_once(tmp_path, redis_url, na
     assert all(starts[seed] == 1 and ends[seed] == 1 for seed in range(80))
     assert len(by_worker) == 2 and min(by_worker.values()) > 0  # both workers took jobs
     assert result.positions_rose == []
+
+
+def test_redis_keeps_inputs_once_apart_from_the_record(tmp_path, redis_url, namespace):
+    big = data_uri() + "A" * 2_000_000  # checked for its prefix at submit; the worker never sees it here
+    client = redis.Redis.from_url(redis_url)
+    with local_server(tmp_path, [], queue_url=redis_url, namespace=namespace) as server, \
+            httpx.Client(timeout=10) as http:
+        job = http.post(f"{server.url}/{DEV}", json={"image_url": big}, headers=ALICE).json()
+        record, inputs = f"{namespace}:job:{job['request_id']}", f"{namespace}:input:{job['request_id']}"
+        assert client.strlen(record) < 20_000 and client.strlen(inputs) > len(big)
+        assert server.service.store.inputs(job["request_id"])["image"] == big
+        assert http.put(job["cancel_url"], headers=ALICE).status_code == 202  # finished: the inputs go
+        assert not client.exists(inputs) and client.strlen(record) < 20_000
+        assert server.service.store.inputs(job["request_id"]) is None
+
+
+def test_webhooks_and_start_timeouts_on_the_redis_store(tmp_path, redis_url, namespace):
+    receiver = Receiver(500, 200)
+    settings = dict(queue_url=redis_url, namespace=namespace, webhooks=True, url_allow_hosts=(receiver.host,),
+                    webhook_retry_s=(0.05,))
+    try:
+        with local_server(tmp_path, [StandIn(seconds=2.0)], **settings) as server, httpx.Client(timeout=10) as http:
+            url, body = f"{server.url}/{DEV}", {"image_url": data_uri(), "image_size": "square"}
+            busy = http.post(url, json=body, params={"fal_webhook": receiver.url}, headers=ALICE).json()
+            late = http.post(url, json=body, headers={**ALICE, "X-Fal-Request-Timeout": "1"}).json()
+            assert wait_done(http, late["status_url"], ALICE)["error_type"] == "request_timeout"
+            first, second = receiver.wait_for(2)  # the first try got a 500, the retry went through
+            assert first.json() == second.json() and second.json()["request_id"] == busy["request_id"]
+            assert second.json()["status"] == "OK"
+            client = redis.Redis.from_url(redis_url)
+            deadline = time.monotonic() + 10
+            while client.zcard(f"{namespace}:webhooks"):  # delivered: nothing left to send
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            assert len(receiver.hits) == 2 and client.zcard(f"{namespace}:starts") == 0
+    finally:
+        receiver.stop()

@@ -29,7 +29,6 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from json import loads as parse_json
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
@@ -284,6 +283,43 @@ def read_capped(resp: requests.Response, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
+MAX_REPLY_DEPTH = 64  # provider replies are a few levels deep; deeper ones are refused before anything walks them
+
+
+class UnusableJson(ValueError):
+    """A reply that parses as Python's json reads it but that no caller can use: NaN/Infinity, a number too
+    large for a float, nesting deeper than MAX_REPLY_DEPTH. The message says which."""
+
+
+def _no_constant(name: str):
+    raise UnusableJson(f"it holds {name}, which is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 reads as inf
+        raise UnusableJson(f"it holds the number {text[:40]}, too large for a float")
+    return value
+
+
+def parse_json(body: bytes | str) -> Any:
+    """A provider's reply as JSON with bounded depth and finite numbers only (json.JSONDecodeError or
+    UnusableJson, both ValueErrors, otherwise). Python's json reads NaN and recurses once per nesting level, so a
+    hostile reply nested 200,000 arrays deep would end in a bare RecursionError naming nothing."""
+    try:
+        value = json.loads(body, parse_constant=_no_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise UnusableJson(f"it is nested deeper than {MAX_REPLY_DEPTH} levels") from None
+    stack = [(value, 1)]
+    while stack:  # without recursion, so depth never costs stack
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        if isinstance(item, (dict, list)) and depth > MAX_REPLY_DEPTH:
+            raise UnusableJson(f"it is nested deeper than {MAX_REPLY_DEPTH} levels")
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return value
+
+
 class _RetryBody(Exception):
     """A 2xx reply whose body could not be used; retried like a transient error for idempotent calls."""
 
@@ -377,6 +413,12 @@ class HttpClient:
                 raise self._too_large(f"the {what} reply", exc.size, max_bytes, request_id) from None
             try:
                 return Reply(resp.status_code, resp.headers, parse_json(body) if body else None)
+            except UnusableJson as exc:  # quoting a 200,000-bracket reply helps nobody
+                message = (f"{self._label(request_id)}: the {what} reply is unusable JSON (HTTP "
+                           f"{resp.status_code}): {exc}")
+                if submit:
+                    message += ". The job may have been created; it was not submitted again"
+                raise _RetryBody(message) from None
             except ValueError:
                 kind = resp.headers.get("Content-Type", "no content type")
                 quoted = self.redact(body[:4096].decode("utf-8", errors="replace"))[:200]  # redact, then cut
@@ -520,8 +562,8 @@ class HttpClient:
         status = resp.status_code
         text = _error_body(resp)
         try:
-            data = json.loads(text)
-        except ValueError:
+            data = parse_json(text)
+        except ValueError:  # not JSON, or unusable (too deep, NaN): the text alone is the detail
             data = None
         detail = self.error_detail(status, data, text)
         detail = self.redact(detail)[:ERROR_TEXT_LIMIT]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
 
+from .. import files
 from .errors import MissingKeyError
 
 KEY_FILE_NAME = "redux_api_keys.json"
@@ -90,10 +91,16 @@ def _clean(value: object) -> str:
 
 
 def _read_key_file(path: Path) -> Mapping[str, str]:
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return {}
+    problem = files.not_regular(path)  # a FIFO here would block ComfyUI's worker forever
+    if problem:
+        raise MissingKeyError(f"Cannot read the key file {path}: {problem}; expected a JSON file")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(files.read_text(path))
+    except RecursionError:
+        raise MissingKeyError(f"The key file {path} is nested too deeply to be a key file; expected e.g. "
+                              '{"FAL_KEY": "<your key>"}') from None
     except (OSError, UnicodeDecodeError) as exc:
         raise MissingKeyError(f"Cannot read the key file {path}: {type(exc).__name__}") from None
     except json.JSONDecodeError as exc:  # the message holds line/column only, never the file's text

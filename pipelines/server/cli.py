@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .. import params
-from .config import DEFAULT_PORT, DEFAULT_STATE_DIR, ServerConfig
+from .config import DEFAULT_PORT, DEFAULT_STATE_DIR, ServerConfig, check_listen_address
 
 log = logging.getLogger("flux-redux.server")
+QUEUE_VARIABLE = "REDUX_SERVER_QUEUE"  # the Redis URL when it holds a password: an argument would show in ps
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -32,7 +35,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="one worker per entry: auto (every CUDA GPU, else one CPU worker), 0,1 (CUDA indices), "
                         "cpu, cpu,cpu, or none (API only)")
     s.add_argument("--queue", dest="queue_url", help="redis://host:6379/0 to share jobs between several hosts "
-                                                     "(default: SQLite files in --state-dir)")
+                                                     "(default: SQLite files in --state-dir); a URL with a password "
+                                                     f"goes in {QUEUE_VARIABLE} instead (arguments show in ps)")
     s.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="where the SQLite job store and queue live")
     s.add_argument("--workers-only", action="store_true", help="run this host's workers only (GPU host of a "
                                                                "Redis setup; the API runs elsewhere)")
@@ -40,19 +44,32 @@ def add_parser(sub) -> argparse.ArgumentParser:
     s.add_argument("--max-jobs-per-key", type=int, default=params.MAX_JOBS_PER_KEY.default, help="unfinished requests one key may have; "
                                                                    "more get 429 + Retry-After")
     s.add_argument("--sync-timeout", type=float, default=300.0, help="seconds the sync endpoints wait")
+    s.add_argument("--max-sync-waits-per-key", type=int, default=params.MAX_SYNC_WAITS_PER_KEY.default,
+                   help="sync requests one key may have waiting (they hold no thread); more get 429 + Retry-After")
+    s.add_argument("--drain-timeout", type=float, default=25.0,
+                   help="on SIGTERM/SIGINT: seconds running jobs get to finish (new ones get 503); unfinished ones "
+                        "go back to the queue in their place. Give the service manager a longer stop timeout")
     s.add_argument("--job-timeout", type=float, default=1800.0,
                    help="seconds a job may run; past that it fails and its worker process is restarted (a hang)")
     s.add_argument("--allow-url-inputs", action="store_true",
                    help="accept http(s) image URLs (off: data URIs only); private addresses stay refused")
+    s.add_argument("--allow-webhooks", action="store_true",
+                   help="POST fal_webhook / webhook URLs when jobs end (off: such requests get 422); the address "
+                        "guard of --allow-url-inputs applies, with --url-allow-host")
     s.add_argument("--url-allow-host", action="append", default=[],
                    help="host or host:port that image URLs may reach even on a private address (repeatable)")
+    s.add_argument("--max-output-pixels", type=int, default=params.SERVER_MAX_PIXELS.default,
+                   help="largest image served (width x height); fal's custom sizes up to 14142 a side are rounded "
+                        "to multiples of 16 and refused (422) above this")
     s.add_argument("--dtype", choices=params.DTYPE_CHOICES, default="auto", help="compute dtype of the workers")
     s.add_argument("--weight-storage", choices=params.WEIGHT_STORAGE_CHOICES, default="default",
-                   help="fp8 keeps transformer weights in float8 (about half the VRAM)")
+                   help="default: the file's own precision (an fp8 file stays fp8); fp8: every Linear weight in "
+                        "float8 (about half the memory); compute: all in --dtype")
     s.add_argument("--offload", choices=params.OFFLOAD_CHOICES, default=params.OFFLOAD_CHOICES[0],
                    help="where weights wait between uses on a GPU; auto fits the card (see the README)")
     s.add_argument("--engine", help=argparse.SUPPRESS)  # module:callable stand-in engine (load benchmark)
     s.add_argument("--lease", type=float, default=30.0, help=argparse.SUPPRESS)
+    s.add_argument("--heartbeat-timeout", type=float, default=20.0, help=argparse.SUPPRESS)  # frozen worker
     return s
 
 
@@ -75,25 +92,42 @@ def devices(spec: str) -> tuple[str, ...]:
     return tuple(found)
 
 
+def queue_url(args, environ=None) -> str | None:
+    """--queue, else REDUX_SERVER_QUEUE; a password is refused on the command line (every user sees it in ps)."""
+    if args.queue_url:
+        if urlsplit(args.queue_url).password:
+            raise params.ParameterError("queue", "redis://:***@...", f"a password on the command line shows in ps; "
+                                        f"set {QUEUE_VARIABLE}=<the URL> instead and leave out --queue")
+        return args.queue_url
+    return (os.environ if environ is None else environ).get(QUEUE_VARIABLE) or None
+
+
 def config_from(args) -> ServerConfig:
     params.SERVER_PORT.validate(args.port)
     params.MAX_JOBS_PER_KEY.validate(args.max_jobs_per_key)
+    params.MAX_SYNC_WAITS_PER_KEY.validate(args.max_sync_waits_per_key)
+    params.SERVER_MAX_PIXELS.validate(args.max_output_pixels)
     for name, value in (("result_ttl", args.result_ttl), ("sync_timeout", args.sync_timeout),
-                        ("job_timeout", args.job_timeout)):
+                        ("job_timeout", args.job_timeout), ("heartbeat_timeout", args.heartbeat_timeout)):
         if value <= 0:
             raise params.ParameterError(name, value, "must be more than 0 seconds")
+    if args.drain_timeout < 0:
+        raise params.ParameterError("drain_timeout", args.drain_timeout, "must be 0 seconds or more")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise params.ParameterError("tls_cert", args.tls_cert, "--tls-cert and --tls-key go together")
     for name, path in (("tls_cert", args.tls_cert), ("tls_key", args.tls_key)):
         if path and not Path(path).is_file():
             raise params.ParameterError(name, path, "no such file (expected a PEM file)")
-    return ServerConfig(state_dir=args.state_dir, queue_url=args.queue_url, host=args.host, port=args.port,
+    return ServerConfig(state_dir=args.state_dir, queue_url=queue_url(args), host=args.host, port=args.port,
                         tls_cert=args.tls_cert, tls_key=args.tls_key,
                         models_dir=args.models_dir, devices=devices(args.gpus), engine=args.engine, dtype=args.dtype,
                         weight_storage=args.weight_storage, offload=args.offload, result_ttl_s=args.result_ttl,
                         max_active_per_key=args.max_jobs_per_key, sync_timeout_s=args.sync_timeout,
                         url_inputs=args.allow_url_inputs, url_allow_hosts=tuple(args.url_allow_host),
-                        lease_s=args.lease, job_timeout_s=args.job_timeout)
+                        webhooks=args.allow_webhooks, max_output_pixels=args.max_output_pixels,
+                        lease_s=args.lease, job_timeout_s=args.job_timeout, drain_timeout_s=args.drain_timeout,
+                        heartbeat_timeout_s=args.heartbeat_timeout,
+                        max_sync_waits_per_key=args.max_sync_waits_per_key)
 
 
 def run(args) -> int:
@@ -105,6 +139,7 @@ def run(args) -> int:
         if not args.workers_only:
             from .auth import load_keys
             keys = load_keys()
+            check_listen_address(config.host, config.port)
         from .runtime import serve
     except ImportError as exc:  # the server's packages are an optional extra
         print(f"error: serve needs the server packages ({exc.name} is missing): "
@@ -113,8 +148,7 @@ def run(args) -> int:
     except (ValueError, FileNotFoundError) as exc:  # ParameterError, KeyConfigError, WeightsError
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    serve(config, keys, api=not args.workers_only)
-    return 0
+    return serve(config, keys, api=not args.workers_only)
 
 
 def _check_models(config: ServerConfig) -> None:

@@ -44,6 +44,8 @@ class Job:
     error_type: str | None = None
     outcome: dict | None = None  # {"status": HTTP status, "body": JSON} of the result URL
     inference_s: float | None = None
+    start_by: float | None = None  # fal's start_timeout: not started by then, it fails (housekeeping.py)
+    webhook: dict | None = None  # {"url", "base_url"}: POSTed when the job ends (webhooks.py)
 
     def to_doc(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,9 +90,12 @@ def claim(job: Job, worker: str, lease_s: float) -> Job | None:
     if job.state != QUEUED:
         return None
     now = time.time()
+    if job.start_by is not None and now > job.start_by:
+        return None  # past its start_timeout: it must not start; housekeeping fails it
+    job.start_by = None  # it started in time; a re-queue after a crash does not make it late
     job.state, job.worker, job.started_at, job.lease_until = RUNNING, worker, now, now + lease_s
     job.attempts += 1
-    log_line(job, f"started on worker {worker} (attempt {job.attempts})")
+    log_line(job, f"started (attempt {job.attempts})")  # clients see logs: no host names or pids in them
     return job
 
 

@@ -1,7 +1,8 @@
 """Task delivery on huey: SqliteHuey on one box (a file next to the job store), RedisHuey for several hosts.
 
-A task carries only a job id; the job store decides whether it still runs (claim is atomic), so a task
-delivered twice (re-queued after a crash) or for a cancelled job does nothing.
+A task carries only a job id (for the logs) and gives a worker one turn: the worker claims the oldest queued
+job in the store (claim is atomic), so queue order is the store's, a job re-queued after a crash keeps its
+place, and a task left over after a cancel or a crash does nothing.
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ class JobQueue:
     def enqueue(self, job_id: str) -> None:
         self._task(job_id)
 
-    def pending_job_ids(self) -> set[str]:
-        return {task.args[0] for task in self.huey.pending() if task.args}
+    def pending_count(self) -> int:
+        return self.huey.pending_count()
 
     def consume(self, stop, *, poll_s: float = 0.01, max_poll_s: float = 0.2) -> None:
         """Run tasks until `stop` (a threading.Event) is set, with huey's own worker loop."""

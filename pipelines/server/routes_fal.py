@@ -22,8 +22,8 @@ from starlette.routing import Route
 
 from . import jobs as J
 from .outputs import absolute
-from .service import TooManyJobs
-from .validation import FAL_APPS, FAL_MODELS, validate_fal
+from .service import ShuttingDown, TooManyJobs
+from .validation import FAL_APPS, FAL_MODELS, fal_options, validate_fal
 from .web import BodyError, Context, base_url, blocking, json_reply, owner_of, read_json
 
 NOT_FOUND = {"detail": "Request not found"}
@@ -40,6 +40,14 @@ def request_urls(request: Request, job: J.Job) -> dict[str, str]:
     response_url = f"{base_url(request)}/{app_path(job.model)}/requests/{job.id}"
     return {"response_url": response_url, "status_url": response_url + "/status",
             "cancel_url": response_url + "/cancel"}
+
+
+def submit_body(request: Request, job: J.Job, position: int | None) -> dict:
+    """Every field of fal's QueueStatus schema with its declared type, for a queued job and for one that is
+    already COMPLETED (an invalid body): queue_position an integer, logs and metrics objects (the status
+    URL carries the log lines and the inference time)."""
+    return {"request_id": job.id, **request_urls(request, job), "status": job.state,
+            "queue_position": position or 0, "logs": {}, "metrics": {}}
 
 
 def result_reply(request: Request, job: J.Job):
@@ -64,31 +72,47 @@ def routes(ctx: Context) -> list[Route]:
             return None, json_reply(404, NOT_FOUND)
         return job, None
 
-    async def parse(request: Request):
-        """(owner, model_id, inputs, issues) or an error reply."""
+    async def parse(request: Request, queued: bool = True):
+        """(owner, model_id, inputs, issues, job options) or an error reply. A bad header or query (start
+        timeout, priority, webhook) is a 422 at once; a bad body on the queue is a job COMPLETED with its 422."""
         model_id = request.path_params["model_id"].strip("/")
         if model_id not in FAL_MODELS:
             return json_reply(404, {"detail": f"Application '{model_id}' not found"})
         owner = owner_of(request, ctx)
         if owner is None:
             return json_reply(401, UNAUTHORIZED)
+        options, problems = await blocking(fal_options, request.headers, request.query_params, ctx.config,
+                                           base_url(request), queued)
+        if problems:
+            return json_reply(422, {"detail": problems})
         try:
             body = await read_json(request, ctx.config.max_body_bytes)
         except BodyError as exc:
             detail = [{"loc": ["body"], "msg": str(exc), "type": exc.kind}] if exc.status == 422 else str(exc)
             return json_reply(exc.status, {"detail": detail})
-        inputs, issues = validate_fal(FAL_MODELS[model_id], body, ctx.config.url_inputs)
-        return owner, model_id, inputs, issues
+        inputs, issues = validate_fal(FAL_MODELS[model_id], body, ctx.config)
+        return owner, model_id, inputs, issues, options
 
-    async def enqueue(owner: str, model_id: str, inputs, issues=None):
+    async def enqueue(owner: str, model_id: str, inputs, issues=None, options=None):
         """The new job, or the 429 reply when the key has too many unfinished ones."""
         try:
-            return await blocking(ctx.service.submit, owner, "fal", model_id, inputs, issues)
+            return await blocking(ctx.service.submit, owner, "fal", model_id, inputs, issues, **(options or {}))
         except TooManyJobs as exc:
             return json_reply(429, {"detail": str(exc), "error_type": "rate_limited"},
                               {"Retry-After": str(ctx.config.retry_after_s)})
+        except ShuttingDown as exc:
+            return unavailable(str(exc))
+
+    def unavailable(message: str):
+        return json_reply(503, {"detail": message, "error_type": "service_unavailable"},
+                          {"Retry-After": str(ctx.config.retry_after_s), "X-Fal-Error-Type": "service_unavailable"})
 
     async def submit(request: Request):
+        if request.method != "POST":  # the catch-all path answers other methods too: JSON, never a bare 405
+            model_id = request.path_params["model_id"].strip("/")
+            if model_id in FAL_MODELS:
+                return json_reply(405, {"detail": "Method Not Allowed: POST a request body"}, {"Allow": "POST"})
+            return json_reply(404, {"detail": "Not Found"})
         parsed = await parse(request)
         if not isinstance(parsed, tuple):
             return parsed
@@ -96,8 +120,7 @@ def routes(ctx: Context) -> list[Route]:
         if not isinstance(job, J.Job):
             return job
         position = await blocking(ctx.service.position, job)
-        return json_reply(200, {"request_id": job.id, **request_urls(request, job), "status": job.state,
-                                "queue_position": position})
+        return json_reply(200, submit_body(request, job, position))
 
     async def status_body(request: Request, job: J.Job) -> dict:
         body = {"status": job.state, "request_id": job.id, **request_urls(request, job),
@@ -152,18 +175,25 @@ def routes(ctx: Context) -> list[Route]:
         return json_reply(400, {"status": "ALREADY_COMPLETED"})
 
     async def run_sync(request: Request):
-        parsed = await parse(request)
+        parsed = await parse(request, queued=False)
         if not isinstance(parsed, tuple):
             return parsed
-        owner, model_id, inputs, issues = parsed
+        owner, model_id, inputs, issues, options = parsed
         if inputs is None:
             return json_reply(422, {"detail": issues})
-        job = await enqueue(owner, model_id, inputs)
-        if not isinstance(job, J.Job):
-            return job
-        job = await blocking(ctx.service.wait, owner, job.id, ctx.config.sync_timeout_s)
+        with ctx.service.waits.slot(owner) as free:  # waits hold no thread, but each key has a bounded number
+            if not free:
+                return json_reply(429, {"detail": ctx.service.too_many_waits(), "error_type": "rate_limited"},
+                                  {"Retry-After": str(ctx.config.retry_after_s)})
+            job = await enqueue(owner, model_id, inputs, None, options)
+            if not isinstance(job, J.Job):
+                return job
+            job = await ctx.service.wait(owner, job.id, ctx.config.sync_timeout_s)
         if job is not None and not job.done:
             await blocking(ctx.service.cancel, owner, job.id)
+            if ctx.service.draining:
+                return unavailable("the server restarted before this request finished; it was cancelled, send it "
+                                   "again")
             return json_reply(504, {"detail": f"not finished within {ctx.config.sync_timeout_s:g} s; cancelled "
                                               "(use the queue endpoints for long jobs)",
                                     "error_type": "request_timeout"}, {"X-Fal-Error-Type": "request_timeout"})
@@ -176,5 +206,5 @@ def routes(ctx: Context) -> list[Route]:
         Route(requests_path + "/status/stream", status_stream, methods=["GET"]),
         Route(requests_path + "/cancel", cancel, methods=["PUT"]),
         Route(requests_path, result, methods=["GET"]),
-        Route("/{model_id:path}", submit, methods=["POST"]),
+        Route("/{model_id:path}", submit, methods=["POST", "GET", "PUT", "DELETE", "PATCH"]),
     ]

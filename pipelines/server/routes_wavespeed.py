@@ -8,14 +8,15 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 
 from starlette.requests import Request
 from starlette.routing import Route
 
 from . import jobs as J
 from .outputs import absolute
-from .service import TooManyJobs
-from .validation import WAVESPEED_MODEL, validate_wavespeed
+from .service import ShuttingDown, TooManyJobs
+from .validation import WAVESPEED_MODEL, validate_wavespeed, wavespeed_options
 from .web import BodyError, Context, base_url, blocking, json_reply, owner_of, read_json
 
 SYNC_TIMEOUT_CODE = 5004
@@ -35,13 +36,14 @@ def task_status(job: J.Job) -> str:
     return "failed" if job.error else "completed"
 
 
-def task_data(request: Request, job: J.Job) -> dict:
+def task_data(base: str, job: J.Job) -> dict:
+    """The task object of the result URL (and of the webhook), with URLs on `base`."""
     body = (job.outcome or {}).get("body") or {}
     images = body.get("images") or []
     status = task_status(job)
     data = {"id": job.id, "model": job.model, "status": status,
-            "outputs": [absolute(image["url"], base_url(request)) for image in images],
-            "urls": {"get": f"{base_url(request)}/api/v3/predictions/{job.id}/result"},
+            "outputs": [absolute(image["url"], base) for image in images],
+            "urls": {"get": f"{base}/api/v3/predictions/{job.id}/result"},
             "has_nsfw_contents": [False] * len(images),
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(job.created_at)),
             "error": job.error or "", "timings": {"inference": round((job.inference_s or 0) * 1000)}}
@@ -63,24 +65,33 @@ def routes(ctx: Context) -> list[Route]:
         owner = owner_of(request, ctx)
         if owner is None:
             return unauthorized()
+        retry = {"Retry-After": str(ctx.config.retry_after_s)}
         try:
             body = await read_json(request, ctx.config.max_body_bytes)
         except BodyError as exc:
             return envelope(400 if exc.status == 422 else exc.status, str(exc))
-        inputs, problem = validate_wavespeed(body, ctx.config.url_inputs)
-        if inputs is None:
-            return envelope(400, f"invalid parameter: {problem}")
-        try:
-            job = await blocking(ctx.service.submit, owner, "wavespeed", WAVESPEED_MODEL, inputs)
-        except TooManyJobs as exc:
-            return envelope(429, str(exc), headers={"Retry-After": str(ctx.config.retry_after_s)})
-        if body.get("enable_sync_mode"):
-            job = await blocking(ctx.service.wait, owner, job.id, ctx.config.sync_timeout_s)
-            data = task_data(request, job)
-            if not job.done:
-                data.update(code=SYNC_TIMEOUT_CODE, error="Sync mode timed out, please query the result later")
-            return envelope(200, "success", data)
-        return envelope(200, "success", task_data(request, job))
+        inputs, problem = validate_wavespeed(body, ctx.config)
+        options, webhook_problem = await blocking(wavespeed_options, request.query_params, ctx.config,
+                                                  base_url(request))
+        if inputs is None or webhook_problem:
+            return envelope(400, f"invalid parameter: {problem or webhook_problem}")
+        sync = bool(body.get("enable_sync_mode"))
+        with ctx.service.waits.slot(owner) if sync else nullcontext(True) as free:  # waits hold no thread
+            if not free:
+                return envelope(429, ctx.service.too_many_waits(), headers=retry)
+            try:
+                job = await blocking(ctx.service.submit, owner, "wavespeed", WAVESPEED_MODEL, inputs, **options)
+            except TooManyJobs as exc:
+                return envelope(429, str(exc), headers=retry)
+            except ShuttingDown as exc:
+                return envelope(503, str(exc), headers=retry)
+            if not sync:
+                return envelope(200, "success", task_data(base_url(request), job))
+            job = await ctx.service.wait(owner, job.id, ctx.config.sync_timeout_s)
+        data = task_data(base_url(request), job)
+        if not job.done:  # timed out, or the server is stopping: the task stays queued, the client polls
+            data.update(code=SYNC_TIMEOUT_CODE, error="Sync mode timed out, please query the result later")
+        return envelope(200, "success", data)
 
     async def find(request: Request):
         owner = owner_of(request, ctx)
@@ -93,7 +104,7 @@ def routes(ctx: Context) -> list[Route]:
 
     async def result(request: Request):
         job, error = await find(request)
-        return error or envelope(200, "success", task_data(request, job))
+        return error or envelope(200, "success", task_data(base_url(request), job))
 
     async def delete(request: Request):
         job, error = await find(request)

@@ -7,6 +7,7 @@ same API with workers as threads inside the calling process, on a free loopback 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import threading
@@ -16,7 +17,7 @@ import uvicorn
 from ..remote.http import is_loopback_host
 from .app import build_app
 from .auth import ApiKeys
-from .config import ServerConfig
+from .config import ServerConfig, is_redis
 from .queue import JobQueue
 from .service import JobService
 from .store import open_store
@@ -24,18 +25,68 @@ from .supervisor import Supervisor, recover, sweep
 from .worker import run_worker
 
 log = logging.getLogger("flux-redux.server")
+STATE_FILES = ("jobs.sqlite3", "queue.sqlite3")  # store.py and queue.py name them
+
+
+def secure_state_dir(config: ServerConfig) -> None:
+    """The state dir 0700 and its files 0600 (jobs, inputs, results): a dir left open by an older version is
+    tightened. The SQLite files are made here at 0600 before SQLite opens them, because SQLite gives its -wal
+    and -shm files the mode of the database file."""
+    if is_redis(config.queue_url):
+        return
+    folder = config.state_path
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    for name in STATE_FILES:
+        os.close(os.open(folder / name, os.O_CREAT | os.O_WRONLY, 0o600))
+    for path in folder.iterdir():
+        if path.is_file():
+            path.chmod(0o600)
 
 
 def open_backend(config: ServerConfig) -> JobService:
+    secure_state_dir(config)
     store = open_store(config.queue_url, config.state_path, config.namespace)
     return JobService(config, store, JobQueue(config.queue_url, config.state_path, config.namespace))
 
 
-def serve(config: ServerConfig, keys: ApiKeys | None, api: bool = True) -> None:
-    """Blocks until Ctrl+C / SIGTERM. api=False runs only this host's workers (a GPU host of a Redis setup)."""
+class Shutdown:
+    """SIGTERM and SIGINT both mean: drain, then exit 0. The first one sets `requested` (and calls on_first at
+    once, so no worker is restarted meanwhile); a second one calls on_second (stop waiting for jobs)."""
+
+    def __init__(self, on_first=None):
+        self.requested = threading.Event()
+        self.on_first, self.on_second = on_first, None
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._signal)
+
+    def _signal(self, signum, _frame) -> None:
+        if not self.requested.is_set():
+            log.info("%s: stopping", signal.Signals(signum).name)
+            self.requested.set()
+            if self.on_first is not None:
+                self.on_first()
+        elif self.on_second is not None:
+            log.info("%s again: not waiting for running jobs", signal.Signals(signum).name)
+            self.on_second()
+
+
+def serve(config: ServerConfig, keys: ApiKeys | None, api: bool = True) -> int:
+    """Runs until SIGTERM or SIGINT, then drains: new jobs get 503 + Retry-After while status and results
+    are still served, running jobs get --drain-timeout to finish (the rest go back to the queue in their place),
+    the workers stop, and serve returns 0. api=False runs only this host's workers (a GPU host of a Redis setup).
+    uvicorn runs on its own thread, so its signal handling (which re-raises SIGTERM at the end) stays out."""
+    os.umask(0o077)  # whatever serve and its workers create is the owner's only
     service = open_backend(config)
     recover(service.store, service.queue, config)
-    supervisor = Supervisor(config, service.store, service.queue, sweeper=api).start()
+    supervisor = Supervisor(config, service.store, service.queue, sweeper=api)
+
+    def stop_taking_jobs() -> None:
+        service.draining = supervisor.draining = True
+
+    shutdown = Shutdown(stop_taking_jobs)
+    supervisor.start()
+    server, thread, status = None, None, 0
     try:
         if api:
             log.info("serving on %s://%s:%d with keys: %s", config.scheme, config.host, config.port,
@@ -44,16 +95,27 @@ def serve(config: ServerConfig, keys: ApiKeys | None, api: bool = True) -> None:
                 log.warning("listening on %s: API keys travel in clear text over plain http; use --tls-cert/"
                             "--tls-key or an https reverse proxy (the remote node needs https beyond localhost)",
                             config.host)
-            uvicorn.run(build_app(config, service, keys), host=config.host, port=config.port, log_level="info",
-                        timeout_graceful_shutdown=5, **config.tls_options())
-        else:
-            stop = threading.Event()
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            stop.wait()
-    except KeyboardInterrupt:
-        pass
+            server = uvicorn.Server(uvicorn.Config(build_app(config, service, keys), host=config.host,
+                                                   port=config.port, log_level="info", timeout_graceful_shutdown=5,
+                                                   **config.tls_options()))
+            thread = threading.Thread(target=server.run, name="api", daemon=True)
+            thread.start()
+        while not shutdown.requested.wait(0.5):
+            if thread is not None and not thread.is_alive():  # uvicorn could not start (it logged why)
+                status = 1
+                break
     finally:
-        supervisor.stop()
+        stop_taking_jobs()
+        shutdown.on_second = supervisor.hurry
+        log.info("draining: no new jobs; running jobs have up to %g s to finish (serve --drain-timeout)",
+                 config.drain_timeout_s)
+        supervisor.stop(config.drain_timeout_s)
+        service.waits.close()  # sync requests still waiting get their answer (their job waits for the restart)
+        if server is not None:
+            server.should_exit = True
+            thread.join(timeout=15)
+        log.info("stopped")
+    return status
 
 
 class LocalServer:
@@ -97,6 +159,7 @@ class LocalServer:
             sweep(self.service.store, self.service.queue, self.config)
 
     def stop(self) -> None:
+        self.service.waits.close()
         self.uvicorn.should_exit = True
         self.stop_event.set()
         for thread in self.threads:

@@ -1,31 +1,43 @@
-"""What the HTTP routes of both protocols share: submit, look up (per key), cancel, wait."""
+"""What the HTTP routes of both protocols share: submit, look up (per key), cancel, wait (sync requests)."""
 
 from __future__ import annotations
 
-import time
+from starlette.concurrency import run_in_threadpool
 
 from . import jobs as J
 from .config import ServerConfig
 from .queue import JobQueue
 from .store import JobStore
 from .validation import JobInputs, summarize
-
-WAIT_POLL_S = 0.05
+from .waits import SyncWaits
 
 
 class TooManyJobs(Exception):
     """The key already has its maximum of unfinished jobs."""
 
 
+class ShuttingDown(Exception):
+    """The server is draining (SIGTERM/SIGINT): it takes no new jobs; the client retries after the restart."""
+
+
 class JobService:
     def __init__(self, config: ServerConfig, store: JobStore, queue: JobQueue):
         self.config, self.store, self.queue = config, store, queue
+        self.waits = SyncWaits(store, config.max_sync_waits_per_key)
+        self.draining = False
+
+    def too_many_waits(self) -> str:
+        return (f"this API key already has {self.config.max_sync_waits_per_key} sync requests waiting; retry after "
+                "one returns, or use the queue endpoints")
 
     def submit(self, owner: str, api: str, model: str, inputs: JobInputs | None,
-               issues: list[dict] | None = None) -> J.Job:
-        """Queue a valid request; an invalid one becomes a job that is already COMPLETED with its 422."""
+               issues: list[dict] | None = None, **options) -> J.Job:
+        """Queue a valid request; an invalid one becomes a job that is already COMPLETED with its 422.
+        `options` are more Job fields (start_by, webhook)."""
+        if self.draining:
+            raise ShuttingDown("the server is restarting and takes no new requests; retry in a few seconds")
         job = J.Job(id=J.new_request_id(), owner=owner, api=api, model=model,
-                    inputs=inputs.as_dict() if inputs else None)
+                    inputs=inputs.as_dict() if inputs else None, **options)
         if inputs is None:
             J.finish(job, self.config.result_ttl_s, status=422, body={"detail": issues},
                      error=summarize(issues or []), error_type="validation_error")
@@ -66,11 +78,7 @@ class JobService:
         self.store.update(job_id, change)
         return outcome[0]
 
-    def wait(self, owner: str, job_id: str, timeout_s: float) -> J.Job | None:
-        """Poll until the job completes or timeout_s passes; returns its latest state."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            job = self.find(owner, job_id)
-            if job is None or job.done or time.monotonic() >= deadline:
-                return job
-            time.sleep(WAIT_POLL_S)
+    async def wait(self, owner: str, job_id: str, timeout_s: float) -> J.Job | None:
+        """Until the job completes, timeout_s passes or the server stops (holding no thread); its latest state."""
+        await self.waits.wait(job_id, timeout_s)
+        return await run_in_threadpool(self.find, owner, job_id)

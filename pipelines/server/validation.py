@@ -8,11 +8,16 @@ engine-ready settings a worker runs.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .. import params
 from ..params import ParameterError
+from .webhooks import check_webhook_url
+
+if TYPE_CHECKING:
+    from .config import ServerConfig
 
 FAL_APPS = ("fal-ai/flux-1", "fal-ai/flux")  # owner/app; the older fal-ai/flux/... ids are accepted too
 FAL_MODELS = {f"{app}/{variant}/redux": variant for app in FAL_APPS for variant in params.VARIANTS}
@@ -44,8 +49,8 @@ class JobInputs:
 
 def _inputs(variant: str, image: str, size: tuple[int, int], steps: int, guidance: float | None, seed: int | None,
             count: int, fmt: str, inline: bool) -> JobInputs:
-    generation = params.validate_generation(variant, params.CUSTOM_SIZE, size[0], size[1], steps, guidance, seed,
-                                            count)
+    generation = params.validate_generation(variant, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
+                                            num_images=count, size=size)
     return JobInputs(generation, image, fmt, inline)
 
 
@@ -55,14 +60,15 @@ class Issues:
     def __init__(self) -> None:
         self.items: list[dict] = []
 
-    def add(self, loc: list, msg: str, kind: str, value: Any = None) -> None:
-        self.items.append({"loc": ["body", *loc], "msg": msg, "type": kind, "input": _short(value)})
+    def add(self, loc: list, msg: str, kind: str, value: Any = None, where: str = "body") -> None:
+        self.items.append({"loc": [where, *loc], "msg": msg, "type": kind, "input": _short(value)})
 
-    def check(self, field: str, value: Any, validate: Callable[[Any], Any], loc: list | None = None) -> Any:
+    def check(self, field: str, value: Any, validate: Callable[[Any], Any], loc: list | None = None,
+              where: str = "body") -> Any:
         try:
             return validate(value)
         except ParameterError as exc:
-            self.add(loc or [field], str(exc), "value_error", value)
+            self.add(loc or [field], str(exc), "value_error", value, where)
             return None
 
     def summary(self) -> str:
@@ -102,40 +108,43 @@ def _bool(name: str) -> Callable[[Any], bool]:
     return check
 
 
-def _choice(name: str, choices: tuple[str, ...]) -> Callable[[Any], str]:
-    return lambda value: params.check_choice(name, value, choices)
+def _choice(name: str, choices: tuple[str, ...], default: str) -> Callable[[Any], str]:
+    return lambda value: params.check_choice_or_default(name, value, choices, default)
 
 
-def _fal_size(issues: Issues, value: Any) -> tuple[int, int] | None:
+def _fal_size(issues: Issues, value: Any, max_pixels: int) -> tuple[int, int] | None:
+    """A preset, or {"width", "height"} of any whole numbers up to 14142 rounded to multiples of 16; either
+    within the server's pixel limit."""
     if isinstance(value, str):
         presets = tuple(params.SIZE_PRESETS)
-        return issues.check("image_size", value,
-                            lambda v: params.resolve_size(params.check_choice("image_size", v, presets)))
+        return issues.check("image_size", value, lambda v: params.check_pixels(
+            *params.resolve_size(params.check_choice("image_size", v, presets)), max_pixels))
     if isinstance(value, dict):
         before = len(issues.items)
         sides = [issues.check(side, value.get(side), spec.validate, ["image_size", side])
-                 for side, spec in (("width", params.WIDTH), ("height", params.HEIGHT))]
+                 for side, spec in (("width", params.FAL_WIDTH), ("height", params.FAL_HEIGHT))]
         if len(issues.items) > before:
             return None
-        return issues.check("image_size", value, lambda v: params.resolve_size(params.CUSTOM_SIZE, *sides),
-                            ["image_size"])
+        return issues.check("image_size", value, lambda v: params.check_pixels(
+            *map(params.round_side, sides), max_pixels), ["image_size"])
     issues.add(["image_size"], f"image_size={_short(value)!r} is not allowed: expected one of "
                f"{', '.join(params.SIZE_PRESETS)} or {{\"width\": W, \"height\": H}}", "value_error", value)
     return None
 
 
-def validate_fal(variant: str, body: Any, urls_allowed: bool) -> tuple[JobInputs | None, list[dict]]:
+def validate_fal(variant: str, body: Any, config: "ServerConfig") -> tuple[JobInputs | None, list[dict]]:
     """fal's Redux input for `variant` -> (JobInputs, []) or (None, issues naming every bad field)."""
     issues = Issues()
     if not isinstance(body, dict):
         issues.add([], "Input should be a valid dictionary (a JSON object)", "dict_type", None)
         return None, issues.items
     spec = params.variant_spec(variant)
+    urls_allowed = config.url_inputs
     if "image_url" not in body:
         issues.add(["image_url"], "Field required", "missing")
     image = issues.check("image_url", body.get("image_url"), lambda v: check_image_ref("image_url", v, urls_allowed)) \
         if "image_url" in body else None
-    size = _fal_size(issues, body.get("image_size", params.FAL_DEFAULT_IMAGE_SIZE))
+    size = _fal_size(issues, body.get("image_size", params.FAL_DEFAULT_IMAGE_SIZE), config.max_output_pixels)
     steps_spec = params.provider_steps("fal", variant)  # fal's own range (schnell 1-12), not the local one
     steps = _optional(issues, body, "num_inference_steps", lambda v: steps_spec.validate(v, f"FLUX.1 {variant}"),
                       steps_spec.default)
@@ -148,8 +157,12 @@ def validate_fal(variant: str, body: Any, urls_allowed: bool) -> tuple[JobInputs
                    "takes no guidance; leave it out", "value_error", body["guidance_scale"])
     seed = _optional(issues, body, "seed", params.SEED.validate, None)
     count = _optional(issues, body, "num_images", params.NUM_IMAGES.validate, params.NUM_IMAGES.default)
-    fmt = _optional(issues, body, "output_format", _choice("output_format", params.OUTPUT_FORMATS), "jpeg")
-    _optional(issues, body, "acceleration", _choice("acceleration", params.ACCELERATIONS), "none")
+    fmt = _optional(issues, body, "output_format",
+                    _choice("output_format", params.OUTPUT_FORMATS, params.FAL_DEFAULT_OUTPUT_FORMAT),
+                    params.FAL_DEFAULT_OUTPUT_FORMAT)
+    _optional(issues, body, "acceleration",
+              _choice("acceleration", params.ACCELERATIONS, params.FAL_DEFAULT_ACCELERATION),
+              params.FAL_DEFAULT_ACCELERATION)
     sync = _optional(issues, body, "sync_mode", _bool("sync_mode"), False)
     _optional(issues, body, "enable_safety_checker", _bool("enable_safety_checker"), True)
     if issues.items:
@@ -162,7 +175,68 @@ def _optional(issues: Issues, body: dict, field: str, validate: Callable[[Any], 
     return default if value is None else issues.check(field, value, validate)
 
 
-def validate_wavespeed(body: Any, urls_allowed: bool) -> tuple[JobInputs | None, str | None]:
+START_TIMEOUT_HEADER, PRIORITY_HEADER = "X-Fal-Request-Timeout", "X-Fal-Queue-Priority"  # as fal-client sends them
+
+
+def fal_options(headers: Mapping[str, str], query: Mapping[str, str], config: "ServerConfig", base_url: str,
+                queued: bool) -> tuple[dict, list[dict]]:
+    """The submit's headers and query: start_timeout (honoured: not started in time, the request fails with
+    request_timeout), priority (normal only: one queue in arrival order), fal_webhook (queue endpoint only,
+    where the operator allows webhooks) -> (Job fields, []) or ({}, issues naming each). Resolves the webhook's
+    host: call it off the event loop."""
+    issues, record = Issues(), {}
+    timeout = headers.get(START_TIMEOUT_HEADER)
+    if timeout is not None:
+        seconds = issues.check(START_TIMEOUT_HEADER, timeout, _seconds, where="header")
+        if seconds is not None:
+            record["start_by"] = time.time() + seconds
+    priority = headers.get(PRIORITY_HEADER)
+    if priority is not None:
+        issues.check(PRIORITY_HEADER, priority, _priority, where="header")
+    webhook = query.get("fal_webhook")
+    if webhook is not None and not queued:
+        issues.add(["fal_webhook"], "fal_webhook=... is not allowed: webhooks work with the queue endpoint "
+                   "(POST /{model_id} without /sync), as on fal", "value_error", webhook, "query")
+    elif webhook is not None:
+        url = issues.check("fal_webhook", webhook, lambda v: check_webhook_url("fal_webhook", v, config),
+                           where="query")
+        if url is not None:
+            record["webhook"] = {"url": url, "base_url": base_url}
+    return ({}, issues.items) if issues.items else (record, [])
+
+
+def _seconds(text: str) -> float:
+    spec = params.START_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        raise ParameterError(START_TIMEOUT_HEADER, _short(text), f"expected seconds, a number in "
+                                                                 f"{spec.minimum}–{spec.maximum}") from None
+    if not spec.minimum <= value <= spec.maximum:  # also NaN
+        raise ParameterError(START_TIMEOUT_HEADER, _short(text), f"allowed range is {spec.minimum}–{spec.maximum} "
+                                                                 "seconds")
+    return value
+
+
+def _priority(text: str) -> str:
+    if text == "low":
+        raise ParameterError(PRIORITY_HEADER, text, "this server runs every request in arrival order (one queue, "
+                                                    "so queue positions only go down); send normal or leave it out")
+    return params.check_choice(PRIORITY_HEADER, text, params.SERVED_PRIORITIES)
+
+
+def wavespeed_options(query: Mapping[str, str], config: "ServerConfig", base_url: str) -> tuple[dict, str | None]:
+    """WaveSpeed's ?webhook=<url> -> (Job fields, None) or ({}, "webhook: problem")."""
+    webhook = query.get("webhook")
+    if webhook is None:
+        return {}, None
+    try:
+        return {"webhook": {"url": check_webhook_url("webhook", webhook, config), "base_url": base_url}}, None
+    except ParameterError as exc:
+        return {}, f"webhook: {exc}"
+
+
+def validate_wavespeed(body: Any, config: "ServerConfig") -> tuple[JobInputs | None, str | None]:
     """WaveSpeed's flux-redux-dev input -> (JobInputs, None) or (None, "field: problem")."""
     if not isinstance(body, dict):
         return None, "request body must be a JSON object"
@@ -170,14 +244,17 @@ def validate_wavespeed(body: Any, urls_allowed: bool) -> tuple[JobInputs | None,
     issues = Issues()
     if "image" not in body:
         issues.add(["image"], "image is required", "missing")
-    image = issues.check("image", body.get("image"), lambda v: check_image_ref("image", v, urls_allowed)) \
+    image = issues.check("image", body.get("image"), lambda v: check_image_ref("image", v, config.url_inputs)) \
         if "image" in body else None
-    size = issues.check("size", body.get("size", DEFAULT_WAVESPEED_SIZE), _wavespeed_size)
+    size = issues.check("size", body.get("size", DEFAULT_WAVESPEED_SIZE),
+                        lambda v: _wavespeed_size(v, config.max_output_pixels))
     steps = _optional(issues, body, "num_inference_steps", spec.steps.validate, spec.steps.default)
     guidance = _optional(issues, body, "guidance_scale", spec.guidance.validate, spec.guidance.default)
     seed = _optional(issues, body, "seed", params.WAVESPEED_SEED.validate, params.WAVESPEED_SEED.default)
     count = _optional(issues, body, "num_images", params.NUM_IMAGES.validate, params.NUM_IMAGES.default)
-    fmt = _optional(issues, body, "output_format", _choice("output_format", params.WAVESPEED_OUTPUT_FORMATS), "jpeg")
+    fmt = _optional(issues, body, "output_format",
+                    _choice("output_format", params.WAVESPEED_OUTPUT_FORMATS, params.FAL_DEFAULT_OUTPUT_FORMAT),
+                    params.FAL_DEFAULT_OUTPUT_FORMAT)
     inline = _optional(issues, body, "enable_base64_output", _bool("enable_base64_output"), False)
     for flag in ("enable_sync_mode", "enable_safety_checker"):
         _optional(issues, body, flag, _bool(flag), False)
@@ -186,9 +263,11 @@ def validate_wavespeed(body: Any, urls_allowed: bool) -> tuple[JobInputs | None,
     return _inputs("dev", image, size, steps, guidance, None if seed == -1 else seed, count, fmt, inline), None
 
 
-def _wavespeed_size(value: Any) -> tuple[int, int]:
+def _wavespeed_size(value: Any, max_pixels: int) -> tuple[int, int]:
+    """"W*H", each side in WaveSpeed's range, rounded to the nearest multiple of 16 like fal's custom sizes."""
     match = WAVESPEED_SIZE.match(value) if isinstance(value, str) else None
     if not match:
         raise ParameterError("size", _short(value), 'expected "W*H", e.g. "1024*1024"')
-    return params.resolve_size(params.CUSTOM_SIZE, int(match[1]), int(match[2]),
-                               params.WAVESPEED_WIDTH, params.WAVESPEED_HEIGHT)
+    sides = [spec.validate(int(text), "size") for spec, text in
+             ((params.WAVESPEED_WIDTH, match[1]), (params.WAVESPEED_HEIGHT, match[2]))]
+    return params.check_pixels(*map(params.round_side, sides), max_pixels, "size")

@@ -1,8 +1,12 @@
 """A GPU worker: one process per device, models kept loaded, jobs taken from the huey queue one at a time.
 
-    python -m pipelines.server.worker CONFIG_JSON DEVICE PARENT_PID   (started by `serve`, not by hand)
+    python -m pipelines.server.worker CONFIG_FD DEVICE PARENT_PID HEARTBEAT_FD   (started by `serve`, not by hand)
 
-The worker claims a job in the store before running it (a duplicate or cancelled task does nothing),
+CONFIG_FD is an inherited descriptor of the settings (JSON; they may hold a Redis password, so never argv);
+the worker writes a byte to HEARTBEAT_FD every second or so, and the supervisor kills a worker that stops.
+
+Each task is a turn: the worker claims the oldest queued job in the store before running it (a spare task
+does nothing), stops taking turns once told to stop (SIGTERM/SIGINT: it finishes the job it runs, then exits),
 renews its lease while it runs, checks for cancellation between denoising steps, and records any
 failure on the job instead of dying. If the process itself dies, `serve`'s supervisor fails the job it
 held; a whole host that stops is noticed by its expired lease (supervisor.py).
@@ -46,24 +50,39 @@ def make_engine(config: ServerConfig, device: str):
 
 
 class JobRunner:
-    """Runs one delivered job id to its end state."""
+    """Runs one job per delivered task. A task is a turn, not a particular job: it runs the oldest queued job
+    (submit order), so a job re-queued after a crash keeps its place ahead of later ones whatever order the
+    tasks come in. There is one task per entry into the queue, so there are never fewer turns than queued jobs."""
 
-    def __init__(self, config: ServerConfig, store: JobStore, engine, name: str):
+    def __init__(self, config: ServerConfig, store: JobStore, engine, name: str,
+                 stop: threading.Event | None = None, give_back=None):
         self.config, self.store, self.engine, self.name = config, store, engine, name
+        self.stop, self.give_back = stop, give_back  # a stopping worker hands its turn back unused
         self.current: str | None = None
 
     def __call__(self, job_id: str) -> None:
-        job = self.store.update(job_id, lambda job: J.claim(job, self.name, self.config.lease_s))
+        if self.stop is not None and self.stop.is_set():
+            if self.give_back is not None:
+                self.give_back(job_id)
+            return
+        job = self._claim_oldest()
         if job is None:
-            return  # cancelled, already done, or taken by another worker
-        self.current = job_id
+            return  # nothing queued: the turn of a job that was cancelled or already run
+        self.current = job.id
         try:
             self._run(job)
         finally:
             self.current = None
 
+    def _claim_oldest(self) -> J.Job | None:
+        for job_id in self.store.queued_ids():  # in queue order; the claim is atomic, another worker may win it
+            job = self.store.update(job_id, lambda job: J.claim(job, self.name, self.config.lease_s))
+            if job is not None:
+                return job
+        return None
+
     def _run(self, job: J.Job) -> None:
-        inputs = JobInputs.from_dict(job.inputs)
+        inputs = JobInputs.from_dict(self.store.inputs(job.id))  # kept apart from the record (store.py)
         field = "image" if job.api == "wavespeed" else "image_url"
         should_abort = self._cancel_check(job.id)
         try:
@@ -138,8 +157,9 @@ def run_worker(config: ServerConfig, device: str, stop: threading.Event, engine=
     """Serve jobs until `stop` is set. Used in a worker process, and in a thread by tests."""
     store = open_store(config.queue_url, config.state_path, config.namespace)
     engine = engine or make_engine(config, device)
-    runner = JobRunner(config, store, engine, name or worker_id())
+    runner = JobRunner(config, store, engine, name or worker_id(), stop)
     queue = JobQueue(config.queue_url, config.state_path, config.namespace, handler=runner)
+    runner.give_back = queue.enqueue
     beat = threading.Thread(target=_heartbeat, args=(runner, stop, config.lease_s / 3), daemon=True)
     beat.start()
     log.info("worker %s ready on %s", runner.name, device)
@@ -173,10 +193,34 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def read_settings(fd: int) -> ServerConfig:
+    with os.fdopen(fd, "rb") as handle:
+        handle.seek(0)
+        return ServerConfig.from_json(handle.read().decode())
+
+
+def _beat(fd: int, every_s: float) -> None:
+    """The supervisor's sign of life: one byte per beat. A frozen process (SIGSTOP, every thread stuck) stops
+    beating; a closed pipe means the supervisor is gone, and so must this worker be."""
+    while True:
+        try:
+            os.write(fd, b".")
+        except BlockingIOError:
+            pass  # the supervisor is behind on reading; it will see the next beat
+        except OSError:
+            os._exit(1)
+        time.sleep(every_s)
+
+
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    config, device = ServerConfig.from_json(argv[0]), argv[1]
+    os.umask(0o077)
+    config, device = read_settings(int(argv[0])), argv[1]
     _die_with_parent(int(argv[2]))
+    beat_fd = int(argv[3])
+    os.set_blocking(beat_fd, False)
+    every = min(1.0, config.heartbeat_timeout_s / 5)
+    threading.Thread(target=_beat, args=(beat_fd, every), name="heartbeat", daemon=True).start()
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
