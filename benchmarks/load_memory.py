@@ -17,8 +17,10 @@ weight_storage), transformer + VAE) and, with --comfyui, ComfyUI in its own venv
 + `comfy.sd.VAE`, or `load_checkpoint_guess_config`). A thread in the child samples /proc/self/status every
 20 ms: peak private RAM (RssAnon) and peak file-backed RAM (RssFile, page cache the kernel can drop). The file
 is read once (`cat > /dev/null`) before each load, so both loaders start from a warm page cache where the file
-fits in RAM. On the CPU a child gets RLIMIT_DATA (free RAM minus 1 GiB) and oom_score_adj 1000, so a load that
-does not fit fails alone instead of pushing other processes out; the table says where it stopped.
+fits in RAM. On the CPU a child gets oom_score_adj 1000 and is killed by this process once its private RAM
+passes what was free at its start minus 1 GiB, so a load that does not fit fails alone instead of pushing other
+processes out; the table says where it stopped. (RLIMIT_DATA cannot be that cap: it counts the private
+copy-on-write file mappings that safetensors and ComfyUI make of the whole file, so every load fails at 0.4 GiB.)
 """
 
 from __future__ import annotations
@@ -396,39 +398,36 @@ def warm(path: Path) -> float:
     return time.perf_counter() - start
 
 
-def limit_child(limit: int | None):
-    """preexec_fn: the child is the first the OOM killer takes, and its private memory has a cap."""
-    def apply():
-        try:
-            Path("/proc/self/oom_score_adj").write_text("1000")
-        except OSError:
-            pass
-        if limit:
-            import resource
-            resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-    return apply
+def first_to_go() -> None:
+    """preexec_fn: the child is the first process the kernel's OOM killer takes."""
+    try:
+        Path("/proc/self/oom_score_adj").write_text("1000")
+    except OSError:
+        pass
 
 
-def run_child(python: str, job: dict, limit: int | None, timeout_s: float) -> dict:
-    """One load in a fresh process. A child that dies (OOM kill, allocation failure) is reported with the
-    largest RssAnon the parent saw it reach."""
+def run_child(python: str, job: dict, cap: int | None, timeout_s: float) -> dict:
+    """One load in a fresh process, killed once its RssAnon passes `cap` (the RAM free when it started). A
+    child that dies (that kill, the kernel's OOM killer, an allocation failure) is reported with the largest
+    RssAnon this process saw it reach."""
     proc = subprocess.Popen([python, str(Path(__file__).resolve()), "--child", json.dumps(job)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=limit_child(limit))
-    seen, start, timed_out = 0, time.time(), False
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=first_to_go)
+    seen, start, stopped = 0, time.time(), ""
     reader = threading.Thread(target=lambda: setattr(proc, "captured", proc.communicate()), daemon=True)
     reader.start()
     while reader.is_alive():
         seen = max(seen, read_status(proc.pid).get("RssAnon", 0))
-        if time.time() - start > timeout_s and proc.poll() is None:
+        over = cap and seen > cap
+        if (over or time.time() - start > timeout_s) and proc.poll() is None and not stopped:
             proc.send_signal(signal.SIGKILL)
-            timed_out = True
+            stopped = f"killed (OOM: over the {cap / GIB:.1f} GiB free)" if over else f"stopped after {timeout_s:.0f} s"
         reader.join(SAMPLE_S)
     out, err = proc.captured
     for line in out.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
-    if timed_out:
-        cause = f"stopped after {timeout_s:.0f} s"
+    if stopped:
+        cause = stopped
     elif proc.returncode < 0:
         cause = "killed (OOM)" if proc.returncode == -signal.SIGKILL else f"killed by signal {-proc.returncode}"
     else:
@@ -463,11 +462,10 @@ def measure_format(fmt: Format, path: Path, vae: Path, args) -> list[Row]:
         job = dict(loader=run.loader, storage=run.storage, device=args.device, transformer=str(path),
                    vae=str(path if fmt.checkpoint else vae), checkpoint=fmt.checkpoint, comfyui=args.comfyui)
         python = args.comfyui_python if run.loader == "comfyui" else sys.executable
-        limit = None if args.device != "cpu" else max(available_bytes() - GIB, 2 * GIB)
-        print(f"  {fmt.name}: {run.loader} storage={run.storage} (cache warmed in {warm_s:.1f} s, "
-              f"RLIMIT_DATA {limit / GIB:.1f} GiB)" if limit else f"  {fmt.name}: {run.loader} {run.storage}",
-              flush=True)
-        result = run_child(python, job, limit, args.timeout)
+        cap = None if args.device != "cpu" else max(available_bytes() - GIB, 2 * GIB)
+        print(f"  {fmt.name}: {run.loader} storage={run.storage} (cache warmed in {warm_s:.1f} s"
+              + (f", private RAM cap {cap / GIB:.1f} GiB)" if cap else ")"), flush=True)
+        result = run_child(python, job, cap, args.timeout)
         print("    " + describe(result), flush=True)
         rows.append(Row(fmt.name, size / GIB, "pack" if run.loader == "pack" else "ComfyUI", run.storage, result))
     return rows
