@@ -1,7 +1,9 @@
 """Build each component from the files users have: ComfyUI single files or diffusers folders.
 
-Single files go through diffusers' own single-file loaders and key converters, with the config shipped in
-configs/ adapted to what the file's keys say (block counts, widths, guidance). Nothing reaches the hub:
+Single files: the model is built on the meta device from the config shipped in configs/, adapted to what the
+file's keys say (block counts, widths, guidance), and its tensors are streamed in one at a time onto their device
+in their storage dtype (pipelines/streaming.py, pipelines/storage.py), with diffusers' own key converters: one
+copy of the weights, never a state dict of the file. Folders go through from_pretrained. Nothing reaches the hub:
 every diffusers/transformers call gets a local config and local_files_only=True.
 """
 
@@ -16,8 +18,10 @@ import torch
 from accelerate import init_empty_weights
 
 from . import params
-from .weights import (TensorIndex, WeightsError, check_diffusers_folder, check_transformer_complete, load_state,
-                      read_index, refuse_pickle, transformer_layout)
+from .storage import cast_to_fp8, enable_weight_casting, fp8_weight_names, storage_dtype
+from .streaming import WeightFile, converted_pieces, finish, stream_into, whole_pieces
+from .weights import (TensorIndex, WeightsError, check_diffusers_folder, check_transformer_complete, read_index,
+                      refuse_pickle, transformer_layout)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -94,14 +98,38 @@ def _wrap(path: Path, what: str, exc: Exception) -> WeightsError:
     return WeightsError(f"{path}: could not load {what}: {type(exc).__name__}: {exc}")
 
 
-def from_folder(path: Path, sub: str, model_class, dtype: torch.dtype, what: str):
-    """A diffusers/transformers component from a whole repo folder (`path/sub`) or the component folder."""
+def from_folder(path: Path, sub: str, model_class, dtype: torch.dtype, what: str, device="cpu"):
+    """A diffusers/transformers component from a whole repo folder (`path/sub`) or the component folder, through
+    the library's own from_pretrained (meta init, tensor-by-tensor loading), straight onto `device`."""
     folder = _require_folder(path, sub, "config.json", what)
     check_diffusers_folder(folder, model_class, what)
+    device = torch.device(device)
+    placed = {} if device.type == "cpu" else {"device_map": {"": device}}
     try:
-        return model_class.from_pretrained(folder, torch_dtype=dtype, local_files_only=True).eval()
+        return model_class.from_pretrained(folder, torch_dtype=dtype, local_files_only=True, **placed).eval()
     except Exception as exc:
         raise _wrap(folder, what, exc) from exc
+
+
+def _on_meta(build):
+    """A model built with its parameters on the meta device (no memory, no random init); buffers stay real."""
+    with init_empty_weights():
+        return build()
+
+
+def _stream_file(model, source: WeightFile, pieces: dict, storage: str, compute: torch.dtype, what: str,
+                 quantizer=None):
+    """Fill `model` (on meta) from `source` in the storage dtypes, then hook its fp8 Linear layers."""
+    linear = fp8_weight_names(model)
+    fp32 = getattr(type(model), "_keep_in_fp32_modules", None) or []
+
+    def dtype_of(name: str, file_dtype: torch.dtype, scaled: bool) -> torch.dtype:
+        return storage_dtype(name, file_dtype, scaled, storage, compute, linear, fp32)
+
+    loaded = stream_into(model, pieces, source, dtype_of, quantizer)
+    finish(model, loaded, source, what)
+    enable_weight_casting(model, compute)
+    return model.eval()
 
 
 # -- FLUX transformer ---------------------------------------------------------------------------------------
@@ -128,34 +156,55 @@ def _transformer_overrides(index: TensorIndex) -> dict:
                 pooled_projection_dim=pooled, attention_head_dim=head_dim, num_attention_heads=inner // head_dim)
 
 
-def load_transformer(source: str | Path, dtype: torch.dtype):
-    """Return (FluxTransformer2DModel, detected variant) from a single file or a diffusers folder."""
+def load_transformer(source: str | Path, dtype: torch.dtype, storage: str = "default", device="cpu"):
+    """Return (FluxTransformer2DModel, detected variant) from a single file or a diffusers folder, its weights on
+    `device` in `storage` (params.WEIGHT_STORAGE_CHOICES; GGUF blocks stay quantized whatever it says)."""
     from diffusers import FluxTransformer2DModel
 
     path = Path(source)
     what = "the FLUX transformer"
     if path.is_dir():
-        model = from_folder(path, "transformer", FluxTransformer2DModel, dtype, what)
+        model = from_folder(path, "transformer", FluxTransformer2DModel, dtype, what, device)
+        if storage == "fp8":
+            cast_to_fp8(model, dtype)
     else:
         index = read_index(path, "flux_transformer")
         check_transformer_complete(index)
-        overrides = _transformer_overrides(index)
-        if index.is_gguf:  # stays quantized in memory, dequantized layer by layer as it computes
-            from diffusers import GGUFQuantizationConfig
-            overrides["quantization_config"] = GGUFQuantizationConfig(compute_dtype=dtype)
-        try:
-            model = FluxTransformer2DModel.from_single_file(
-                _single_file_source(index), config=str(CONFIG_DIR / "transformer"), local_files_only=True,
-                torch_dtype=dtype, **overrides)
-        except Exception as exc:
-            raise _wrap(path, what, exc) from exc
+        config = dict(FluxTransformer2DModel.load_config(CONFIG_DIR / "transformer"), **_transformer_overrides(index))
+        model = _on_meta(lambda: FluxTransformer2DModel.from_config(config))
+        with WeightFile(index, device) as weights:
+            pieces = _transformer_pieces(weights, transformer_layout(index).bfl_names)
+            quantizer = _gguf_quantizer(model, weights, pieces, dtype) if index.is_gguf else None
+            _stream_file(model, weights, pieces, storage, dtype, "the FLUX transformer", quantizer)
+        if quantizer is not None:
+            quantizer.postprocess_model(model)
+            model.hf_quantizer = quantizer
     return model.eval(), ("dev" if model.config.guidance_embeds else "schnell")
 
 
-def _single_file_source(index: TensorIndex):
-    """What diffusers' from_single_file gets: the path, or the tensors themselves where the file holds more
-    than this component (all-in-one checkpoint) or needs its fp8 scales applied first."""
-    return load_state(index) if index.prefix or index.scaled else str(index.path)
+def _transformer_pieces(weights: WeightFile, bfl_names: bool) -> dict:
+    """diffusers names for the file's tensors: BFL names through diffusers' own converter."""
+    if not bfl_names:
+        return whole_pieces(weights, lambda k: k.removeprefix("model.diffusion_model."))
+    from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+
+    return converted_pieces(weights, lambda state: convert_flux_transformer_checkpoint_to_diffusers(state))
+
+
+def _gguf_quantizer(model, weights: WeightFile, pieces: dict, dtype: torch.dtype):
+    """diffusers' GGUF quantizer, having swapped in its GGUF Linear layers where the file holds quantized blocks
+    (as from_single_file does; it only asks which names are quantized, so stand-ins serve)."""
+    from diffusers import GGUFQuantizationConfig
+    from diffusers.quantizers import DiffusersAutoQuantizer
+    from diffusers.quantizers.gguf.utils import GGUFParameter
+
+    quantizer = DiffusersAutoQuantizer.from_config(GGUFQuantizationConfig(compute_dtype=dtype))
+    quantizer.validate_environment()
+    quantized = {name: GGUFParameter(torch.empty(0, dtype=torch.uint8, device="meta"),
+                                     quant_type=weights.quant_type(piece.key))
+                 for name, piece in pieces.items() if weights.dtype(piece.key) is None}
+    quantizer.preprocess_model(model=model, device_map=None, state_dict=quantized, keep_in_fp32_modules=[])
+    return quantizer
 
 
 # -- VAE ------------------------------------------------------------------------------------------------------
@@ -178,19 +227,24 @@ def _vae_overrides(index: TensorIndex) -> dict:
     )
 
 
-def load_vae(source: str | Path, dtype: torch.dtype):
+def load_vae(source: str | Path, dtype: torch.dtype, device="cpu"):
     from diffusers import AutoencoderKL
 
     path = Path(source)
     what = "the FLUX VAE"
     if path.is_dir():
-        return from_folder(path, "vae", AutoencoderKL, dtype, what)
+        return from_folder(path, "vae", AutoencoderKL, dtype, what, device)
     index = read_index(path, "vae")
-    try:
-        return AutoencoderKL.from_single_file(_single_file_source(index), config=str(CONFIG_DIR / "vae"),
-                                              local_files_only=True, torch_dtype=dtype, **_vae_overrides(index)).eval()
-    except Exception as exc:
-        raise _wrap(path, what, exc) from exc
+    config = dict(AutoencoderKL.load_config(CONFIG_DIR / "vae"), **_vae_overrides(index))
+    model = _on_meta(lambda: AutoencoderKL.from_config(config))
+    with WeightFile(index, device) as weights:
+        if index.has_prefix("encoder.down."):  # LDM names (ae.safetensors): diffusers' own converter
+            from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+            pieces = converted_pieces(weights, lambda state: convert_ldm_vae_checkpoint(state, dict(model.config)))
+        else:
+            pieces = whole_pieces(weights)
+        return _stream_file(model, weights, pieces, "default", dtype, what)
 
 
 def load_scheduler(variant: str):
@@ -203,31 +257,25 @@ def load_scheduler(variant: str):
 # -- Redux: SigLIP vision tower + projector ------------------------------------------------------------------
 
 def load_transformers_file(index: TensorIndex, model_class, make_config, prefix: str, dtype: torch.dtype,
-                           tied: dict[str, str] | None = None):
+                           tied: dict[str, str] | None = None, device="cpu"):
     """A transformers model from a ComfyUI single file: the shipped config adapted by
-    `make_config(index, prefix)`, weights assigned without a random init. ComfyUI's files carry a prefix
+    `make_config(index, prefix)`, built on meta and streamed onto `device`. ComfyUI's files carry a prefix
     (`vision_model.`, `text_model.`) that transformers 5 state dicts lack and 4.x ones have; both work.
-    `tied` names weights that may be absent because they share storage with another (T5's embeddings)."""
+    `tied` names weights that may be absent because they share storage with another (T5's embeddings): they get
+    the very tensor of the other."""
     if not all(k.startswith(prefix) for k in index.keys if k != "scaled_fp8"):  # the marker has no prefix
         prefix = ""
     config = make_config(index, prefix)
-    with init_empty_weights():  # parameters on meta, buffers real
-        model = model_class(config)
+    model = _on_meta(lambda: model_class(config))
     expected = set(model.state_dict())
-    tensors = {k.removeprefix(prefix): v for k, v in load_state(index).items()}
-    inner = prefix if prefix and not set(tensors) & expected else ""
-    tensors = {f"{inner}{k}": v for k, v in tensors.items()}  # transformers 4.x keeps the prefix
-    for target, source in (tied or {}).items():
-        if target in expected and target not in tensors and source in tensors:
-            tensors[target] = tensors[source]
-    missing = sorted(expected - set(tensors))
-    if missing:
-        raise WeightsError(f"{index.path}: lacks {len(missing)} of the tensors {model_class.__name__} needs "
-                           f"(first: {missing[0]}); is it the right file for this slot?")
-    keep = getattr(model_class, "_keep_in_fp32_modules", None) or []  # T5's `wo`: fp16 overflows without it
-    cast = {k: tensors[k].to(torch.float32 if any(f".{m}." in f".{k}" for m in keep) else dtype) for k in expected}
-    model.load_state_dict(cast, strict=True, assign=True)
-    return model
+    with WeightFile(index, device) as weights:
+        names = {k.removeprefix(prefix) for k in weights.keys()}
+        inner = prefix if prefix and not names & expected else ""  # transformers 4.x keeps the prefix
+        pieces = whole_pieces(weights, lambda k: inner + k.removeprefix(prefix))
+        for target, source in (tied or {}).items():
+            if target in expected and target not in pieces and source in pieces:
+                pieces[target] = pieces[source]
+        return _stream_file(model, weights, pieces, "default", dtype, model_class.__name__)
 
 
 def _siglip_config_from_file(index: TensorIndex, prefix: str):
@@ -260,18 +308,19 @@ def _pil_image_processor():
     return processor_class
 
 
-def load_siglip(source: str | Path, dtype: torch.dtype):
+def load_siglip(source: str | Path, dtype: torch.dtype, device="cpu"):
     """Return (SiglipVisionModel, image processor). ComfyUI's file has a `vision_model.` prefix."""
     from transformers import SiglipVisionModel
 
     path = Path(source)
     what = "the SigLIP vision encoder"
     if path.is_dir():
-        model = from_folder(path, "image_encoder", SiglipVisionModel, dtype, what)
+        model = from_folder(path, "image_encoder", SiglipVisionModel, dtype, what, device)
         processor_dir = folder_with(path, "feature_extractor", "preprocessor_config.json")
     else:
         index = read_index(path, "siglip")
-        model = load_transformers_file(index, SiglipVisionModel, _siglip_config_from_file, "vision_model.", dtype)
+        model = load_transformers_file(index, SiglipVisionModel, _siglip_config_from_file, "vision_model.", dtype,
+                                       device=device)
         processor_dir = None
     size = model.config.image_size
     processor = _pil_image_processor().from_pretrained(processor_dir or CONFIG_DIR / "siglip",
@@ -279,22 +328,18 @@ def load_siglip(source: str | Path, dtype: torch.dtype):
     return model.eval(), processor
 
 
-def load_redux_projector(source: str | Path, dtype: torch.dtype):
+def load_redux_projector(source: str | Path, dtype: torch.dtype, device="cpu"):
     from diffusers.pipelines.flux.modeling_flux import ReduxImageEncoder
 
     path = Path(source)
     what = "the Redux projector"
     if path.is_dir():
-        return from_folder(path, "image_embedder", ReduxImageEncoder, dtype, what)
+        return from_folder(path, "image_embedder", ReduxImageEncoder, dtype, what, device)
     index = read_index(path, "redux")
     up, down = index.shapes["redux_up.weight"], index.shapes["redux_down.weight"]
-    with init_empty_weights():  # parameters on meta, buffers real
-        model = ReduxImageEncoder(redux_dim=up[1], txt_in_features=down[0])
-    try:
-        model.load_state_dict({k: v.to(dtype) for k, v in load_state(index).items()}, strict=True, assign=True)
-    except RuntimeError as exc:
-        raise _wrap(path, what, exc) from exc
-    return model.eval()
+    model = _on_meta(lambda: ReduxImageEncoder(redux_dim=up[1], txt_in_features=down[0]))
+    with WeightFile(index, device) as weights:
+        return _stream_file(model, weights, whole_pieces(weights), "default", dtype, what)
 
 
 __all__ = ["LoadOptions", "load_transformer", "load_vae", "load_scheduler", "load_siglip",

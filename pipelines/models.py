@@ -13,6 +13,7 @@ from .cache import CACHE, ModelCache, file_identity
 from .loading import (PROJECTOR_DTYPE, LoadOptions, load_redux_projector, load_scheduler, load_siglip,
                       load_transformer, load_vae, vae_dtype)
 from .placement import Placement, decide
+from .storage import stores_fp8
 from .weights import component_params, transformer_footprint
 
 log = logging.getLogger(__name__)
@@ -203,32 +204,36 @@ def match_vae_io(vae: torch.nn.Module, compute: torch.dtype) -> None:
 
 
 def _build_flux(spec: FluxModelSpec) -> FluxModel:
+    """Load the transformer and VAE straight onto the device they will wait on (the compute device, or the
+    caller's build device; the CPU when diffusers' offload hooks will move them), each tensor streamed there in
+    its storage dtype: no copy on the way."""
     from diffusers import FluxPipeline
 
     opts = spec.options
     device, dtype = opts.torch_device(), opts.torch_dtype()
     placement = resolve_placement(spec, device, dtype)
-    log.info("FLUX placement for %s: %s", Path(spec.transformer).name, placement.describe())
-    transformer, detected = load_transformer(spec.transformer, dtype)
-    variant = detected if spec.variant == "auto" else params.variant_spec(spec.variant).name
-    if variant != detected:
-        log.warning("variant %s requested for %s, whose weights look like %s: using %s parameter ranges and "
-                    "scheduler", variant, spec.transformer, detected, variant)
-    vae = load_vae(spec.vae, vae_dtype(dtype))
-    if vae.dtype != dtype:
-        match_vae_io(vae, dtype)
     if placement.weight_storage == "fp8" and Path(spec.transformer).suffix.lower() == ".gguf":
         log.warning("weight_storage=fp8 ignored for %s: GGUF weights stay in their own quantized format",
                     spec.transformer)
         placement = Placement(placement.offload, "default", placement.reason)
-    if placement.weight_storage == "fp8":
-        transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
+    log.info("FLUX placement for %s: %s", Path(spec.transformer).name, placement.describe())
+    build = opts.torch_build_device() if placement.offload == "none" else torch.device("cpu")
+    transformer, detected = load_transformer(spec.transformer, dtype, placement.weight_storage, build)
+    variant = detected if spec.variant == "auto" else params.variant_spec(spec.variant).name
+    if variant != detected:
+        log.warning("variant %s requested for %s, whose weights look like %s: using %s parameter ranges and "
+                    "scheduler", variant, spec.transformer, detected, variant)
+    vae = load_vae(spec.vae, vae_dtype(dtype), build)
+    if vae.dtype != dtype:
+        match_vae_io(vae, dtype)
     pipe = FluxPipeline(scheduler=load_scheduler(variant), vae=vae, text_encoder=None, tokenizer=None,
                         text_encoder_2=None, tokenizer_2=None, transformer=transformer)
-    place_pipeline(pipe, placement.offload, device, opts.torch_build_device())
+    place_pipeline(pipe, placement.offload, device, build)
     model = FluxModel(spec, pipe, variant, device, dtype, placement)
-    # after placement, before the first call: compile, fp8 compute, attention backend
-    model.speed_state = speed.apply(pipe, opts.speed, device, placement.weight_storage, placement.offload)
+    # after placement, before the first call: compile, fp8 compute, attention backend; fp8 weights kept from the
+    # file count as fp8 storage there (torchao cannot quantize them again)
+    stored = "fp8" if stores_fp8(transformer) else placement.weight_storage
+    model.speed_state = speed.apply(pipe, opts.speed, device, stored, placement.offload)
     return model
 
 
@@ -251,15 +256,14 @@ def place_pipeline(pipe, offload: str, device: torch.device, build_device: torch
 
 def _build_redux(spec: ReduxEncoderSpec) -> ReduxEncoder:
     opts = spec.options
-    device, dtype = opts.torch_device(), opts.torch_dtype()
-    vision, processor = load_siglip(spec.siglip, dtype)
-    projector = load_redux_projector(spec.redux, PROJECTOR_DTYPE)
+    device, dtype, build = opts.torch_device(), opts.torch_dtype(), opts.torch_build_device()
+    vision, processor = load_siglip(spec.siglip, dtype, build)
+    projector = load_redux_projector(spec.redux, PROJECTOR_DTYPE, build)
     if projector.config.redux_dim != vision.config.hidden_size:
         raise ValueError(f"Redux projector {spec.redux} takes {projector.config.redux_dim}-wide SigLIP features "
                          f"but {spec.siglip} produces {vision.config.hidden_size}: pair flux1-redux-dev with "
                          "sigclip_vision_patch14_384.")
-    build = opts.torch_build_device()
-    return ReduxEncoder(spec, vision.to(build), processor, projector.to(build), device, dtype)
+    return ReduxEncoder(spec, vision, processor, projector, device, dtype)
 
 
 def load_flux_model(spec: FluxModelSpec, cache: ModelCache = CACHE) -> FluxModel:

@@ -30,7 +30,9 @@ CROP_MODES: tuple[str, ...] = ("center", "squash", "pad")
 # Model-loading choices (read by the loader nodes, the CLI and pipelines.loading).
 VARIANT_CHOICES: tuple[str, ...] = ("auto", "dev", "schnell")  # auto: from the weights (guidance_in present = dev)
 DTYPE_CHOICES: tuple[str, ...] = ("auto", "bf16", "fp16", "fp32")  # auto: bf16 on CUDA, fp32 on CPU
-WEIGHT_STORAGE_CHOICES: tuple[str, ...] = ("default", "fp8")  # fp8: weights stored in float8, computed in dtype
+# Transformer weight storage (pipelines/storage.py): default keeps the file's own precision (an fp8 file stays fp8,
+# computed in dtype layer by layer); fp8 stores every Linear weight in float8; compute stores all in dtype.
+WEIGHT_STORAGE_CHOICES: tuple[str, ...] = ("default", "fp8", "compute")
 # auto: decided from the files' sizes and the free VRAM (pipelines/placement.py); group: blocks streamed in
 OFFLOAD_CHOICES: tuple[str, ...] = ("auto", "none", "model", "group", "sequential")
 VAE_TILING_CHOICES: tuple[str, ...] = ("auto", "on", "off")  # auto: on above VAE_TILING_AUTO_PIXELS

@@ -85,12 +85,13 @@ def _clip_config(index: TensorIndex, prefix: str):
     return CLIPTextConfig(**config)
 
 
-def _load_encoder(source: str, sub: str, model_class, make_config, prefix: str, dtype, what: str, tied=None):
+def _load_encoder(source: str, sub: str, model_class, make_config, prefix: str, dtype, what: str, device,
+                  tied=None):
     path = Path(source)
     if path.is_dir():
-        return from_folder(path, sub, model_class, dtype, what)
+        return from_folder(path, sub, model_class, dtype, what, device)
     index = read_index(path, "text_encoder")
-    return load_transformers_file(index, model_class, make_config, prefix, dtype, tied).eval()
+    return load_transformers_file(index, model_class, make_config, prefix, dtype, tied, device).eval()
 
 
 def _load_tokenizer(spec: TextEncoderSpec, sub: str, tokenizer_class):
@@ -109,12 +110,13 @@ def _build(spec: TextEncoderSpec) -> TextEncoders:
     from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
 
     device, dtype = spec.options.torch_device(), spec.options.torch_dtype()
+    build = spec.options.torch_build_device()  # loaded straight where they wait (a caller may move them later)
     clip = _load_encoder(spec.clip, "text_encoder", CLIPTextModel, _clip_config, "text_model.", dtype,
-                         "the CLIP-L text encoder")
+                         "the CLIP-L text encoder", build)
     t5 = _load_encoder(spec.t5, "text_encoder_2", T5EncoderModel, _t5_config, "", dtype,
-                       "the T5-XXL text encoder", tied={"encoder.embed_tokens.weight": "shared.weight"})
-    pipe = FluxPipeline(scheduler=None, vae=None, transformer=None, text_encoder=clip.to(device),
-                        tokenizer=_load_tokenizer(spec, "tokenizer", AutoTokenizer), text_encoder_2=t5.to(device),
+                       "the T5-XXL text encoder", build, tied={"encoder.embed_tokens.weight": "shared.weight"})
+    pipe = FluxPipeline(scheduler=None, vae=None, transformer=None, text_encoder=clip,
+                        tokenizer=_load_tokenizer(spec, "tokenizer", AutoTokenizer), text_encoder_2=t5,
                         tokenizer_2=_load_tokenizer(spec, "tokenizer_2", AutoTokenizer))
     return TextEncoders(spec, pipe, device)
 

@@ -79,6 +79,16 @@ class TensorIndex:
         return TensorIndex(self.path, strip(self.shapes), strip(self.dtypes), self.prefix + prefix, strip(self.nbytes))
 
 
+def open_safetensors(path: str | Path):
+    """safe_open reading with pread(2): its default memory map is private and writable, which the kernel counts
+    as the process's private data (RLIMIT_DATA) for the whole file while it is open, even for a header read.
+    safetensors < 0.8 has no pread backend; its memory map is then the only way."""
+    try:
+        return safe_open(str(path), framework="pt", backend="pread")
+    except TypeError:
+        return safe_open(str(path), framework="pt")
+
+
 def refuse_pickle(path: Path) -> None:
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise WeightsError(
@@ -96,7 +106,7 @@ def read_header(path: Path) -> TensorIndex:
         return TensorIndex(path, {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in tensors},
                            {t.name: t.tensor_type.name for t in tensors},
                            nbytes={t.name: int(t.n_bytes) for t in tensors})
-    with safe_open(str(path), framework="pt") as f:
+    with open_safetensors(path) as f:
         slices = {key: f.get_slice(key) for key in f.keys()}
         shapes = {k: tuple(s.get_shape()) for k, s in slices.items()}
         dtypes = {k: s.get_dtype() for k, s in slices.items()}
@@ -149,28 +159,6 @@ def check_quant_layout(index: TensorIndex) -> None:
                            "bf16/fp16, plain fp8, ComfyUI scaled fp8 or GGUF release of this model.")
 
 
-def load_state(index: TensorIndex) -> dict:
-    """The index's tensors (only its part of a checkpoint, without the prefix), scaled fp8 dequantized."""
-    check_quant_layout(index)
-    with safe_open(str(index.path), framework="pt") as f:
-        tensors = {k: f.get_tensor(index.prefix + k) for k in index.keys}
-    return dequantize_scaled(index, tensors) if index.scaled else tensors
-
-
-def dequantize_scaled(index: TensorIndex, tensors: dict) -> dict:
-    """weight * scale_weight in float32 for every scaled layer. The marker and the input scales go: they only
-    serve fp8 matmuls, and these weights are no longer fp8."""
-    for key in [k for k in tensors if k.endswith(".scale_weight")]:
-        base = key[: -len("scale_weight")] + "weight"
-        scale, weight = tensors.pop(key).float(), tensors.get(base)
-        if weight is None or (scale.numel() > 1 and scale.shape[0] != weight.shape[0]):
-            raise WeightsError(f"{index.path}: {key} matches no weight it could scale; the file is not in "
-                               "ComfyUI's scaled fp8 layout.")
-        scale = scale.reshape(-1, *[1] * (weight.ndim - 1)) if scale.numel() > 1 else scale.reshape(())
-        tensors[base] = weight.float() * scale
-    return {k: v for k, v in tensors.items() if k != "scaled_fp8" and not k.endswith(".scale_input")}
-
-
 INTEGER_DTYPES = frozenset({"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64"})
 PARAMETER_SUFFIXES = (".weight", ".bias", ".scale")
 
@@ -194,7 +182,7 @@ def check_values(index: TensorIndex, sample: int = 64) -> None:
     if index.is_gguf:
         return
 
-    with safe_open(str(index.path), framework="pt") as f:
+    with open_safetensors(index.path) as f:
         for key in f.keys():
             values = f.get_slice(key)
             shape = values.get_shape()
@@ -323,22 +311,33 @@ def _index_footprint(index: TensorIndex, keys) -> tuple[int, int]:
     return sum(math.prod(index.shapes[k]) for k in keys), sum(index.nbytes[k] for k in keys)
 
 
+def _matrix_params(index: TensorIndex, keys) -> tuple[int, int]:
+    """Parameters of the 2-D weights (FLUX's Linear layers) and of those stored in plain (unscaled) fp8."""
+    matrices = [k for k in keys if k.endswith(".weight") and len(index.shapes[k]) == 2]
+    fp8 = [k for k in matrices if index.dtypes.get(k, "").startswith("F8_") and
+           f"{k[:-len('weight')]}scale_weight" not in index.shapes]
+    return sum(math.prod(index.shapes[k]) for k in matrices), sum(math.prod(index.shapes[k]) for k in fp8)
+
+
 def transformer_footprint(path: str | Path) -> Footprint:
     """Parameter count, bytes and block count of a FLUX transformer, from headers only (nothing loaded)."""
     path = Path(path)
     if path.is_dir():
         folder = path / "transformer" if (path / "transformer").is_dir() else path
-        params = stored = 0
+        params = stored = matrices = 0
         for file in sorted(folder.glob("*.safetensors")):
             index = read_header(file)
             p, b = _index_footprint(index, index.keys)
-            params, stored = params + p, stored + b
+            params, stored, matrices = params + p, stored + b, matrices + _matrix_params(index, index.keys)[0]
         config = json.loads((folder / "config.json").read_text())
-        return Footprint(params, stored, False, config.get("num_layers", 19) + config.get("num_single_layers", 38))
+        blocks = config.get("num_layers", 19) + config.get("num_single_layers", 38)
+        return Footprint(params, stored, False, blocks, matrices)  # from_pretrained: all in the compute dtype
     index = read_index(path, "flux_transformer")
     layout = transformer_layout(index)
-    params, stored = _index_footprint(index, [k for k in index.keys if not k.endswith(SCALE_SUFFIXES)])
-    return Footprint(params, stored, index.is_gguf, layout.num_layers + layout.num_single_layers)
+    keys = [k for k in index.keys if not k.endswith(SCALE_SUFFIXES)]
+    params, stored = _index_footprint(index, keys)
+    matrices, fp8 = _matrix_params(index, keys)
+    return Footprint(params, stored, index.is_gguf, layout.num_layers + layout.num_single_layers, matrices, fp8)
 
 
 def component_params(path: str | Path, kind: str, sub: str) -> int:

@@ -9,6 +9,7 @@ import tiny_models as tm
 loading = submodule("pipelines.loading")
 weights = submodule("pipelines.weights")
 models_mod = submodule("pipelines.models")
+ModelCache = submodule("pipelines.cache").ModelCache
 WeightsError = weights.WeightsError
 F32 = torch.float32
 
@@ -74,6 +75,70 @@ def test_variant_override_keeps_architecture(models, requested, fresh_cache):
     assert flux.variant == ("dev" if requested == "auto" else requested)
     assert flux.pipe.transformer.config.guidance_embeds  # the weights decide the architecture
     assert flux.pipe.scheduler.config.use_dynamic_shifting == (flux.variant == "dev")
+
+
+# -- weight storage: the file's own precision by default -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_fp8(models, tmp_path_factory):
+    state = {k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v
+             for k, v in tm._contiguous(models["sources"]["dev"].state_dict()).items()}
+    return tm.write_safetensors(tmp_path_factory.mktemp("fp8") / "flux1-dev-fp8.safetensors", state)
+
+
+def tiny_output(model):
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        return model(hidden_states=torch.randn(1, 16, 16, generator=gen),
+                     encoder_hidden_states=torch.randn(1, 5, 32, generator=gen),
+                     pooled_projections=torch.randn(1, 32, generator=gen), timestep=torch.tensor([0.5]),
+                     img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(5, 3), guidance=torch.tensor([3.5])).sample
+
+
+def linear_dtypes(model):
+    return {m.weight.dtype for m in model.modules() if type(m) is torch.nn.Linear}
+
+
+def test_fp8_file_stays_fp8_and_computes_like_diffusers(tiny_fp8):
+    model, _ = loading.load_transformer(tiny_fp8, F32)
+    assert linear_dtypes(model) == {torch.float8_e4m3fn} and model.dtype == F32
+    assert {p.dtype for n, p in model.named_parameters() if not n.endswith(".weight")} == {F32}
+    reference = diffusers_single_file(tiny_fp8, F32)
+    assert torch.equal(tiny_output(model), tiny_output(reference))
+
+
+def test_compute_storage_equals_diffusers_and_fp8_storage_casts_a_wide_file(models, tiny_fp8):
+    wide, _ = loading.load_transformer(tiny_fp8, F32, "compute")
+    _same_params(wide, diffusers_single_file(tiny_fp8, F32))
+    assert linear_dtypes(wide) == {F32}
+    narrow, _ = loading.load_transformer(models["files"]["dev"], F32, "fp8")
+    assert linear_dtypes(narrow) == {torch.float8_e4m3fn}
+    source = models["sources"]["dev"].state_dict()
+    for name, value in narrow.state_dict().items():
+        expected = source[name].to(value.dtype)
+        assert torch.equal(value.float(), expected.float()), name
+    plain, _ = loading.load_transformer(models["files"]["dev"], F32)  # default: an fp32 file stays fp32
+    assert linear_dtypes(plain) == {F32}
+
+
+def test_vae_streamed_from_ldm_names_equals_diffusers_from_single_file(models):
+    from diffusers import AutoencoderKL
+
+    path = models["files"]["vae"]
+    reference = AutoencoderKL.from_single_file(str(path), config=str(loading.CONFIG_DIR / "vae"), local_files_only=True,
+                                               torch_dtype=F32, **loading._vae_overrides(weights.read_index(path, "vae")))
+    _same_params(loading.load_vae(path, F32), reference)
+
+
+def test_t5_tied_embeddings_are_one_tensor(tmp_path):
+    text = submodule("pipelines.text")
+    files = tm.write_text_encoders(tmp_path)
+    encoders = text.load_text_encoders(text.TextEncoderSpec(str(files["clip_file"]), str(files["t5_file"]),
+                                                            str(files["folder"]), loading.LoadOptions(device="cpu")),
+                                       ModelCache())
+    t5 = encoders.pipe.text_encoder_2
+    assert t5.encoder.embed_tokens.weight.data_ptr() == t5.shared.weight.data_ptr()
+    torch.testing.assert_close(t5.shared.weight, files["t5"].shared.weight, rtol=0, atol=0)
 
 
 # -- wrong, broken and refused files --------------------------------------------------------------------------
@@ -178,6 +243,27 @@ def bfl_files(tmp_path_factory):
     return files, state
 
 
+def bfl_output(model, variant="dev"):
+    tokens, text = 4, 3
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        return model(hidden_states=torch.randn(1, tokens, 16, generator=gen).bfloat16(),
+                     encoder_hidden_states=torch.randn(1, text, 32, generator=gen).bfloat16(),
+                     pooled_projections=torch.randn(1, 32, generator=gen).bfloat16(),
+                     timestep=torch.tensor([0.5]), img_ids=torch.zeros(tokens, 3), txt_ids=torch.zeros(text, 3),
+                     guidance=torch.tensor([3.5]) if variant == "dev" else None).sample
+
+
+def diffusers_single_file(path, dtype):
+    """diffusers' own from_single_file with the engine's config overrides: the reference the streamed load must
+    match (it holds the whole file in memory, so it is only used on small files)."""
+    from diffusers import FluxTransformer2DModel
+
+    overrides = loading._transformer_overrides(weights.read_index(path, "flux_transformer"))
+    return FluxTransformer2DModel.from_single_file(str(path), config=str(loading.CONFIG_DIR / "transformer"),
+                                                   local_files_only=True, torch_dtype=dtype, **overrides).eval()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["plain", "prefixed", "fp8", "schnell"])
 def test_bfl_transformer_files(bfl_files, kind):
@@ -189,15 +275,47 @@ def test_bfl_transformer_files(bfl_files, kind):
     assert cfg.num_attention_heads * cfg.attention_head_dim == 3072
     assert not any(p.is_meta for p in model.parameters())
     expected = state["img_in.weight"]
-    if kind == "fp8":
-        expected = expected.to(torch.float8_e4m3fn).to(torch.bfloat16)
+    if kind == "fp8":  # the file's own precision is kept: fp8 weights, bf16 biases, computed in bf16
+        expected = expected.to(torch.float8_e4m3fn)
+        assert model.x_embedder.bias.dtype == torch.bfloat16 and model.dtype == torch.bfloat16
     if kind != "schnell":
         torch.testing.assert_close(model.x_embedder.weight, expected, rtol=0, atol=0)
-    tokens, text = 4, 3
-    with torch.no_grad():
-        out = model(hidden_states=torch.randn(1, tokens, 16, dtype=torch.bfloat16),
-                    encoder_hidden_states=torch.randn(1, text, 32, dtype=torch.bfloat16),
-                    pooled_projections=torch.randn(1, 32, dtype=torch.bfloat16),
-                    timestep=torch.tensor([0.5]), img_ids=torch.zeros(tokens, 3), txt_ids=torch.zeros(text, 3),
-                    guidance=torch.tensor([3.5]) if variant == "dev" else None).sample
-    assert out.shape == (1, tokens, 16) and torch.isfinite(out).all()
+    out = bfl_output(model, variant)
+    assert out.shape == (1, 4, 16) and torch.isfinite(out).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["prefixed", "fp8"])
+def test_bfl_streamed_in_compute_dtype_equals_diffusers_from_single_file(bfl_files, kind):
+    """Key conversion (fused qkv split, scale/shift swap) and dtype, tensor for tensor, against diffusers."""
+    files, _ = bfl_files
+    model, _ = loading.load_transformer(files[kind], torch.bfloat16, "compute")
+    _same_params(model, diffusers_single_file(files[kind], torch.bfloat16))
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+@pytest.mark.slow
+def test_fp8_file_kept_fp8_computes_like_diffusers_in_bf16(bfl_files):
+    """fp8 -> bf16 is exact, so the fp8-stored model (cast layer by layer) gives diffusers' bf16 model's output
+    bit for bit, in about half the memory."""
+    files, _ = bfl_files
+    model, _ = loading.load_transformer(files["fp8"], torch.bfloat16)
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    assert linears and all(m.weight.dtype == torch.float8_e4m3fn for m in linears)
+    reference = diffusers_single_file(files["fp8"], torch.bfloat16)
+    assert torch.equal(bfl_output(model), bfl_output(reference))
+    assert models_mod.modules_bytes([model]) < 0.55 * models_mod.modules_bytes([reference])
+
+
+@pytest.mark.slow
+def test_bf16_file_with_fp8_storage_is_cast_tensor_by_tensor(bfl_files):
+    files, state = bfl_files
+    model, _ = loading.load_transformer(files["plain"], torch.bfloat16, "fp8")
+    assert all(m.weight.dtype == torch.float8_e4m3fn for m in model.modules() if type(m) is torch.nn.Linear)
+    assert torch.equal(model.x_embedder.weight.view(torch.uint8), state["img_in.weight"].to(torch.float8_e4m3fn)
+                       .view(torch.uint8))
+    reference = diffusers_single_file(files["plain"], torch.bfloat16)
+    for module in reference.modules():  # the same weights rounded through fp8, computed in bf16
+        if type(module) is torch.nn.Linear:
+            module.weight.data = module.weight.data.to(torch.float8_e4m3fn).to(torch.bfloat16)
+    assert torch.equal(bfl_output(model), bfl_output(reference))

@@ -8,6 +8,7 @@ facts of those formats; the mapping below only writes test files and is not used
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -110,40 +111,128 @@ def vae_state_ldm(vae) -> dict:
     return out
 
 
-def bfl_transformer_state(guidance: bool, in_channels: int = 4 * LATENT_CHANNELS, joint: int = JOINT_WIDTH,
-                          pooled: int = POOLED_WIDTH, prefix: str = "", dtype=torch.bfloat16, seed: int = 4) -> dict:
-    """A random FLUX transformer under BFL key names: width 3072 (diffusers' converter assumes it),
-    1 double + 1 single block."""
+def bfl_shapes(guidance: bool, in_channels: int = 4 * LATENT_CHANNELS, joint: int = JOINT_WIDTH,
+               pooled: int = POOLED_WIDTH, double: int = 1, single: int = 1) -> dict[str, tuple[int, ...]]:
+    """Key names and shapes of a FLUX transformer under BFL names at width 3072 (diffusers' converter assumes
+    it): weights, biases and the qk-norm scales."""
     w, mlp, head = 3072, 4 * 3072, 128
-    shapes = {
+    linears = {
         "img_in": (w, in_channels), "txt_in": (w, joint),
         "time_in.in_layer": (w, 256), "time_in.out_layer": (w, w),
         "vector_in.in_layer": (w, pooled), "vector_in.out_layer": (w, w),
         "final_layer.linear": (in_channels, w), "final_layer.adaLN_modulation.1": (2 * w, w),
-        "single_blocks.0.linear1": (3 * w + mlp, w), "single_blocks.0.linear2": (w, w + mlp),
-        "single_blocks.0.modulation.lin": (3 * w, w),
     }
     if guidance:
-        shapes.update({"guidance_in.in_layer": (w, 256), "guidance_in.out_layer": (w, w)})
-    for stream in ("img", "txt"):
-        shapes.update({f"double_blocks.0.{stream}_mod.lin": (6 * w, w), f"double_blocks.0.{stream}_attn.qkv": (3 * w, w),
-                       f"double_blocks.0.{stream}_attn.proj": (w, w), f"double_blocks.0.{stream}_mlp.0": (mlp, w),
-                       f"double_blocks.0.{stream}_mlp.2": (w, mlp)})
+        linears.update({"guidance_in.in_layer": (w, 256), "guidance_in.out_layer": (w, w)})
+    norms = []
+    for i in range(double):
+        for stream in ("img", "txt"):
+            p = f"double_blocks.{i}.{stream}"
+            linears.update({f"{p}_mod.lin": (6 * w, w), f"{p}_attn.qkv": (3 * w, w), f"{p}_attn.proj": (w, w),
+                            f"{p}_mlp.0": (mlp, w), f"{p}_mlp.2": (w, mlp)})
+            norms.append(f"{p}_attn.norm")
+    for i in range(single):
+        p = f"single_blocks.{i}"
+        linears.update({f"{p}.linear1": (3 * w + mlp, w), f"{p}.linear2": (w, w + mlp),
+                        f"{p}.modulation.lin": (3 * w, w)})
+        norms.append(f"{p}.norm")
+    shapes = {}
+    for name, shape in linears.items():
+        shapes[f"{name}.weight"], shapes[f"{name}.bias"] = shape, (shape[0],)
+    for norm in norms:
+        shapes[f"{norm}.query_norm.scale"] = shapes[f"{norm}.key_norm.scale"] = (head,)
+    return shapes
+
+
+def bfl_transformer_state(guidance: bool, in_channels: int = 4 * LATENT_CHANNELS, joint: int = JOINT_WIDTH,
+                          pooled: int = POOLED_WIDTH, prefix: str = "", dtype=torch.bfloat16, seed: int = 4) -> dict:
+    """A random FLUX transformer under BFL key names: width 3072, 1 double + 1 single block."""
     gen = torch.Generator().manual_seed(seed)
     state = {}
-    for name, shape in shapes.items():
-        state[f"{prefix}{name}.weight"] = (torch.randn(shape, generator=gen) * 0.02).to(dtype)
-        state[f"{prefix}{name}.bias"] = (torch.randn(shape[0], generator=gen) * 0.02).to(dtype)
-    norms = ["double_blocks.0.img_attn.norm", "double_blocks.0.txt_attn.norm", "single_blocks.0.norm"]
-    for norm in norms:
-        for which in ("query_norm", "key_norm"):
-            state[f"{prefix}{norm}.{which}.scale"] = torch.ones(head, dtype=dtype)
+    for name, shape in bfl_shapes(guidance, in_channels, joint, pooled).items():
+        value = torch.ones(shape) if name.endswith(".scale") else torch.randn(shape, generator=gen) * 0.02
+        state[f"{prefix}{name}"] = value.to(dtype)
     return state
 
 
 def write_safetensors(path: Path, state: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path))
+    return path
+
+
+# -- bigger files written tensor by tensor (the model is never held in memory) ---------------------------------
+
+SAFETENSORS_BYTES = {"F32": 4, "BF16": 2, "F16": 2, "F8_E4M3": 1}
+
+
+class RandomBytes:
+    """Random values of each dtype from one small pool per dtype, rotated from tensor to tensor."""
+
+    def __init__(self, elements: int = 1 << 22, seed: int = 0):
+        values = torch.randn(elements, generator=torch.Generator().manual_seed(seed)) * 0.02
+        pools = {"F32": values, "BF16": values.bfloat16(), "F16": values.half(), "F8_E4M3": values.to(torch.float8_e4m3fn)}
+        self.pools = {k: memoryview(v.view(torch.uint8).numpy()).cast("B") for k, v in pools.items()}
+        self.turn = 0
+
+    def write(self, out, dtype: str, nbytes: int) -> None:
+        pool, step = self.pools[dtype], SAFETENSORS_BYTES[dtype]
+        self.turn = (self.turn + 4099) % (len(pool) // step // 2)
+        start = self.turn * step
+        while nbytes > 0:
+            chunk = pool[start: start + nbytes]
+            out.write(chunk)
+            nbytes -= len(chunk)
+            start = 0
+
+
+def write_safetensors_streamed(path: Path, shapes: dict, dtypes: dict, fill: RandomBytes | None = None) -> Path:
+    """A safetensors file as the format is laid out (8-byte header length, JSON header, raw bytes), tensor by
+    tensor. dtypes: safetensors dtype names (F8_E4M3, BF16, F32, F16)."""
+    header, offset = {}, 0
+    for name, shape in shapes.items():
+        size = SAFETENSORS_BYTES[dtypes[name]] * math.prod(shape)
+        header[name] = {"dtype": dtypes[name], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    fill = fill or RandomBytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as out:
+        out.write(len(text).to_bytes(8, "little") + text)
+        for name, shape in shapes.items():
+            fill.write(out, dtypes[name], SAFETENSORS_BYTES[dtypes[name]] * math.prod(shape))
+    return path
+
+
+def write_gguf_streamed(path: Path, shapes: dict, qtype: str) -> Path:
+    """A GGUF file as city96's are (matrices whose rows fill whole blocks in `qtype`, the rest F32), each tensor
+    tiled from one pool of valid random blocks and written in turn."""
+    import gguf
+    import numpy as np
+
+    kind = gguf.GGMLQuantizationType[qtype]
+    block, size = gguf.GGML_QUANT_SIZES[kind]
+    rng = np.random.default_rng(0)
+    pool = random_blocks(rng, 64, 256 * block, kind).reshape(-1)
+    vectors = rng.standard_normal(1 << 20).astype(np.float32) * 0.02
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(path), "flux")
+    plan = []
+    for name, shape in shapes.items():
+        if len(shape) == 2 and shape[1] % block == 0:
+            row = shape[1] // block * size
+            writer.add_tensor_info(name, (shape[0], row), np.dtype(np.uint8), shape[0] * row, raw_dtype=kind)
+            plan.append((pool, (shape[0], row)))
+        else:
+            writer.add_tensor_info(name, shape, np.dtype(np.float32), 4 * math.prod(shape))
+            plan.append((vectors, shape))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for source, shape in plan:
+        writer.write_tensor_data(np.resize(source, shape))
+    writer.close()
     return path
 
 

@@ -1,0 +1,272 @@
+"""Weights streamed from a file into a model built on the meta device: one copy, a tensor at a time.
+
+Each tensor goes from the file to its storage dtype on its final device and into the model through accelerate's
+`set_module_tensor_to_device`, the way accelerate's `load_checkpoint_and_dispatch` and ComfyUI's loader work: no
+state dict of the whole file, no copy of the model in another dtype. A process holds the model plus the tensor in
+flight. safetensors files are read with pread(2): the default mmap backend maps the file private and writable,
+which the kernel counts as the process's private data (RLIMIT_DATA) for as long as the file is open. GGUF files
+are memory-mapped read-only by the gguf package, and only the rows a tensor needs are copied out.
+
+BFL and LDM key names are converted by diffusers' own single-file converters, run on stand-ins that hold row
+numbers instead of weights (a few MB for a full FLUX transformer), so the result says which rows of which file
+tensor each model tensor takes, and only then are the real tensors read, under their converted names.
+"""
+
+from __future__ import annotations
+
+import logging
+from bisect import bisect_right
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .weights import SCALE_SUFFIXES, TensorIndex, WeightsError, open_safetensors
+
+log = logging.getLogger(__name__)
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
+    "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
+GGUF_PLAIN = {"F32": torch.float32, "F16": torch.float16}  # diffusers keeps these as plain tensors
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Where one model tensor comes from: rows [start, stop) of file keys (index keys, without the index prefix),
+    joined in order. Most tensors are one whole file tensor; fused qkv layers give row ranges."""
+
+    parts: tuple[tuple[str, int, int], ...]
+
+    @property
+    def key(self) -> str:
+        return self.parts[0][0]
+
+
+class WeightFile:
+    """One weight file (or its part of an all-in-one checkpoint) opened for reading tensor by tensor."""
+
+    def __init__(self, index: TensorIndex, device: torch.device | str = "cpu"):
+        self.index, self.device = index, torch.device(device)
+        self._stack = ExitStack()
+        self._check_scales()
+
+    def __enter__(self) -> "WeightFile":
+        if self.index.is_gguf:
+            from gguf import GGUFReader
+
+            self._gguf = {t.name: t for t in GGUFReader(str(self.index.path)).tensors}  # read-only memory map
+        else:
+            self._file = self._stack.enter_context(open_safetensors(self.index.path))
+        return self
+
+    def __exit__(self, *exc):
+        self._stack.close()
+        self._gguf = self._file = None
+
+    @property
+    def name(self) -> str:
+        return str(self.index.path)
+
+    def keys(self) -> list[str]:
+        """The file's tensors, without the scaled-fp8 extras (scales are applied when their weight is read)."""
+        return [k for k in self.index.shapes if not k.endswith(SCALE_SUFFIXES)]
+
+    def rows(self, key: str) -> int:
+        shape = self.index.shapes[key]
+        return shape[0] if shape else 1
+
+    def dtype(self, key: str) -> torch.dtype | None:
+        """The tensor's dtype in the file; None for GGUF quantized blocks (they stay quantized)."""
+        name = self.index.dtypes.get(key, "F32")
+        return GGUF_PLAIN.get(name) if self.index.is_gguf else SAFETENSORS_DTYPES.get(name, torch.float32)
+
+    def quant_type(self, key: str):
+        """A GGUF tensor's GGMLQuantizationType."""
+        return self._gguf[self.index.prefix + key].tensor_type
+
+    def scaled(self, key: str) -> bool:
+        return key.endswith(".weight") and f"{key[:-len('weight')]}scale_weight" in self.index.shapes
+
+    def _check_scales(self) -> None:
+        for key, shape in self.index.shapes.items():
+            if not key.endswith(".scale_weight"):
+                continue
+            weight = key[: -len("scale_weight")] + "weight"
+            numel = torch.Size(shape).numel()
+            if weight not in self.index.shapes or (numel > 1 and numel != self.rows(weight)):
+                raise WeightsError(f"{self.name}: {key} matches no weight it could scale; the file is not in "
+                                   "ComfyUI's scaled fp8 layout.")
+
+    def _raw(self, key: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of a tensor as stored, in private CPU memory (just those bytes)."""
+        whole = (start, stop) == (0, self.rows(key))
+        name = self.index.prefix + key
+        if not self.index.is_gguf:
+            return self._file.get_tensor(name) if whole else self._file.get_slice(name)[start:stop]
+        import numpy as np
+
+        tensor = self._gguf[name]
+        data = torch.from_numpy(np.array(tensor.data if whole else tensor.data[start:stop]))
+        if self.dtype(key) is not None:
+            return data
+        from diffusers.quantizers.gguf.utils import GGUFParameter
+
+        return GGUFParameter(data, quant_type=tensor.tensor_type)
+
+    def _scale(self, key: str, start: int, stop: int) -> torch.Tensor:
+        scale = self._file.get_tensor(self.index.prefix + key[: -len("weight")] + "scale_weight")
+        scale = scale.to(self.device, torch.float32)
+        if scale.numel() == 1:
+            return scale.reshape(())
+        return scale.reshape(-1)[start:stop].reshape(-1, *[1] * (len(self.index.shapes[key]) - 1))
+
+    def read(self, piece: Piece, dtype: torch.dtype | None) -> torch.Tensor:
+        """The piece on this file's device in `dtype` (None: as stored). Each part moves to the device first and
+        is scaled and cast there, so a GPU-bound tensor never has a second copy in RAM."""
+        out = []
+        for key, start, stop in piece.parts:
+            value = self._raw(key, start, stop)
+            if value.device != self.device:
+                value = value.to(self.device)
+            if self.scaled(key):
+                value = value.float() * self._scale(key, start, stop)
+            if dtype is not None and value.dtype != dtype and type(value) is torch.Tensor:
+                value = value.to(dtype)
+            out.append(value)
+        return out[0] if len(out) == 1 else torch.cat(out)
+
+
+# -- names: which file rows each model tensor takes ---------------------------------------------------------
+
+def whole_pieces(source: WeightFile, rename: Callable[[str], str] = lambda k: k) -> dict[str, Piece]:
+    """File tensors under their own names (or `rename`d ones), whole."""
+    return {rename(k): Piece(((k, 0, source.rows(k)),)) for k in source.keys()}
+
+
+def converted_pieces(source: WeightFile, convert: Callable[[dict], dict]) -> dict[str, Piece]:
+    """Run a diffusers key converter (BFL -> diffusers, LDM -> diffusers) on stand-ins: one small int64 tensor per
+    file tensor holding its row numbers, with its trailing dimensions of size one. Converters that pick, split,
+    swap and join rows, or index away size-one dimensions, give stand-ins that name exactly the rows they took."""
+    keys = source.keys()
+    starts, offset, standins = [], 0, {}
+    for key in keys:
+        rows, dims = source.rows(key), len(source.index.shapes[key])
+        standins[key] = torch.arange(offset, offset + rows).reshape(rows, *[1] * max(dims - 1, 0))
+        starts.append(offset)
+        offset += rows
+    try:
+        converted = convert(dict(standins))
+    except Exception as exc:
+        raise WeightsError(f"{source.name}: diffusers could not convert its key names ({type(exc).__name__}: "
+                           f"{exc}); the file may be incomplete or another model.") from exc
+    rows = [source.rows(k) for k in keys]
+    return {name: _piece(name, ids, keys, starts, rows, source.name)
+            for name, ids in converted.items() if isinstance(ids, torch.Tensor)}
+
+
+def _piece(name: str, ids: torch.Tensor, keys: list[str], starts: list[int], rows: list[int], path: str) -> Piece:
+    """The stand-in a converter returned for `name`, read back as runs of consecutive rows of file tensors."""
+    if ids.dtype != torch.int64 or ids.ndim == 0 or ids.shape[0] != ids.numel():
+        raise WeightsError(f"{path}: the key converter reshaped {name} beyond picking rows; this pack cannot "
+                           "stream it (please report the file).")
+    ids = ids.reshape(-1)
+    breaks = (torch.nonzero(ids[1:] - ids[:-1] != 1).reshape(-1) + 1).tolist()
+    edges = [0, *breaks, ids.numel()]
+    parts = []
+    for a, b in zip(edges, edges[1:]):
+        low, high = int(ids[a]), int(ids[b - 1]) + 1
+        while low < high:  # a run may cross from one file tensor into the next
+            k = bisect_right(starts, low) - 1
+            end = min(high, starts[k] + rows[k])
+            parts.append((keys[k], low - starts[k], end - starts[k]))
+            low = end
+    return Piece(tuple(parts))
+
+
+# -- into the model -------------------------------------------------------------------------------------------
+
+DtypeOf = Callable[[str, torch.dtype, bool], torch.dtype]  # (model name, file dtype, scaled) -> storage dtype
+
+
+def stream_into(model: torch.nn.Module, pieces: dict[str, Piece], source: WeightFile, dtype_of: DtypeOf,
+                quantizer=None) -> set[str]:
+    """Read every tensor `model` (built on meta) has a piece for, in its storage dtype on the source's device,
+    and put it in place. A piece wanted under several names (tied weights) is read once and shared. GGUF blocks
+    go through diffusers' GGUF quantizer. Returns the model names filled."""
+    from accelerate.utils import set_module_tensor_to_device
+
+    placed: dict[Piece, str] = {}
+    loaded: set[str] = set()
+    for name, meta in model.state_dict(keep_vars=True).items():
+        piece = pieces.get(name)
+        if piece is None:
+            continue
+        if piece in placed:
+            _share(model, name, placed[piece])
+            loaded.add(name)
+            continue
+        file_dtype = source.dtype(piece.key)
+        value = source.read(piece, None if file_dtype is None else dtype_of(name, file_dtype,
+                                                                            source.scaled(piece.key)))
+        if file_dtype is None:
+            _check_gguf_shape(quantizer, name, meta, value, source, piece)
+            quantizer.create_quantized_param(model, value, name, source.device)
+        else:
+            value = _fit(value, meta, name, source, piece)
+            set_module_tensor_to_device(model, name, source.device, value=value, dtype=value.dtype,
+                                        clear_cache=False)
+        placed[piece] = name
+        loaded.add(name)
+    return loaded
+
+
+def _fit(value: torch.Tensor, meta: torch.Tensor, name: str, source: WeightFile, piece: Piece) -> torch.Tensor:
+    """The value in the model's shape: equal, or differing by size-one dimensions only (an LDM attention stored as
+    a 1x1 convolution where diffusers has a Linear)."""
+    if value.shape == meta.shape:
+        return value
+    if [d for d in value.shape if d != 1] == [d for d in meta.shape if d != 1]:
+        return value.reshape(meta.shape)
+    raise WeightsError(f"{source.name}: tensor {piece.key} has shape {tuple(value.shape)} but the model needs "
+                       f"{tuple(meta.shape)} for {name}; is it the right file for this slot?")
+
+
+def _check_gguf_shape(quantizer, name, meta, value, source: WeightFile, piece: Piece) -> None:
+    try:
+        quantizer.check_quantized_param_shape(name, meta, value)
+    except ValueError as exc:
+        raise WeightsError(f"{source.name}: tensor {piece.key}: {exc}; is it the right file for this slot?") from None
+
+
+def _module_and_leaf(model: torch.nn.Module, name: str):
+    path, _, leaf = name.rpartition(".")
+    return (model.get_submodule(path) if path else model), leaf
+
+
+def _share(model: torch.nn.Module, name: str, source_name: str) -> None:
+    """Make `name` the very tensor already placed under `source_name` (tied weights: one tensor, two names)."""
+    owner, leaf = _module_and_leaf(model, source_name)
+    target, target_leaf = _module_and_leaf(model, name)
+    if leaf in owner._parameters:
+        target._parameters[target_leaf] = owner._parameters[leaf]
+    else:
+        target._buffers[target_leaf] = owner._buffers[leaf]
+
+
+def finish(model: torch.nn.Module, loaded: set[str], source: WeightFile, what: str) -> torch.nn.Module:
+    """Refuse a model with tensors left on meta (the file lacks them), naming the first; move the buffers the
+    model made itself (non-persistent ones, such as position ids) to the device. Unused file tensors are logged."""
+    missing = [n for n, t in model.state_dict(keep_vars=True).items() if t.is_meta and n not in loaded]
+    missing += [n for n, t in model.named_parameters() if t.is_meta and n not in missing]
+    if missing:
+        raise WeightsError(f"{source.name}: lacks {len(missing)} of the tensors {what} needs (first: {missing[0]}); "
+                           "is it the right file for this slot?")
+    for module in model.modules():
+        for key, buffer in module._buffers.items():
+            if buffer is not None and buffer.device != source.device:
+                module._buffers[key] = buffer.to(source.device)
+    return model
