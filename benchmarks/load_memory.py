@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -214,7 +215,7 @@ FORMATS = {
     "checkpoint": Format("checkpoint", "all-in-one: model.diffusion_model.* fp8 + vae.* bf16",
                          [Run("comfyui"), Run("pack")], checkpoint=True),
     "fp8-scaled": Format("fp8-scaled", "dev, ComfyUI scaled fp8 (scale_weight per matrix)",
-                         [Run("comfyui"), Run("pack")]),
+                         [Run("comfyui"), Run("pack", "fp8"), Run("pack")]),
 }
 DEFAULT_FORMATS = ["fp8", "fp8-schnell", "bf16", "gguf-q8_0", "gguf-q4_k", "checkpoint"]
 
@@ -298,14 +299,28 @@ def read_status(pid) -> dict[str, int]:
 
 
 def module_bytes(modules) -> int:
-    """Bytes of every distinct parameter and buffer (quantized GGUF blocks count as stored)."""
+    """Bytes of every distinct parameter and buffer as stored: GGUF blocks as quantized, and a tensor subclass
+    (ComfyUI's QuantizedTensor for scaled fp8) by the tensors inside it, not by its logical dtype."""
     seen, total = set(), 0
     for module in modules:
         for t in (*module.parameters(), *module.buffers()):
-            if t.data_ptr() not in seen or t.device.type == "meta":
-                seen.add(t.data_ptr())
-                total += t.numel() * t.element_size()
+            for inner in stored_tensors(t):
+                key = (inner.data_ptr(), inner.device.type) if inner.device.type != "meta" else id(inner)
+                if key not in seen:
+                    seen.add(key)
+                    total += inner.numel() * inner.element_size()
     return total
+
+
+def stored_tensors(t) -> list:
+    data = t.data if type(t).__name__ == "Parameter" else t
+    if hasattr(data, "__tensor_flatten__") and type(data).__tensor_flatten__ is not None:
+        try:
+            names, _ = data.__tensor_flatten__()
+        except Exception:  # a subclass that defines the hook but cannot flatten this instance
+            return [data]
+        return [x for name in names for x in stored_tensors(getattr(data, name))]
+    return [data]
 
 
 def child_pack(job: dict):
@@ -447,28 +462,49 @@ class Row:
 
 
 def measure_format(fmt: Format, path: Path, vae: Path, args) -> list[Row]:
-    rows = []
-    size = path.stat().st_size
-    for run in fmt.runs:
-        if run.loader == "comfyui" and not args.comfyui:
-            continue
-        if run.loader == "comfyui" and fmt.comfyui_note:
-            rows.append(Row(fmt.name, size / GIB, "ComfyUI", run.storage, {"error": fmt.comfyui_note}))
-            continue
-        if not args.small and args.device == "cpu" and not wait_for_memory(args.need_gib, args.patience):
-            rows.append(Row(fmt.name, size / GIB, run.loader, run.storage, {"error": "not run: RAM not free"}))
-            continue
-        warm_s = warm(path) + (0 if fmt.checkpoint else warm(vae))
-        job = dict(loader=run.loader, storage=run.storage, device=args.device, transformer=str(path),
-                   vae=str(path if fmt.checkpoint else vae), checkpoint=fmt.checkpoint, comfyui=args.comfyui)
-        python = args.comfyui_python if run.loader == "comfyui" else sys.executable
-        cap = None if args.device != "cpu" else max(available_bytes() - GIB, 2 * GIB)
-        print(f"  {fmt.name}: {run.loader} storage={run.storage} (cache warmed in {warm_s:.1f} s"
-              + (f", private RAM cap {cap / GIB:.1f} GiB)" if cap else ")"), flush=True)
-        result = run_child(python, job, cap, args.timeout)
-        print("    " + describe(result), flush=True)
-        rows.append(Row(fmt.name, size / GIB, "pack" if run.loader == "pack" else "ComfyUI", run.storage, result))
-    return rows
+    """Every run of the format, --repeats times round-robin (so a change in the shared machine's load hits
+    every loader alike)."""
+    size, results = path.stat().st_size, {i: [] for i in range(len(fmt.runs))}
+    for _ in range(args.repeats):
+        for i, run in enumerate(fmt.runs):
+            if run.loader == "comfyui" and not args.comfyui:
+                continue
+            if run.loader == "comfyui" and fmt.comfyui_note:
+                results[i] = [{"error": fmt.comfyui_note}]
+                continue
+            if results[i] and "error" in results[i][-1]:
+                continue  # a load that failed once is not retried
+            results[i].append(measure_once(fmt, run, path, vae, args))
+    return [Row(fmt.name, size / GIB, "pack" if run.loader == "pack" else "ComfyUI", run.storage, combine(results[i]))
+            for i, run in enumerate(fmt.runs) if results[i]]
+
+
+def measure_once(fmt: Format, run: Run, path: Path, vae: Path, args) -> dict:
+    if not args.small and args.device == "cpu" and not wait_for_memory(args.need_gib, args.patience):
+        return {"error": "not run: RAM not free"}
+    warm_s = warm(path) + (0 if fmt.checkpoint else warm(vae))
+    job = dict(loader=run.loader, storage=run.storage, device=args.device, transformer=str(path),
+               vae=str(path if fmt.checkpoint else vae), checkpoint=fmt.checkpoint, comfyui=args.comfyui)
+    python = args.comfyui_python if run.loader == "comfyui" else sys.executable
+    cap = None if args.device != "cpu" else max(available_bytes() - GIB, 2 * GIB)
+    print(f"  {fmt.name}: {run.loader} storage={run.storage} (cache warmed in {warm_s:.1f} s"
+          + (f", private RAM cap {cap / GIB:.1f} GiB)" if cap else ")"), flush=True)
+    result = run_child(python, job, cap, args.timeout)
+    print("    " + describe(result), flush=True)
+    return result
+
+
+def combine(results: list[dict]) -> dict:
+    """Repeats of one load: median seconds, the highest peaks, the lowest baseline; an error wins."""
+    errors = [r for r in results if "error" in r]
+    if errors:
+        return errors[0]
+    out = {"seconds": statistics.median(r["seconds"] for r in results), "all_seconds": [r["seconds"] for r in results],
+           "kept": results[0]["kept"], "baseline_anon": min(r["baseline_anon"] for r in results)}
+    for key in ("peak_anon", "peak_file", "vram_peak"):
+        if key in results[0]:
+            out[key] = max(r[key] for r in results)
+    return out
 
 
 def describe(result: dict) -> str:
@@ -523,6 +559,7 @@ def main() -> None:
     parser.add_argument("--need-gib", type=float, default=14.0, help="MemAvailable wanted before a full-size load")
     parser.add_argument("--patience", type=float, default=1800, help="seconds to wait for that RAM")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds one load may take")
+    parser.add_argument("--repeats", type=int, default=1, help="loads of each kind per file, round-robin (median time)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -550,7 +587,7 @@ def main() -> None:
     machine = (torch.cuda.get_device_name() if args.device != "cpu" else
                f"{os.cpu_count()} cores, {_total_ram() / GIB:.0f} GiB RAM")
     title = (f"{'1+1-block' if args.small else 'Full-size'} FLUX.1 loads, {args.device}, {machine}, "
-             f"warm page cache, {time.strftime('%Y-%m-%d')}")
+             f"warm page cache, median of {args.repeats} load(s), {time.strftime('%Y-%m-%d')}")
     print_table(rows, title, args.device != "cpu")
     if args.json:
         args.json.write_text(json.dumps({"title": title, "rows": [r.__dict__ for r in rows]}, indent=1))
