@@ -116,8 +116,10 @@ class FluxReduxLoadModel:
                 "auto: read from the weights (a guidance embedding means dev). Sets the step range and the "
                 "scheduler: dev 1-50 steps with guidance, schnell 1-12 steps without.")}),
             "weight_dtype": (WEIGHT_DTYPE_CHOICES, {"default": "default", "tooltip": (
-                "default: bf16 on CUDA, fp32 on CPU. bf16/fp16/fp32: that compute dtype. fp8: transformer "
-                "weights stored in float8 (about half the VRAM), computed in the default dtype.")}),
+                "default: bf16 on CUDA, fp32 on CPU. bf16/fp16/fp32: that compute dtype. The weights keep the "
+                "file's precision (an fp8 file stays fp8, computed layer by layer in that dtype). fp8: every "
+                "transformer weight stored in float8 (about half the VRAM of bf16), computed in the default "
+                "dtype.")}),
             "offload": (params.OFFLOAD_CHOICES, {"default": "auto", "tooltip": (
                 "auto: fit the card from the file sizes and free VRAM (all on the GPU, else fp8 weights, else "
                 "group, else sequential; the choice is in the log and in info). none: all on the GPU. model: "

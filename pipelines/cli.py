@@ -80,7 +80,8 @@ def add_variation_parser(sub) -> argparse.ArgumentParser:
     v.add_argument("--device", default=LOAD_DEFAULTS.device, help="auto, cpu, cuda, cuda:1, mps")
     v.add_argument("--dtype", choices=params.DTYPE_CHOICES, default=LOAD_DEFAULTS.dtype, help="compute dtype")
     v.add_argument("--weight-storage", choices=params.WEIGHT_STORAGE_CHOICES, default=LOAD_DEFAULTS.weight_storage,
-                   help="fp8 keeps transformer weights in float8 (about half the memory)")
+                   help="default: the file's own precision (an fp8 file stays fp8); fp8: every Linear weight in "
+                        "float8 (about half the memory); compute: all in --dtype")
     v.add_argument("--offload", choices=params.OFFLOAD_CHOICES, default=LOAD_DEFAULTS.offload,
                    help="where weights wait between uses on a GPU (see the README)")
     v.add_argument("--vae-tiling", choices=params.VAE_TILING_CHOICES, default=LOAD_DEFAULTS.vae_tiling)

@@ -33,7 +33,7 @@ class Footprint:
     matrix_params: int | None = None
     fp8_params: int = 0
 
-    def memory_bytes(self, bytes_per_param: int, storage: str = "compute") -> int:
+    def memory_bytes(self, bytes_per_param: int, storage: str = "default") -> int:
         """Bytes once loaded with `storage` (params.WEIGHT_STORAGE_CHOICES) in a `bytes_per_param` compute dtype."""
         if self.quantized:
             return self.file_bytes

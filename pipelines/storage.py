@@ -88,6 +88,7 @@ def enable_weight_casting(model: torch.nn.Module, compute: torch.dtype) -> int:
         if module.weight.dtype not in FP8_DTYPES:
             continue
         count += 1
+        module.compute_dtype = compute  # read by peft: a LoRA on this layer is kept in it, not in fp8
         registry = HookRegistry.check_if_exists_or_initialize(module)
         if registry.get_hook(_LAYERWISE_CASTING_HOOK) is None:
             registry.register_hook(_hook_class()(module.weight.dtype, compute), _LAYERWISE_CASTING_HOOK)

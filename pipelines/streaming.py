@@ -258,10 +258,10 @@ def _share(model: torch.nn.Module, name: str, source_name: str) -> None:
 
 
 def finish(model: torch.nn.Module, loaded: set[str], source: WeightFile, what: str) -> torch.nn.Module:
-    """Refuse a model with tensors left on meta (the file lacks them), naming the first; move the buffers the
-    model made itself (non-persistent ones, such as position ids) to the device. Unused file tensors are logged."""
+    """Refuse a model with tensors left on meta that the file did not fill, naming the first; move the buffers
+    the model made itself (non-persistent ones, such as position ids) to the device."""
     missing = [n for n, t in model.state_dict(keep_vars=True).items() if t.is_meta and n not in loaded]
-    missing += [n for n, t in model.named_parameters() if t.is_meta and n not in missing]
+    missing += [n for n, t in model.named_parameters() if t.is_meta and n not in loaded and n not in missing]
     if missing:
         raise WeightsError(f"{source.name}: lacks {len(missing)} of the tensors {what} needs (first: {missing[0]}); "
                            "is it the right file for this slot?")

@@ -188,7 +188,7 @@ def check_values(index: TensorIndex, sample: int = 64) -> None:
             shape = values.get_shape()
             if not shape or 0 in shape:
                 continue
-            head = values[:1].reshape(-1)[:sample] if len(shape) > 1 else values[:sample]
+            head = values[:1].reshape(-1)[:sample] if len(shape) > 1 else values[:min(sample, shape[0])]
             if head.is_floating_point() and not torch.isfinite(head.float()).all():
                 raise WeightsError(f"{index.path}: tensor {key} holds NaN or infinite values; the file is "
                                    "corrupt (re-download it).")

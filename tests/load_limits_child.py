@@ -80,6 +80,25 @@ def engine_load(transformer: str, vae: str, storage: str, keep_bytes: int, facto
     return measure(lambda: models_mod.load_flux_model(spec, ModelCache()), keep_bytes, factor)
 
 
+def device_load(transformer: str, storage: str, device: str, cap_bytes: int) -> dict:
+    """The transformer loaded straight onto `device` (cuda on a GPU box; meta in CI, which holds nothing, so what
+    RAM the load takes is all transient) with private RAM capped at the baseline plus `cap_bytes`."""
+    sampler = probe.PeakSampler()
+    _warm_up()
+    base = sampler.reset()
+    limit = probe.cap_private_memory(cap_bytes)
+    start = time.perf_counter()
+    model, _ = loading.load_transformer(transformer, torch.bfloat16, storage, device)
+    seconds = time.perf_counter() - start
+    peak = sampler.stop()
+    return {"on_device": sum(t.numel() * t.element_size() for t in model.parameters()),
+            "cap_above_baseline": limit - base["VmData"],
+            "peak_anon_above_baseline": peak["RssAnon"] - base["RssAnon"],
+            "peak_data_above_baseline": peak["VmData"] - base["VmData"], "seconds": seconds,
+            "devices": sorted({str(p.device) for p in model.parameters()}),
+            "transformer_dtypes": sorted({str(p.dtype) for p in model.parameters()})}
+
+
 def node_load(models_root: str, transformer: str, vae: str, weight_dtype: str, keep_bytes: int,
               factor: float = 1.2) -> dict:
     """The loader node, then the model as Redux Generate gets it, inside a ComfyUI stand-in on the CPU (its

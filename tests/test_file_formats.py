@@ -111,6 +111,31 @@ def test_scaled_fp8_text_encoders_keep_their_scales(tmp_path):
         torch.testing.assert_close(t5[key], value, rtol=0, atol=0, msg=key)
 
 
+def test_plain_fp8_text_encoders_stay_fp8_and_encode_like_their_upcast(tmp_path):
+    """t5xxl_fp8_e4m3fn.safetensors as users have it: fp8 matrices kept fp8 (T5's `wo` in fp32, as transformers
+    keeps it), computed layer by layer; the prompt encodes exactly as with the same weights upcast to fp32."""
+    files = tm.write_text_encoders(tmp_path)
+    narrow = lambda state: {k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v for k, v in state.items()}  # noqa: E731
+    clip_state = {k if k.startswith("text_model.") else f"text_model.{k}": v
+                  for k, v in tm._contiguous(files["clip"].state_dict()).items()}
+    t5_state = {k: v for k, v in tm._contiguous(files["t5"].state_dict()).items() if k != "encoder.embed_tokens.weight"}
+    paths = {}
+    for name, state in (("clip", clip_state), ("t5", t5_state)):
+        paths[name] = tm.write_safetensors(tmp_path / "fp8" / f"{name}.safetensors", narrow(state))
+        paths[f"{name}_wide"] = tm.write_safetensors(tmp_path / "wide" / f"{name}.safetensors",
+                                                     {k: v.float() for k, v in narrow(state).items()})
+    options = loading.LoadOptions(device="cpu")
+    fp8 = text.load_text_encoders(text.TextEncoderSpec(str(paths["clip"]), str(paths["t5"]), str(files["folder"]),
+                                                       options), ModelCache())
+    wide = text.load_text_encoders(text.TextEncoderSpec(str(paths["clip_wide"]), str(paths["t5_wide"]),
+                                                        str(files["folder"]), options), ModelCache())
+    t5 = fp8.pipe.text_encoder_2
+    assert t5.encoder.block[0].layer[0].SelfAttention.q.weight.dtype == torch.float8_e4m3fn
+    assert t5.encoder.block[0].layer[1].DenseReluDense.wo.weight.dtype == F32
+    a, b = text.encode_prompt(fp8, "a photo of a cat"), text.encode_prompt(wide, "a photo of a cat")
+    assert torch.equal(a.embeds, b.embeds) and torch.equal(a.pooled, b.pooled)
+
+
 def test_other_scaled_layouts_are_refused_naming_the_file(tmp_path, models):
     state = tm._contiguous(models["sources"]["dev"].state_dict())
     state["transformer_blocks.0.ff.net.2.weight_scale"] = torch.ones(())
@@ -239,3 +264,38 @@ def test_auto_placement_keeps_a_gguf_that_fits_whole_even_with_fp8_asked():
     decided = placement.decide(placement.Footprint(12 * 10**9, 7 * 10**9, quantized=True), 2 * 10**8, 80 * 10**9,
                                2, "fp8")
     assert (decided.offload, decided.weight_storage) == ("none", "default")
+
+
+def test_a_lora_on_an_fp8_file_kept_fp8_computes_in_the_compute_dtype(tmp_path, models):
+    """fp8 files stay fp8 by default; a LoRA on them is held and computed in the compute dtype (peft would
+    otherwise cast it to the base layer's fp8)."""
+    from safetensors.torch import save_file
+
+    lora = submodule("pipelines.lora")
+    source = tm._contiguous(models["sources"]["dev"].state_dict())
+    path = tm.write_safetensors(tmp_path / "flux1-dev-fp8.safetensors",
+                                {k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v for k, v in source.items()})
+    gen = torch.Generator().manual_seed(0)
+    save_file({"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.randn(4, 128, generator=gen),
+               "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.randn(128, 4, generator=gen)},
+              str(tmp_path / "lora.safetensors"))
+    cache = ModelCache()
+    encoder = models_mod.load_redux_encoder(models_mod.ReduxEncoderSpec(str(models["files"]["redux"]),
+                                                                        str(models["files"]["siglip"])), cache)
+    cond = redux.encode(encoder, torch.rand(32, 32, 3))
+    run = params.validate_generation("dev", "custom", 256, 256, num_inference_steps=1, seed=1)
+
+    def flux(*loras):
+        spec = models_mod.FluxModelSpec(str(path), str(models["files"]["vae"]), options=loading.LoadOptions(
+            device="cpu"), loras=tuple(lora.LoraSpec(str(tmp_path / "lora.safetensors"), s) for s in loras))
+        return models_mod.load_flux_model(spec, cache)
+
+    plain = sampling.generate(flux(), cond, run).images
+    loads = cache.loads
+    with_lora = flux(1.0)
+    images = sampling.generate(with_lora, cond, run).images
+    to_q = with_lora.pipe.transformer.transformer_blocks[0].attn.to_q
+    assert to_q.base_layer.weight.dtype == torch.float8_e4m3fn
+    assert {p.dtype for n, p in to_q.named_parameters() if "lora_" in n} == {F32}
+    assert (images - plain).abs().max() > 1e-3
+    assert torch.equal(sampling.generate(flux(), cond, run).images, plain) and cache.loads == loads

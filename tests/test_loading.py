@@ -121,12 +121,21 @@ def test_compute_storage_equals_diffusers_and_fp8_storage_casts_a_wide_file(mode
     assert linear_dtypes(plain) == {F32}
 
 
+def test_fp8_storage_of_a_diffusers_folder(models):
+    model, _ = loading.load_transformer(models["folders"]["flux_dev"], F32, "fp8")
+    assert linear_dtypes(model) == {torch.float8_e4m3fn} and model.dtype == F32
+    reference = models["sources"]["dev"]
+    for name, value in model.state_dict().items():
+        assert torch.equal(value.float(), reference.state_dict()[name].to(value.dtype).float()), name
+
+
 def test_vae_streamed_from_ldm_names_equals_diffusers_from_single_file(models):
     from diffusers import AutoencoderKL
 
     path = models["files"]["vae"]
-    reference = AutoencoderKL.from_single_file(str(path), config=str(loading.CONFIG_DIR / "vae"), local_files_only=True,
-                                               torch_dtype=F32, **loading._vae_overrides(weights.read_index(path, "vae")))
+    overrides = loading._vae_overrides(weights.read_index(path, "vae"))
+    reference = AutoencoderKL.from_single_file(str(path), config=str(loading.CONFIG_DIR / "vae"),
+                                               local_files_only=True, torch_dtype=F32, **overrides)
     _same_params(loading.load_vae(path, F32), reference)
 
 

@@ -36,6 +36,25 @@ def test_memory_bytes_counts_every_weight(models):
                                          for t in (*m.parameters(), *m.buffers()))  # non-persistent buffers too
 
 
+def test_an_fp8_file_keeps_its_fp8_bytes_unless_a_wider_storage_is_asked(models, tmp_path):
+    """The file's own precision is the default: an fp8 file costs one byte a Linear weight, as in the file."""
+    import tiny_models as tm
+
+    source = tm._contiguous(models["sources"]["dev"].state_dict())
+    path = tm.write_safetensors(tmp_path / "flux1-dev-fp8.safetensors",
+                                {k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v for k, v in source.items()})
+    spec = lambda **o: models_mod.FluxModelSpec(str(path), str(models["files"]["vae"]),  # noqa: E731
+                                                options=loading.LoadOptions(device="cpu", **o))
+    vae = sum(t.numel() * 4 for t in models["sources"]["vae"].state_dict().values())
+    matrices = sum(v.numel() for v in source.values() if v.ndim == 2)
+    others = sum(v.numel() for v in source.values() if v.ndim != 2)
+    kept = models_mod.load_flux_model(spec(), ModelCache())
+    assert kept.memory_bytes() == matrices + 4 * others + vae
+    assert kept.placement.weight_storage == "default" and kept.compute_dtype == torch.float32
+    wide = models_mod.load_flux_model(spec(weight_storage="compute"), ModelCache())
+    assert wide.memory_bytes() == 4 * (matrices + others) + vae
+
+
 def test_cache_evicts_least_recently_used_over_its_byte_budget(models):
     one = models_mod.load_flux_model(flux_spec(models), ModelCache()).memory_bytes()
     cache = ModelCache(max_bytes=int(2.5 * one))

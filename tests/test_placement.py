@@ -65,6 +65,29 @@ def test_fp8_asked_for_is_kept_and_fp32_needs_more_room():
     assert (fp32.offload, fp32.weight_storage) == ("none", "fp8")  # 47.6 GB of fp32 weights do not fit
 
 
+def test_auto_counts_an_fp8_file_at_its_own_size():
+    """An fp8 file kept fp8 costs what the file holds (vectors in bf16), so it fits a 24 GB card unchanged, and
+    asking for the compute dtype (bf16) needs room for the whole bf16 model."""
+    matrices = FLUX_PARAMS - 30_000_000
+    fp8_file = placement.Footprint(FLUX_PARAMS, FLUX_PARAMS + 30_000_000, matrix_params=matrices, fp8_params=matrices)
+    kept = placement.decide(fp8_file, VAE_BYTES, int(23.5 * GB))
+    assert (kept.offload, kept.weight_storage) == ("none", "default")
+    assert "11.9 GB" in kept.reason
+    wide = placement.decide(fp8_file, VAE_BYTES, int(23.5 * GB), weight_storage="compute")
+    assert (wide.offload, wide.weight_storage) == ("group", "compute")
+
+
+def test_footprint_reads_fp8_weights_from_the_header(models, tmp_path):
+    source = tm._contiguous(models["sources"]["dev"].state_dict())
+    path = tm.write_safetensors(tmp_path / "fp8.safetensors",
+                                {k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v for k, v in source.items()})
+    footprint = weights.transformer_footprint(path)
+    matrices = sum(v.numel() for v in source.values() if v.ndim == 2)
+    assert (footprint.matrix_params, footprint.fp8_params) == (matrices, matrices)
+    assert footprint.memory_bytes(2) == matrices + 2 * (footprint.params - matrices)
+    assert footprint.memory_bytes(2, "compute") == 2 * footprint.params
+
+
 def test_no_cuda_device_means_no_offload():
     decision = placement.decide(FILES["bf16"], VAE_BYTES, None)
     assert (decision.offload, decision.weight_storage) == ("none", "default") and "no CUDA" in decision.reason

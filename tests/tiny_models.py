@@ -171,7 +171,8 @@ class RandomBytes:
 
     def __init__(self, elements: int = 1 << 22, seed: int = 0):
         values = torch.randn(elements, generator=torch.Generator().manual_seed(seed)) * 0.02
-        pools = {"F32": values, "BF16": values.bfloat16(), "F16": values.half(), "F8_E4M3": values.to(torch.float8_e4m3fn)}
+        pools = {"F32": values, "BF16": values.bfloat16(), "F16": values.half(),
+                 "F8_E4M3": values.to(torch.float8_e4m3fn)}
         self.pools = {k: memoryview(v.view(torch.uint8).numpy()).cast("B") for k, v in pools.items()}
         self.turn = 0
 

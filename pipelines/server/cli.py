@@ -48,7 +48,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="host or host:port that image URLs may reach even on a private address (repeatable)")
     s.add_argument("--dtype", choices=params.DTYPE_CHOICES, default="auto", help="compute dtype of the workers")
     s.add_argument("--weight-storage", choices=params.WEIGHT_STORAGE_CHOICES, default="default",
-                   help="fp8 keeps transformer weights in float8 (about half the VRAM)")
+                   help="default: the file's own precision (an fp8 file stays fp8); fp8: every Linear weight in "
+                        "float8 (about half the memory); compute: all in --dtype")
     s.add_argument("--offload", choices=params.OFFLOAD_CHOICES, default=params.OFFLOAD_CHOICES[0],
                    help="where weights wait between uses on a GPU; auto fits the card (see the README)")
     s.add_argument("--engine", help=argparse.SUPPRESS)  # module:callable stand-in engine (load benchmark)
