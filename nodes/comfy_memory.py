@@ -11,19 +11,38 @@ ComfyUI's memory manager decides where the weights of a cached model live, as it
   them (it can only stream its own layer types), so the model computes where it is: use offload sequential.
 - offload model / sequential / group: diffusers' hooks move the weights during a run, so ComfyUI must not
   move them; the pack only asks ComfyUI to free the VRAM the run will take (free_memory) before each use.
-RAM is freed by the Unload node (CACHE.unload()); the patcher dies with the cached model, and ComfyUI drops
-its entry when the wrapped modules are garbage-collected.
+RAM: ComfyUI frees its own models when it drops the loader outputs that hold them ("Free model and node cache",
+i.e. POST /free with free_memory; a workflow without that loader; 0.33's RAM-pressure cache). The pack's loaders
+output light specs and the model lives in the engine's shared cache, so keep_while() ties each cached model to
+the loader outputs that use it: when ComfyUI has dropped the last of them, the model leaves the cache and RAM. The
+Unload node frees them at once (CACHE.unload()). Either way the patcher dies with the cached model, and ComfyUI
+drops its entry when the wrapped modules are garbage-collected.
+
+DynamicVRAM (ComfyUI 0.33+, comfy-aimdo, on by default on NVIDIA GPUs): ComfyUI then gives its own models a
+ModelPatcherDynamic (comfy.model_patcher.CoreModelPatcher). The pack deliberately keeps the plain ModelPatcher:
+- ModelPatcherDynamic streams only ComfyUI's own layer types (comfy.ops, `comfy_cast_weights`) through aimdo's
+  VRAM buffers. The pack's diffusers/transformers modules have none, so its load() would copy every weight to the
+  GPU whole and keep the RAM copy beside it as a backup: nothing streamed, and the RAM copy kept while the GPU
+  one is in use. Its load() also refuses full loads, which the engine needs (one device per run unless
+  diffusers' hooks place the weights).
+- ComfyUI supports the mix: it builds plain ModelPatchers itself for models that opt out (text encoders with
+  dynamic VRAM disabled, clone(disable_dynamic=True)), and load_models_gpu on a plain patcher frees dynamic
+  models' VRAM and pinned RAM first (free_memory with for_dynamic=False, ensure_pin_budget); a dynamic model
+  loading later unloads ours when it needs the room, and make_ready moves it back before our next run.
+tests/comfy_memory_check.py runs this inside a real ComfyUI, with and without 0.33's DynamicVRAM switch.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import weakref
 from dataclasses import replace
 from typing import Any
 
 import torch
 
+from ..pipelines.cache import CACHE
 from ..pipelines.loading import DTYPES, LoadOptions
 from ..pipelines.models import FluxModelSpec, modules_bytes, resolve_placement
 from .comfy_bridge import comfy_module
@@ -43,6 +62,38 @@ class ManagedModules(torch.nn.Module):
 
 
 _PATCHERS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()  # cached model (its pipeline) -> its patcher
+
+
+_OWNERS: dict[Any, set[int]] = {}  # cache key -> ids of the live loader outputs (specs) using that model
+
+
+def keep_while(owner, key) -> None:
+    """Keep the cached model `key` while ComfyUI holds `owner` (the loader node's output it passes on and caches);
+    free it once ComfyUI has dropped every owner using it. Specs compare by value, so owners are counted by
+    identity. Outside ComfyUI nothing changes: the CLI, the server and tests keep the engine's LRU cache."""
+    if comfy_module("comfy.model_management") is None:
+        return
+    owners = _OWNERS.setdefault(key, set())
+    if id(owner) not in owners:
+        owners.add(id(owner))
+        weakref.finalize(owner, _owner_dropped, key, id(owner))
+
+
+def _owner_dropped(key, owner_id: int) -> None:
+    """Runs where the owner died, often inside ComfyUI's gc.collect(), where a nested collection does nothing:
+    the model (held in reference cycles) is freed from a thread of its own instead."""
+    owners = _OWNERS.get(key, set())
+    owners.discard(owner_id)
+    if not owners:
+        threading.Thread(target=_release, args=(key,), name="flux-redux-release", daemon=True).start()
+
+
+def _release(key) -> None:
+    if _OWNERS.get(key):  # a new loader output took the model meanwhile
+        return
+    _OWNERS.pop(key, None)
+    if CACHE.unload(key):
+        log.info("FLUX Redux: ComfyUI dropped the last node using a model: freed it")
 
 
 def resolve_auto(spec) -> LoadOptions:

@@ -44,7 +44,9 @@ GIB_PER_MEGAPIXEL = 2**30  # activations of one image per megapixel (ComfyUI's o
 def load_encoder(spec: ReduxEncoderSpec):
     """The Redux encoder from the shared cache, placed on its device by ComfyUI's memory manager."""
     options = memory.resolve_auto(spec)
-    encoder = load_redux_encoder(replace(spec, options=memory.build_placement(options)))
+    placed = replace(spec, options=memory.build_placement(options))
+    encoder = load_redux_encoder(placed)
+    memory.keep_while(spec, placed.cache_key())
     memory.make_ready(encoder, options, ENCODE_WORKING_BYTES)
     return encoder
 
@@ -52,7 +54,9 @@ def load_encoder(spec: ReduxEncoderSpec):
 def load_flux(spec: FluxModelSpec, gen: params.GenerationParams):
     """The FLUX model from the shared cache, placed by ComfyUI's memory manager with room for this run."""
     options = memory.resolve_auto(spec)
-    flux = load_flux_model(replace(spec, options=memory.build_placement(options)))
+    placed = replace(spec, options=memory.build_placement(options))
+    flux = load_flux_model(placed)
+    memory.keep_while(spec, placed.cache_key())
     working = int(gen.num_images * gen.width * gen.height / 1e6 * GIB_PER_MEGAPIXEL)
     memory.make_ready(flux, options, working)
     return flux

@@ -1,6 +1,6 @@
 """Measure the pack's Redux encoding against ComfyUI's own (the README's figures). Not part of pytest; run it with
 the Python of a ComfyUI environment that has the pack's requirements, after tests/run_in_comfyui.py wrote the
-full-size random SigLIP and Redux files (PARTS=clipvision):
+full-size random SigLIP and Redux files into WORK/models (/tmp/redux_in_comfyui/models by default):
 
     COMFYUI_PYTHON tests/compare_with_comfyui.py COMFYUI_DIR MODELS_DIR
 

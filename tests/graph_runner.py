@@ -314,15 +314,58 @@ def validate_workflow(ui: dict, classes: dict) -> list[str]:
     return problems
 
 
+MUTED, BYPASSED = 2, 4  # LiteGraph node modes: "never" (muted) and bypass (Ctrl+M / Ctrl+B in the front end)
+
+
+def _compatible(a: str, b: str) -> bool:
+    return a == b or "*" in (a, b) or a == ""
+
+
+def _bypass_slot(node: dict, slot: int, wanted: str) -> int:
+    """The input a bypassed node passes to its output `slot`, as the front end picks it (ExecutableNodeDTO.
+    _getBypassSlotIndex): the input at the same index if its type fits, else the first input of the wanted type,
+    else the first compatible one; -1 when none fits."""
+    inputs = node.get("inputs", [])
+    produced = node["outputs"][slot]["type"]
+    if wanted in ("*", ""):
+        return slot if len(inputs) > slot else 0
+    if slot < len(inputs) and _compatible(inputs[slot]["type"], produced) and _compatible(inputs[slot]["type"], wanted):
+        return slot
+    for index, item in enumerate(inputs):
+        if item["type"] == wanted:
+            return index
+    return next((i for i, item in enumerate(inputs)
+                 if _compatible(item["type"], produced) and _compatible(item["type"], wanted)), -1)
+
+
+def resolve_link(ui_nodes: dict, links: dict, link_id: int, wanted: str) -> list | None:
+    """[source id, slot] of the active node a link really comes from: through bypassed nodes, None when it ends at
+    a muted node or at a bypassed node with nothing to pass on (the front end then leaves the input out)."""
+    seen = set()
+    _, source, slot, *_ = links[link_id]
+    while True:
+        node = ui_nodes[source]
+        mode = node.get("mode", 0)
+        if mode == MUTED or (source, slot) in seen:
+            return None
+        if mode != BYPASSED:
+            return [str(source), slot]
+        seen.add((source, slot))
+        index = _bypass_slot(node, slot, wanted)
+        if index < 0 or node["inputs"][index].get("link") is None:
+            return None
+        _, source, slot, *_ = links[node["inputs"][index]["link"]]
+
+
 def to_api(ui: dict, classes: dict) -> dict:
-    """Saved UI format -> API format, as the front end's 'Queue' does. Virtual and muted nodes are left out."""
+    """Saved UI format -> API format, as the front end's 'Queue' does: virtual (Note) and muted nodes are left
+    out, a bypassed node is left out and its consumers are wired to what it would pass on (resolve_link)."""
     links = {link[0]: link for link in ui["links"]}
+    ui_nodes = {node["id"]: node for node in ui["nodes"]}
     api = {}
     for node in ui["nodes"]:
-        if node["type"] in VIRTUAL_NODES or node.get("mode", 0) == 2:
+        if node["type"] in VIRTUAL_NODES or node.get("mode", 0) in (MUTED, BYPASSED):
             continue
-        if node.get("mode", 0) == 4:
-            raise NotImplementedError(f"node {node['id']} is bypassed; the test converter does not reroute")
         inputs = {}
         values = iter(node.get("widgets_values", []))
         for name, role in widget_slots(classes[node["type"]]):
@@ -331,8 +374,11 @@ def to_api(ui: dict, classes: dict) -> dict:
                 inputs[name] = value
         for item in node.get("inputs", []):
             if item.get("link") is not None:
-                _, source, slot, *_ = links[item["link"]]
-                inputs[item["name"]] = [str(source), slot]
+                source = resolve_link(ui_nodes, links, item["link"], item["type"])
+                if source is not None:
+                    inputs[item["name"]] = source
+                else:
+                    inputs.pop(item["name"], None)
         api[str(node["id"])] = {"class_type": node["type"], "inputs": inputs,
                                 "_meta": {"title": node.get("title", node["type"])}}
     return api

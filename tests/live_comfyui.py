@@ -1,10 +1,10 @@
-"""Queue workflows from workflows/ on a running ComfyUI and report what each did (not a pytest file).
+"""Queue workflows from example_workflows/ on a running ComfyUI and report what each did (not a pytest file).
 
 The UI workflow is converted to the API format with the server's own node definitions (GET /object_info), so
 this checks the saved files against a real ComfyUI, not against the test stand-ins. Run it with the pack's
 test environment (graph_runner's converter is used):
 
-    python tests/live_comfyui.py --url http://127.0.0.1:8185 workflows/redux_variation_any_backend.json \
+    python tests/live_comfyui.py --url http://127.0.0.1:8185 "example_workflows/Redux variation on any backend (local or hosted).json" \
         --set FluxReduxVariation.num_inference_steps=2 --set FluxReduxVariation.backend='"custom"'
 
 `--set TYPE.INPUT=JSON` changes an input on every node of that type (e.g. a smaller size for CPU runs);

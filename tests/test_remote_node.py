@@ -154,9 +154,9 @@ def test_tensor_pil_round_trip():
     assert back.shape == tensor.shape and torch.allclose(back, tensor, atol=1 / 255)
 
 
-@pytest.mark.parametrize("name, model", [("remote_fal_dev.json", "dev"), ("remote_fal_schnell.json", "schnell")])
+@pytest.mark.parametrize("name, model", [("Redux variation on fal without a GPU (FLUX dev).json", "dev"), ("Redux variation on fal without a GPU (FLUX schnell).json", "schnell")])
 def test_example_workflows(name, model):
-    workflow = json.loads((ROOT / "workflows" / name).read_text())
+    workflow = json.loads((ROOT / "example_workflows" / name).read_text())
     nodes = {node["id"]: node for node in workflow["nodes"]}
     assert [nodes[i]["type"] for i in sorted(nodes)] == ["LoadImage", "FluxReduxRemoteVariation", "SaveImage", "Note"]
     assert workflow["version"] == 0.4 and workflow["last_node_id"] == max(nodes)

@@ -28,7 +28,7 @@ remote_node = submodule("nodes.remote")
 variation = submodule("nodes.variation")
 Node = variation.FluxReduxVariation
 
-WORKFLOW = "redux_variation_any_backend.json"
+WORKFLOW = "Redux variation on any backend (local or hosted).json"
 HOSTED = ("fal", "wavespeed", "custom")
 SHARED_WIDGETS = ("model", "image_size", "width", "height", "num_inference_steps", "guidance_scale", "seed",
                   "num_images", "enable_safety_checker", "output_format", "acceleration", "sync_mode", "base_url",
@@ -226,7 +226,7 @@ def test_hosted_ignores_the_model_inputs(hosted):
 
 def workflow_api(backend="local", **changes):
     """The shipped workflow in API format with `backend` (plus `changes`) on the variation node, made cheap."""
-    api = gr.to_api(json.loads((ROOT / "workflows" / WORKFLOW).read_text()), CLASSES)
+    api = gr.to_api(json.loads((ROOT / "example_workflows" / WORKFLOW).read_text()), CLASSES)
     node_id = next(k for k, v in api.items() if v["class_type"] == "FluxReduxVariation")
     api[node_id]["inputs"].update(backend=backend, image_size="custom", width=256, height=256,
                                   num_inference_steps=2, **changes)
@@ -238,7 +238,7 @@ def loader_ids(api):
 
 
 def test_workflow_as_shipped():
-    ui = json.loads((ROOT / "workflows" / WORKFLOW).read_text())
+    ui = json.loads((ROOT / "example_workflows" / WORKFLOW).read_text())
     assert gr.validate_workflow(ui, CLASSES) == []
     api = gr.to_api(ui, CLASSES)
     node = next(v for v in api.values() if v["class_type"] == "FluxReduxVariation")["inputs"]

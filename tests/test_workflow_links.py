@@ -17,7 +17,7 @@ import workflow_links as wl
 
 bridge = submodule("nodes.comfy_bridge")
 
-WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
 WEIGHT_SUFFIXES = (".safetensors", ".sft", ".gguf")
 # ComfyUI's front end (MissingModelsWarning) downloads only from these sources and only files with these suffixes
 DOWNLOAD_SOURCES = ("https://huggingface.co/", "https://civitai.com/")
@@ -51,7 +51,7 @@ def test_every_link_is_https_from_a_source_the_front_end_downloads(path):
 
 def test_remote_only_workflows_carry_no_links():
     remote_only = [p for p in WORKFLOWS if not any(wl.file_widgets(node) for node in nodes_of(p))]
-    assert {"remote_fal_dev.json", "remote_fal_schnell.json"} <= {p.name for p in remote_only}
+    assert {"Redux variation on fal without a GPU (FLUX dev).json", "Redux variation on fal without a GPU (FLUX schnell).json"} <= {p.name for p in remote_only}
     for path in remote_only:
         assert all("models" not in node.get("properties", {}) for node in nodes_of(path)), path.name
 

@@ -1,4 +1,4 @@
-"""Every file in workflows/ against the node definitions, then converted to the API format and executed
+"""Every file in example_workflows/ against the node definitions, then converted to the API format and executed
 in-process with the tiny models (remote nodes are validated and converted, not run)."""
 
 import copy
@@ -18,12 +18,12 @@ bridge = submodule("nodes.comfy_bridge")
 local = submodule("nodes.local")
 restyle = submodule("nodes.restyle")
 
-WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
-LOCAL_WORKFLOWS = ["local_dev_variation.json", "local_schnell_variation.json", "blend_two_references.json",
-                   "batch4_custom_size.json"]
-RESTYLE_WORKFLOWS = ["restyle_with_prompt.json", "style_transfer_img2img.json", "masked_reference.json"]
-COMFY_SAMPLER_WORKFLOWS = ["redux_restyle_comfy_sampler.json",  # ComfyUI's own model + KSampler
-                           "redux_with_comfy_clip_vision.json"]  # ComfyUI's own CLIP vision + style model
+WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
+LOCAL_WORKFLOWS = ["Redux image variation (FLUX dev).json", "Redux image variation (FLUX schnell).json", "Redux blend of two references.json",
+                   "Redux batch of 4 at a custom size.json"]
+RESTYLE_WORKFLOWS = ["Redux restyle with a text prompt.json", "Redux style transfer onto a photo (img2img).json", "Redux masked reference (paint the part to keep).json"]
+COMFY_SAMPLER_WORKFLOWS = ["Redux restyle with the ComfyUI sampler and a LoRA.json",  # ComfyUI's own model + KSampler
+                           "Redux with ComfyUI Load CLIP Vision.json"]  # ComfyUI's own CLIP vision + style model
 COMFY_BUILTINS_USED = {"LoadImage", "SaveImage", "PreviewImage", "PreviewAny", "Note", "MarkdownNote",
                        "DualCLIPLoader", "CLIPTextEncode", *gr.SAMPLING_NODES}
 LOCAL_TYPES = {**local.NODE_CLASS_MAPPINGS, **restyle.NODE_CLASS_MAPPINGS}
@@ -53,7 +53,7 @@ def comfy_folders(models, tmp_path_factory):
 
 
 def load(name):
-    return json.loads((ROOT / "workflows" / name).read_text())
+    return json.loads((ROOT / "example_workflows" / name).read_text())
 
 
 def generate_nodes(api):
@@ -102,7 +102,7 @@ def test_workflow_matches_node_definitions(path):
 
 
 def test_basic_variation_is_six_nodes():
-    ui = load("local_dev_variation.json")
+    ui = load("Redux image variation (FLUX dev).json")
     working = [n["type"] for n in ui["nodes"] if n["type"] not in ("Note", "MarkdownNote")]
     assert len(working) <= 6 and {"LoadImage", "SaveImage", "FluxReduxGenerate"} <= set(working)
 
@@ -111,11 +111,11 @@ def test_local_workflow_settings():
     def generate(name):
         return next(iter(generate_nodes(gr.to_api(load(name), CLASSES)).values()))["inputs"]
 
-    assert generate("local_dev_variation.json")["num_inference_steps"] == 28
-    assert generate("local_schnell_variation.json")["num_inference_steps"] == 4
-    batch = generate("batch4_custom_size.json")
+    assert generate("Redux image variation (FLUX dev).json")["num_inference_steps"] == 28
+    assert generate("Redux image variation (FLUX schnell).json")["num_inference_steps"] == 4
+    batch = generate("Redux batch of 4 at a custom size.json")
     assert (batch["num_images"], batch["image_size"]) == (4, "custom")
-    combine = [n for n in gr.to_api(load("blend_two_references.json"), CLASSES).values()
+    combine = [n for n in gr.to_api(load("Redux blend of two references.json"), CLASSES).values()
                if n["class_type"] == "FluxReduxCombine"][0]["inputs"]
     assert isinstance(combine["conditioning_2"], list) and combine["weight_1"] != combine["weight_2"]
     assert combine["blend"] == "sum"
@@ -131,7 +131,7 @@ def test_local_workflow_settings():
     (lambda ui, g: g["inputs"][0].__setitem__("link", None), "required input model is not connected"),
 ])
 def test_validator_catches_broken_workflows(mutate, problem):
-    ui = load("local_dev_variation.json")
+    ui = load("Redux image variation (FLUX dev).json")
     generate = next(n for n in ui["nodes"] if n["type"] == "FluxReduxGenerate")
     assert generate["widgets_values"][6] == "fixed"
     mutate(ui, generate)
@@ -139,7 +139,7 @@ def test_validator_catches_broken_workflows(mutate, problem):
 
 
 def test_api_format_of_the_basic_graph():
-    api = gr.to_api(load("local_dev_variation.json"), CLASSES)
+    api = gr.to_api(load("Redux image variation (FLUX dev).json"), CLASSES)
     gen_id, gen = next(iter(generate_nodes(api).items()))
     assert set(gen["inputs"]) == {"model", "conditioning", "image_size", "width", "height", "num_inference_steps",
                                   "guidance_scale", "seed", "num_images"}
@@ -155,8 +155,8 @@ def test_api_format_of_the_basic_graph():
 def test_schnell_workflow_runs_unchanged():
     """Run as shipped: square_hd 1024x1024, 4 steps (the tiny model keeps it a few seconds on a CPU)."""
     before = len(gr.SaveImage.saved)
-    results = gr.execute(gr.to_api(load("local_schnell_variation.json"), CLASSES), CLASSES)
-    gen_id = next(iter(generate_nodes(gr.to_api(load("local_schnell_variation.json"), CLASSES))))
+    results = gr.execute(gr.to_api(load("Redux image variation (FLUX schnell).json"), CLASSES), CLASSES)
+    gen_id = next(iter(generate_nodes(gr.to_api(load("Redux image variation (FLUX schnell).json"), CLASSES))))
     images, info = results[gen_id]
     assert images.shape == (1, 1024, 1024, 3)
     info = json.loads(info)
@@ -166,8 +166,8 @@ def test_schnell_workflow_runs_unchanged():
     assert files[0].name.startswith("flux_redux_schnell_")
 
 
-@pytest.mark.parametrize("name, count", [("local_dev_variation.json", 1), ("blend_two_references.json", 1),
-                                         ("batch4_custom_size.json", 4)])
+@pytest.mark.parametrize("name, count", [("Redux image variation (FLUX dev).json", 1), ("Redux blend of two references.json", 1),
+                                         ("Redux batch of 4 at a custom size.json", 4)])
 def test_workflow_runs_and_saves(name, count):
     api = shrink(gr.to_api(load(name), CLASSES))
     (gen_id, gen), = generate_nodes(api).items()
@@ -184,14 +184,14 @@ def test_workflow_runs_and_saves(name, count):
 
 
 def test_batch_workflow_keeps_its_aspect():
-    api = gr.to_api(load("batch4_custom_size.json"), CLASSES)
+    api = gr.to_api(load("Redux batch of 4 at a custom size.json"), CLASSES)
     inputs = next(iter(generate_nodes(api).values()))["inputs"]
     small = next(iter(generate_nodes(shrink(api)).values()))["inputs"]
     assert inputs["width"] / inputs["height"] == pytest.approx(small["width"] / small["height"], rel=0.05)
 
 
 def test_same_seed_same_images_other_seed_differs():
-    api = shrink(gr.to_api(load("local_dev_variation.json"), CLASSES), steps=1)
+    api = shrink(gr.to_api(load("Redux image variation (FLUX dev).json"), CLASSES), steps=1)
     gen_id = next(iter(generate_nodes(api)))
     first = gr.execute(api, CLASSES)[gen_id][0]
     assert torch.equal(first, gr.execute(copy.deepcopy(api), CLASSES)[gen_id][0])
@@ -200,7 +200,7 @@ def test_same_seed_same_images_other_seed_differs():
 
 
 def test_blend_weights_change_the_result():
-    api = shrink(gr.to_api(load("blend_two_references.json"), CLASSES), steps=1)
+    api = shrink(gr.to_api(load("Redux blend of two references.json"), CLASSES), steps=1)
     gen_id = next(iter(generate_nodes(api)))
     combine_id = next(k for k, v in api.items() if v["class_type"] == "FluxReduxCombine")
     load_ids = [k for k, v in api.items() if v["class_type"] == "LoadImage"]
@@ -215,7 +215,7 @@ def test_blend_weights_change_the_result():
                                               (dict(num_inference_steps=51), "num_inference_steps=51 outside"),
                                               (dict(seed=-1), "seed=-1 outside")])
 def test_prompt_validation_rejects_bad_values_before_running(changes, message):
-    api = gr.to_api(load("local_dev_variation.json"), CLASSES)
+    api = gr.to_api(load("Redux image variation (FLUX dev).json"), CLASSES)
     next(iter(generate_nodes(api).values()))["inputs"].update(changes)
     loads = submodule("pipelines.cache").CACHE.loads
     with pytest.raises(gr.PromptError, match=message):
@@ -248,7 +248,7 @@ def run_graph(api):
 
 def test_restyle_with_prompt_workflow_runs():
     """DualCLIPLoader + CLIPTextEncode (stand-ins with the tiny T5 and CLIP-L) feed Redux + Prompt."""
-    api = shrink(gr.to_api(load("restyle_with_prompt.json"), CLASSES))
+    api = shrink(gr.to_api(load("Redux restyle with a text prompt.json"), CLASSES))
     (_, gen), = generate_nodes(api).items()
     prompt_id, prompt = node_of(api, "FluxReduxPrompt")
     assert api[prompt["inputs"]["prompt"][0]]["class_type"] == "CLIPTextEncode"
@@ -263,7 +263,7 @@ def test_restyle_with_prompt_workflow_runs():
 
 def test_style_transfer_workflow_keeps_the_photo_aspect(monkeypatch):
     monkeypatch.setattr(restyle, "MATCH_PIXELS", 384 * 288)  # about 1 MP as shipped; same code path
-    api = gr.to_api(load("style_transfer_img2img.json"), CLASSES)
+    api = gr.to_api(load("Redux style transfer onto a photo (img2img).json"), CLASSES)
     (gen_id, gen), = generate_nodes(api).items()
     assert (gen["inputs"]["image_size"], gen["inputs"]["denoise"]) == ("match_init_image", 0.75)
     gen["inputs"]["num_inference_steps"] = 4
@@ -280,7 +280,7 @@ def test_masked_reference_workflow_uses_the_painted_mask():
     rgba[..., 3] = 255
     rgba[16:80, 8:72, 3] = 0  # painted in the Mask Editor: transparent, so LoadImage's MASK is 1 there
     Image.fromarray(rgba, "RGBA").save(gr.INPUT_DIR / "painted.png")
-    api = shrink(gr.to_api(load("masked_reference.json"), CLASSES))
+    api = shrink(gr.to_api(load("Redux masked reference (paint the part to keep).json"), CLASSES))
     load_id, loader = node_of(api, "LoadImage")
     encode_id, encode = node_of(api, "FluxReduxEncodeAdvanced")
     assert encode["inputs"]["mask"] == [load_id, 1] and encode["inputs"]["autocrop"] is True
@@ -294,11 +294,16 @@ def test_masked_reference_workflow_uses_the_painted_mask():
 def test_comfy_sampler_workflow_feeds_ksampler_the_packs_tokens():
     """UNETLoader + LoraLoaderModelOnly + KSampler are ComfyUI's (declared here, run in real ComfyUI: see README);
     everything up to them runs: the pack's encode and Redux → Conditioning with FLUX's empty text conditioning."""
-    api = gr.to_api(load("redux_restyle_comfy_sampler.json"), CLASSES)
+    ui = load("Redux restyle with the ComfyUI sampler and a LoRA.json")
+    api = gr.to_api(ui, CLASSES)
     sampler_id, sampler = node_of(api, "KSampler")
-    model_source = api[sampler["inputs"]["model"][0]]
+    assert api[sampler["inputs"]["model"][0]]["class_type"] == "UNETLoader"  # the LoRA ships bypassed
+    assert "LoraLoaderModelOnly" not in {n["class_type"] for n in api.values()}
+    next(n for n in ui["nodes"] if n["type"] == "LoraLoaderModelOnly")["mode"] = 0  # Ctrl+B: enabled
+    enabled = gr.to_api(ui, CLASSES)
+    model_source = enabled[enabled[sampler_id]["inputs"]["model"][0]]
     assert model_source["class_type"] == "LoraLoaderModelOnly"
-    assert api[model_source["inputs"]["model"][0]]["class_type"] == "UNETLoader"
+    assert enabled[model_source["inputs"]["model"][0]]["class_type"] == "UNETLoader"
     guidance = api[sampler["inputs"]["positive"][0]]
     assert guidance["class_type"] == "FluxGuidance" and sampler["inputs"]["cfg"] == 1.0
     cond_id, _ = node_of(api, "FluxReduxToConditioning")
@@ -313,7 +318,7 @@ def test_comfy_sampler_workflow_feeds_ksampler_the_packs_tokens():
 def test_comfy_clip_vision_workflow_feeds_redux_encode():
     """Load CLIP Vision + Load Style Model (ComfyUI's; declared here, run in real ComfyUI: see README) into Redux
     Encode instead of Load Redux Encoder; the rest is the basic variation graph with steps 0 (variant default)."""
-    api = gr.to_api(load("redux_with_comfy_clip_vision.json"), CLASSES)
+    api = gr.to_api(load("Redux with ComfyUI Load CLIP Vision.json"), CLASSES)
     _, encode = node_of(api, "FluxReduxEncode")
     assert "redux_encoder" not in encode["inputs"]
     assert {api[encode["inputs"][k][0]]["class_type"] for k in ("clip_vision", "style_model")} == {

@@ -1,4 +1,4 @@
-"""Download links on the loader nodes of workflows/, as ComfyUI's own templates carry them.
+"""Download links on the loader nodes of example_workflows/, as ComfyUI's own templates carry them.
 
 A loader's `properties.models` is a list of {name, url, directory}; when a workflow opens, ComfyUI's front end
 offers to download each listed file that models/<directory> lacks. The public files and their URLs are the
@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-WORKFLOWS_DIR = Path(__file__).resolve().parent.parent / "workflows"
+WORKFLOWS_DIR = Path(__file__).resolve().parent.parent / "example_workflows"
 
 PUBLIC_FILES = {  # file name -> (url, ComfyUI models/ folder)
     "flux1-redux-dev.safetensors": (

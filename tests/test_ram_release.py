@@ -1,0 +1,57 @@
+"""Unloading a model gives its RAM back to the OS, not only to the C library's heap.
+
+glibc raises its mmap threshold with every large free, so the weights of a model loaded after another one was
+freed sit in the heap, and freeing them leaves the process's private memory where it was (measured in ComfyUI
+0.33: 2.44 GiB kept after unloading a FLUX model, 0.61 GiB after malloc_trim). Run in a subprocess: the figure is
+the process's RssAnon."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from packloader import ROOT
+
+SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    import torch
+    import packloader
+
+    cache = packloader.submodule("pipelines.cache")
+
+    def private_mib():
+        for line in open("/proc/self/status"):
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+
+    kept = []  # what the rest of the process allocates meanwhile and keeps (ComfyUI's own objects)
+
+    class Weights:  # what the cache holds: a model's tensors
+        def __init__(self):
+            self.tensors = []
+            for i in range(96):  # 96 x 8 MiB, each followed by a small block that stays
+                self.tensors.append(torch.full((2 * 2**20,), float(i)))
+                kept.append(torch.zeros(4096))
+
+        def memory_bytes(self):
+            return sum(t.numel() * t.element_size() for t in self.tensors)
+
+    store = cache.ModelCache(max_bytes=2**40)
+    torch.empty(6 * 2**20)  # a 24 MiB block freed at once raises glibc's mmap threshold to its size
+    baseline = private_mib()
+    store.get("model", Weights)
+    loaded = private_mib()
+    store.unload("model")
+    print(baseline, loaded, private_mib())
+""")
+
+
+def test_unload_returns_the_models_ram_to_the_os():
+    done = subprocess.run([sys.executable, "-c", SCRIPT.format(tests=str(ROOT / "tests"))], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    baseline, loaded, after = map(float, done.stdout.split()[-3:])
+    assert loaded - baseline > 600  # the 768 MiB of weights were resident
+    assert after - baseline < 100, f"private memory {baseline:.0f} -> {loaded:.0f} -> {after:.0f} MiB"
