@@ -554,7 +554,8 @@ def print_table(rows: list[Row], title: str, cuda: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--formats", nargs="+", default=DEFAULT_FORMATS, choices=list(FORMATS))
-    parser.add_argument("--dir", type=Path, default=Path("/work/bench-files"), help="where the files are written")
+    parser.add_argument("--dir", type=Path, default=Path(__file__).resolve().parent.parent / "bench-out" / "files",
+                        help="where the files are written (default: bench-out/files, git-ignored)")
     parser.add_argument("--keep", action="store_true", help="keep each file (default: deleted after its loads)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (then VRAM peak and RAM above baseline)")
     parser.add_argument("--small", action="store_true", help="1 double + 1 single block at full width (quick)")
