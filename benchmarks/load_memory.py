@@ -298,6 +298,14 @@ def read_status(pid) -> dict[str, int]:
     return out
 
 
+def disk_read() -> int:
+    """Bytes this process made the kernel read from storage (page-cache misses), from /proc/self/io."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("read_bytes:"):
+            return int(line.split()[1])
+    return 0
+
+
 def module_bytes(modules) -> int:
     """Bytes of every distinct parameter and buffer as stored: GGUF blocks as quantized, and a tensor subclass
     (ComfyUI's QuantizedTensor for scaled fp8) by the tensors inside it, not by its logical dtype."""
@@ -376,10 +384,10 @@ def child_main(job: dict) -> None:
         torch.cuda.reset_peak_memory_stats()
     sampler = Sampler()
     sampler.start()
-    start = time.perf_counter()
+    disk, start = disk_read(), time.perf_counter()
     loaded = load()
     seconds = time.perf_counter() - start
-    result = dict(sampler.stop(), seconds=seconds, kept=kept_bytes(loaded))
+    result = dict(sampler.stop(), seconds=seconds, kept=kept_bytes(loaded), disk_read=disk_read() - disk)
     if cuda:
         import torch
         result["vram_peak"] = torch.cuda.max_memory_allocated()
@@ -504,6 +512,7 @@ def combine(results: list[dict]) -> dict:
     if errors:
         return errors[0]
     out = {"seconds": statistics.median(r["seconds"] for r in results), "all_seconds": [r["seconds"] for r in results],
+           "disk_read": max(r.get("disk_read", 0) for r in results),
            "kept": results[0]["kept"], "baseline_anon": min(r["baseline_anon"] for r in results)}
     for key in ("peak_anon", "peak_file", "vram_peak"):
         if key in results[0]:
@@ -516,7 +525,8 @@ def describe(result: dict) -> str:
         return result["error"]
     return (f"kept {result['kept'] / GIB:.2f} GiB, peak private {result['peak_anon'] / GIB:.2f} GiB "
             f"(baseline {result['baseline_anon'] / GIB:.2f}), file-backed {result['peak_file'] / GIB:.2f} GiB, "
-            f"{result['seconds']:.1f} s" + (f", VRAM {result['vram_peak'] / GIB:.2f} GiB" if "vram_peak" in result else ""))
+            f"{result['seconds']:.1f} s, {result.get('disk_read', 0) / GIB:.1f} GiB from disk"
+            + (f", VRAM {result['vram_peak'] / GIB:.2f} GiB" if "vram_peak" in result else ""))
 
 
 def print_table(rows: list[Row], title: str, cuda: bool) -> None:
