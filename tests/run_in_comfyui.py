@@ -11,7 +11,7 @@ are lowered, and DualCLIPLoader gets the fp8 T5-XXL instead of the fp16 one (Com
 file): a FLUX.1 dev and a schnell transformer at full width with 1 double + 1 single block (BFL names, bf16), the
 FLUX VAE, SigLIP so400m and the Redux projector at full size, T5-XXL (fp8) and CLIP-L at full size, one LoRA.
 
-Parts (--parts, default all, in this order):
+Parts (--parts, default all, in this order; --only TEXT limits the workflows part to the files named with TEXT):
 - templates: GET /workflow_templates lists every file of example_workflows/ under the pack's folder name, and
   each one's .json and .jpg thumbnail are served where the front end fetches them;
 - memory: tests/comfy_memory_check.py in ComfyUI's Python (the pack's models in ComfyUI's memory manager; also
@@ -111,13 +111,17 @@ def t5xxl_tensors(seed: int = 8) -> dict:
 
 
 def clip_l_state(seed: int = 9) -> dict:
-    """CLIP-L's text model at full size (ComfyUI's clip_l.safetensors: `text_model.` keys), fp16."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+    """CLIP-L's text model at full size with its projection, fp16, as ComfyUI's clip_l.safetensors: `text_model.`
+    keys (ComfyUI routes a file without them to T5 and leaves CLIP-L unloaded) and `text_projection.weight`."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
-    model = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                         num_attention_heads=12, vocab_size=49408, max_position_embeddings=77))
-    return {k: v.half().contiguous() for k, v in model.state_dict().items() if "position_ids" not in k}
+    model = CLIPTextModelWithProjection(CLIPTextConfig(
+        hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, vocab_size=49408,
+        max_position_embeddings=77, projection_dim=768))
+    state = {k: v.half().contiguous() for k, v in model.state_dict().items() if "position_ids" not in k}
+    assert "text_model.encoder.layers.1.mlp.fc1.weight" in state and "text_projection.weight" in state
+    return state
 
 
 def flux_vae_state(seed: int = 5) -> dict:
@@ -431,8 +435,8 @@ def check_clip_vision(server: Server, base: Path, report: Report) -> None:
               "(8-bit levels)", flush=True)
 
 
-def check_workflows(server: Server, classes: dict, report: Report) -> None:
-    for path in sorted(WORKFLOWS_DIR.glob("*.json")):
+def check_workflows(server: Server, classes: dict, report: Report, only: str = "") -> None:
+    for path in sorted(p for p in WORKFLOWS_DIR.glob("*.json") if only in p.stem):
         mismatch = widget_mismatches(path, classes)
         if not report.check(f"{path.stem}: saved widgets match this ComfyUI's nodes", not mismatch, "; ".join(mismatch)):
             continue
@@ -469,6 +473,7 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=8390)
     parser.add_argument("--work", type=Path, default=Path("/tmp/redux_in_comfyui"))
     parser.add_argument("--parts", default="templates,memory,mixed,clipvision,workflows")
+    parser.add_argument("--only", default="", help="workflows part: only the files whose name contains this")
     args = parser.parse_args(argv)
     comfy_dir = args.comfyui.resolve()
     python = args.python or str(comfy_dir / ".venv" / "bin" / "python")
@@ -493,7 +498,7 @@ def main() -> int:
         if "clipvision" in parts:
             check_clip_vision(server, base, report)
         if "workflows" in parts:
-            check_workflows(server, classes, report)
+            check_workflows(server, classes, report, args.only)
     finally:
         server.stop()
     print(f"ComfyUI {version.get('__version__')}: {report.passes} passed, {report.failures} failed; "
