@@ -52,7 +52,6 @@ class WeightFile:
     def __init__(self, index: TensorIndex, device: torch.device | str = "cpu"):
         self.index, self.device = index, torch.device(device)
         self._stack = ExitStack()
-        self._fused: dict[str, list] = {}  # file key -> [whole tensor, row ranges still to be taken from it]
         self._check_scales()
 
     def __enter__(self) -> "WeightFile":
@@ -67,7 +66,6 @@ class WeightFile:
     def __exit__(self, *exc):
         self._stack.close()
         self._gguf = self._file = None
-        self._fused = {}
 
     @property
     def name(self) -> str:
@@ -108,7 +106,7 @@ class WeightFile:
         whole = (start, stop) == (0, self.rows(key))
         name = self.index.prefix + key
         if not self.index.is_gguf:
-            return self._file.get_tensor(name) if whole else self._rows_of_fused(key, start, stop)
+            return self._file.get_tensor(name) if whole else self._file.get_slice(name)[start:stop]
         import numpy as np
 
         tensor = self._gguf[name]
@@ -118,30 +116,6 @@ class WeightFile:
         from diffusers.quantizers.gguf.utils import GGUFParameter
 
         return GGUFParameter(data, quant_type=tensor.tensor_type)
-
-    def expect(self, pieces) -> None:
-        """Say which pieces will be read, so that a file tensor several model tensors take rows of (BFL's fused
-        qkv and linear1) is read once and dropped after its last part: safetensors' pread backend reads the whole
-        tensor for every get_slice, which read linear1 four times and made a full FLUX load ~2x slower."""
-        uses: dict[str, int] = {}
-        for piece in pieces:
-            for key, start, stop in piece.parts:
-                if (start, stop) != (0, self.rows(key)):
-                    uses[key] = uses.get(key, 0) + 1
-        self._fused = {key: [None, n] for key, n in uses.items() if n > 1}
-
-    def _rows_of_fused(self, key: str, start: int, stop: int) -> torch.Tensor:
-        """Rows of a tensor: a view of the whole one, read once, where expect() said several parts come from it
-        (the parts together cover it, so the views keep no more than the file tensor's own bytes)."""
-        held = self._fused.get(key)
-        if held is None:
-            return self._file.get_slice(self.index.prefix + key)[start:stop]
-        if held[0] is None:
-            held[0] = self._file.get_tensor(self.index.prefix + key)
-        value, held[1] = held[0][start:stop], held[1] - 1
-        if held[1] == 0:
-            del self._fused[key]
-        return value
 
     def _scale(self, key: str, start: int, stop: int) -> torch.Tensor:
         scale = self._file.get_tensor(self.index.prefix + key[: -len("weight")] + "scale_weight")
@@ -227,9 +201,7 @@ def stream_into(model: torch.nn.Module, pieces: dict[str, Piece], source: Weight
 
     placed: dict[Piece, str] = {}
     loaded: set[str] = set()
-    wanted = model.state_dict(keep_vars=True)
-    source.expect({pieces[name] for name in wanted if name in pieces})
-    for name, meta in wanted.items():
+    for name, meta in model.state_dict(keep_vars=True).items():
         piece = pieces.get(name)
         if piece is None:
             continue
