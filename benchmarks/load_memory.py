@@ -238,6 +238,28 @@ def write_format(fmt: Format, folder: Path, small: bool, vae: Path) -> Path:
     return path
 
 
+def planned_bytes(fmt: Format, small: bool) -> int:
+    """About the size the format's file will have (for the free-disk check before writing it)."""
+    double, single = (1, 1) if small else (19, 38)
+    shapes = transformer_shapes(double, single, guidance=True)
+    numel = sum(_numel(s) for s in shapes.values())
+    per_value = {"bf16": 2, "gguf-q8_0": 34 / 32, "gguf-q4_k": 144 / 256}.get(fmt.name, 1)
+    return int(numel * per_value) + (200 << 20 if fmt.checkpoint else 0)
+
+
+def wait_for_disk(folder: Path, need: int, patience_s: float) -> bool:
+    import shutil
+
+    deadline = time.time() + patience_s
+    while shutil.disk_usage(folder).free < need:
+        if time.time() > deadline:
+            return False
+        print(f"    waiting: {shutil.disk_usage(folder).free / GIB:.1f} GiB of disk free, {need / GIB:.1f} wanted",
+              flush=True)
+        time.sleep(60)
+    return True
+
+
 def write_checkpoint(path: Path, shapes: dict) -> None:
     """One header over both parts (model.diffusion_model.* fp8, vae.* bf16), then their bytes in that order."""
     parts = {f"model.diffusion_model.{k}": v for k, v in shapes.items()}
@@ -587,8 +609,18 @@ def main() -> None:
     rows = []
     for name in args.formats:
         fmt = FORMATS[name]
+        need = planned_bytes(fmt, args.small) + GIB
+        if not wait_for_disk(args.dir, need, args.patience):
+            rows.append(Row(name, need / GIB - 1, "–", "–", {"error": f"not written: {need / GIB:.0f} GiB of disk not free"}))
+            continue
         start = time.perf_counter()
-        path = write_format(fmt, args.dir, args.small, vae)
+        try:
+            path = write_format(fmt, args.dir, args.small, vae)
+        except OSError as exc:  # the disk is shared too: another job may have filled it meanwhile
+            for partial in args.dir.glob(f"flux1-*{fmt.name}{fmt.suffix}"):
+                partial.unlink()
+            rows.append(Row(name, need / GIB - 1, "–", "–", {"error": f"not written: {exc}"}))
+            continue
         print(f"{name}: wrote {path} ({path.stat().st_size / GIB:.2f} GiB, {fmt.what}) in "
               f"{time.perf_counter() - start:.0f} s", flush=True)
         try:
