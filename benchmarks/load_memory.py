@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import statistics
@@ -38,39 +39,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+import tiny_models as tm  # noqa: E402  the streamed writers the load-limit tests use too
 GIB = 2**30
-WIDTH, MLP, HEAD, IN_CHANNELS, JOINT, POOLED, TIME = 3072, 4 * 3072, 128, 64, 4096, 768, 256
-DTYPE_BYTES = {"BF16": 2, "F8_E4M3": 1, "F32": 4}
+IN_CHANNELS, JOINT, POOLED = 64, 4096, 768  # FLUX.1: latent patches, T5-XXL, CLIP-L pooled
 SAMPLE_S = 0.02
 
 
 # -- what the files hold ------------------------------------------------------------------------------------------
 
-def transformer_shapes(double: int, single: int, guidance: bool) -> dict[str, tuple[int, ...]]:
+def flux_shapes(double: int, single: int, guidance: bool) -> dict[str, tuple[int, ...]]:
     """BFL key names and shapes of a FLUX.1 transformer (flux1-dev/schnell.safetensors' layout)."""
-    w = WIDTH
-    linears = {"img_in": (w, IN_CHANNELS), "txt_in": (w, JOINT), "time_in.in_layer": (w, TIME),
-               "time_in.out_layer": (w, w), "vector_in.in_layer": (w, POOLED), "vector_in.out_layer": (w, w),
-               "final_layer.linear": (IN_CHANNELS, w), "final_layer.adaLN_modulation.1": (2 * w, w)}
-    if guidance:
-        linears.update({"guidance_in.in_layer": (w, TIME), "guidance_in.out_layer": (w, w)})
-    norms = []
-    for i in range(double):
-        for s in ("img", "txt"):
-            p = f"double_blocks.{i}.{s}"
-            linears.update({f"{p}_mod.lin": (6 * w, w), f"{p}_attn.qkv": (3 * w, w), f"{p}_attn.proj": (w, w),
-                            f"{p}_mlp.0": (MLP, w), f"{p}_mlp.2": (w, MLP)})
-            norms.append(f"{p}_attn.norm")
-    for i in range(single):
-        p = f"single_blocks.{i}"
-        linears.update({f"{p}.linear1": (3 * w + MLP, w), f"{p}.linear2": (w, w + MLP), f"{p}.modulation.lin": (3 * w, w)})
-        norms.append(f"{p}.norm")
-    shapes = {}
-    for name, shape in linears.items():
-        shapes[f"{name}.weight"], shapes[f"{name}.bias"] = shape, (shape[0],)
-    for norm in norms:
-        shapes[f"{norm}.query_norm.scale"] = shapes[f"{norm}.key_norm.scale"] = (HEAD,)
-    return shapes
+    return tm.bfl_shapes(guidance, in_channels=IN_CHANNELS, joint=JOINT, pooled=POOLED, double=double,
+                         single=single)
 
 
 def vae_shapes() -> dict[str, tuple[int, ...]]:
@@ -78,13 +59,11 @@ def vae_shapes() -> dict[str, tuple[int, ...]]:
     import torch
     from diffusers import AutoencoderKL
 
-    sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-    import tiny_models
     from pipelines.loading import CONFIG_DIR
 
     with torch.device("meta"):
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(CONFIG_DIR / "vae"))
-    return {k: tuple(v.shape) for k, v in tiny_models.vae_state_ldm(vae).items()}
+    return {k: tuple(v.shape) for k, v in tm.vae_state_ldm(vae).items()}
 
 
 def fp8_dtypes(shapes: dict) -> dict[str, str]:
@@ -100,88 +79,6 @@ def scaled_fp8(shapes: dict) -> tuple[dict, dict]:
             shapes[key[:-6] + extra], dtypes[key[:-6] + extra] = (), "F32"
     shapes["scaled_fp8"], dtypes["scaled_fp8"] = (0,), "F8_E4M3"
     return shapes, dtypes
-
-
-# -- streamed writers ---------------------------------------------------------------------------------------------
-
-class Filler:
-    """Random bytes of each dtype from one small buffer per dtype, rotated per tensor: no tensor is ever built."""
-
-    def __init__(self, elements: int = 1 << 22):
-        import torch
-
-        gen = torch.Generator().manual_seed(0)
-        values = torch.randn(elements, generator=gen) * 0.02
-        self.pools = {"BF16": values.bfloat16(), "F8_E4M3": values.to(torch.float8_e4m3fn),
-                      "F32": values.abs() + 1e-3}  # F32: scales and GGUF vectors, kept positive
-        self.pools = {k: memoryview(v.view(torch.uint8).numpy()).cast("B") for k, v in self.pools.items()}
-        self.turn = 0
-
-    def write(self, out, dtype: str, nbytes: int) -> None:
-        pool, step = self.pools[dtype], DTYPE_BYTES[dtype]
-        self.turn = (self.turn + 4099) % (len(pool) // step // 2)
-        start = self.turn * step
-        while nbytes > 0:
-            chunk = pool[start: start + nbytes]
-            out.write(chunk)
-            nbytes -= len(chunk)
-            start = 0
-
-
-def write_safetensors(path: Path, shapes: dict, dtypes: dict, prefix: str = "", mode: str = "wb",
-                      filler: Filler | None = None) -> None:
-    """A safetensors file written as the format is: 8-byte header length, JSON header, raw tensor bytes."""
-    header, offset = {"__metadata__": {"format": "pt", "note": "random weights (benchmarks/load_memory.py)"}}, 0
-    for name, shape in shapes.items():
-        size = DTYPE_BYTES[dtypes[name]] * _numel(shape)
-        header[prefix + name] = {"dtype": dtypes[name], "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    filler = filler or Filler()
-    with open(path, mode) as out:
-        out.write(len(text).to_bytes(8, "little") + text)
-        for name, shape in shapes.items():
-            filler.write(out, dtypes[name], DTYPE_BYTES[dtypes[name]] * _numel(shape))
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
-def write_gguf(path: Path, shapes: dict, qtype: str) -> None:
-    """A GGUF file as city96's FLUX files are: matrices whose rows fill whole blocks in `qtype`, the rest F32.
-    Each quantized tensor is one pool of valid random blocks (tests/tiny_models.random_blocks) tiled to size."""
-    import gguf
-    import numpy as np
-
-    sys.path[:0] = [str(ROOT / "tests")]
-    from tiny_models import random_blocks
-
-    kind = gguf.GGMLQuantizationType[qtype]
-    block, size = gguf.GGML_QUANT_SIZES[kind]
-    rng = np.random.default_rng(0)
-    pool = random_blocks(rng, 64, 256 * 256, kind).reshape(-1)  # 64 x 256 blocks: a few MiB
-    vectors = (rng.standard_normal(1 << 20).astype(np.float32) * 0.02)
-    writer = gguf.GGUFWriter(str(path), "flux")
-    plan = []
-    for name, shape in shapes.items():
-        if len(shape) == 2 and shape[1] % block == 0:
-            row = shape[1] // block * size
-            writer.add_tensor_info(name, (shape[0], row), np.dtype(np.uint8), shape[0] * row, raw_dtype=kind)
-            plan.append((pool, (shape[0], row)))
-        else:
-            writer.add_tensor_info(name, shape, np.dtype(np.float32), 4 * _numel(shape))
-            plan.append((vectors, shape))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    for source, shape in plan:
-        writer.write_tensor_data(np.resize(source, shape))  # one tensor at a time (at most ~70 MB)
-    writer.close()
 
 
 # -- the formats --------------------------------------------------------------------------------------------------
@@ -223,26 +120,26 @@ DEFAULT_FORMATS = ["fp8", "fp8-schnell", "bf16", "gguf-q8_0", "gguf-q4_k", "chec
 def write_format(fmt: Format, folder: Path, small: bool, vae: Path) -> Path:
     """Write the format's file into `folder` (streamed) and return its path."""
     double, single = (1, 1) if small else (19, 38)
-    shapes = transformer_shapes(double, single, guidance=fmt.name != "fp8-schnell")
+    shapes = flux_shapes(double, single, guidance=fmt.name != "fp8-schnell")
     path = folder / f"flux1-{'small-' if small else ''}{fmt.name}{fmt.suffix}"
     if fmt.name.startswith("gguf-"):
-        write_gguf(path, shapes, fmt.name.removeprefix("gguf-").upper())
+        tm.write_gguf_streamed(path, shapes, fmt.name.removeprefix("gguf-").upper())
     elif fmt.name == "bf16":
-        write_safetensors(path, shapes, dict.fromkeys(shapes, "BF16"))
+        tm.write_safetensors_streamed(path, shapes, dict.fromkeys(shapes, "BF16"))
     elif fmt.name == "fp8-scaled":
-        write_safetensors(path, *scaled_fp8(shapes))
+        tm.write_safetensors_streamed(path, *scaled_fp8(shapes))
     elif fmt.checkpoint:
         write_checkpoint(path, shapes)
     else:
-        write_safetensors(path, shapes, fp8_dtypes(shapes))
+        tm.write_safetensors_streamed(path, shapes, fp8_dtypes(shapes))
     return path
 
 
 def planned_bytes(fmt: Format, small: bool) -> int:
     """About the size the format's file will have (for the free-disk check before writing it)."""
     double, single = (1, 1) if small else (19, 38)
-    shapes = transformer_shapes(double, single, guidance=True)
-    numel = sum(_numel(s) for s in shapes.values())
+    shapes = flux_shapes(double, single, guidance=True)
+    numel = sum(math.prod(s) for s in shapes.values())
     per_value = {"bf16": 2, "gguf-q8_0": 34 / 32, "gguf-q4_k": 144 / 256}.get(fmt.name, 1)
     return int(numel * per_value) + (200 << 20 if fmt.checkpoint else 0)
 
@@ -266,14 +163,14 @@ def write_checkpoint(path: Path, shapes: dict) -> None:
     dtypes = {f"model.diffusion_model.{k}": d for k, d in fp8_dtypes(shapes).items()}
     for k, v in vae_shapes().items():
         parts[f"vae.{k}"], dtypes[f"vae.{k}"] = v, "BF16"
-    write_safetensors(path, parts, dtypes)
+    tm.write_safetensors_streamed(path, parts, dtypes)
 
 
 def write_vae(folder: Path) -> Path:
     path = folder / "ae.safetensors"
     if not path.exists():
         shapes = vae_shapes()
-        write_safetensors(path, shapes, dict.fromkeys(shapes, "F32"))
+        tm.write_safetensors_streamed(path, shapes, dict.fromkeys(shapes, "F32"))
     return path
 
 
