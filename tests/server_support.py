@@ -94,3 +94,15 @@ class Receiver:
 
     def stop(self):
         self.server.stop()
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (serve's workers), read from /proc."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            if f"\nPPid:\t{pid}\n" in status.read_text():
+                found.append(int(status.parent.name))
+        except OSError:
+            continue  # a process that ended meanwhile
+    return found

@@ -8,6 +8,7 @@ import types
 import numpy as np
 import pytest
 import torch
+from fakes.node_inputs import load_encoder, load_model
 from packloader import PACK_NAME, pack, submodule
 
 params = submodule("pipelines.params")
@@ -30,18 +31,6 @@ def models_root(models):
     saved, bridge.MODELS_ROOT = bridge.MODELS_ROOT, models["root"]
     yield models["root"]
     bridge.MODELS_ROOT = saved
-
-
-def load_encoder(**kw):
-    args = dict(redux_model="flux1-redux-dev.safetensors", clip_vision="sigclip_vision_patch14_384.safetensors",
-                device="cpu", dtype="auto") | kw
-    return loaders.FluxReduxLoadEncoder().load(**args)[0]
-
-
-def load_model(transformer="flux1-dev.safetensors", **kw):
-    args = dict(transformer=transformer, vae="ae.safetensors", variant="auto", weight_dtype="default",
-                offload="none", vae_tiling="auto", device="cpu") | kw
-    return loaders.FluxReduxLoadModel().load(**args)[0]
 
 
 def photo(seed=0, h=48, w=64):

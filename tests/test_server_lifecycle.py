@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server_support import (ALICE, BOB, DEV, KEYS, ServeProcess, StandIn, data_uri, local_server,  # noqa: I001
+from server_support import (ALICE, BOB, DEV, KEYS, ServeProcess, StandIn, children, data_uri, local_server,  # noqa: I001
                             wait_done, wait_for_workers)
 from packloader import submodule
 from server_load import run_counts, serve_args, serve_env
@@ -47,17 +47,6 @@ def wait_until(predicate, what: str, timeout: float = 60.0, every: float = 0.05)
             return value
         assert time.monotonic() < deadline, f"not within {timeout:g} s: {what}"
         time.sleep(every)
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            if f"\nPPid:\t{pid}\n" in status.read_text():
-                found.append(int(status.parent.name))
-        except OSError:
-            continue
-    return found
 
 
 def status_of(http: httpx.Client, job: dict, headers=ALICE) -> dict:

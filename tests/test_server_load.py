@@ -4,12 +4,11 @@ a smaller run of benchmarks/server_load.py, kill -9 in the middle of it, and a j
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from server_support import ServeProcess, data_uri, wait_for_workers  # noqa: I001  (puts benchmarks/ on sys.path first)
+from server_support import ServeProcess, children, data_uri, wait_for_workers  # noqa: I001  (puts benchmarks/ on sys.path first)
 from packloader import submodule
 from server_load import KEYS, kill_and_restart, report, run_counts, run_load, serve_args, serve_env
 
@@ -54,17 +53,6 @@ def test_kill9_mid_load_loses_nothing_and_positions_never_rise(tmp_path, record)
     assert result.positions_rose == []  # re-queued jobs kept their place: no position went up, not even at restart
     assert len(old_workers) == 2 and not any(map(supervisor.process_alive, old_workers))  # they followed serve (no orphans)
     assert set(by_worker) - set(map(str, old_workers))  # the restarted server's workers finished the load
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            if f"\nPPid:\t{pid}\n" in status.read_text():
-                found.append(int(status.parent.name))
-        except OSError:
-            continue  # a process that ended meanwhile
-    return found
 
 
 def test_a_job_that_kills_or_hangs_its_worker_fails_and_the_next_one_runs(tmp_path, record):

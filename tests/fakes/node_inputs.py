@@ -26,8 +26,8 @@ def load_encoder(**kw):
     return loaders.FluxReduxLoadEncoder().load(**args)[0]
 
 
-def load_model(**kw):
-    args = dict(transformer="flux1-dev.safetensors", vae="ae.safetensors", variant="auto", weight_dtype="default",
+def load_model(transformer="flux1-dev.safetensors", **kw):
+    args = dict(transformer=transformer, vae="ae.safetensors", variant="auto", weight_dtype="default",
                 offload="none", vae_tiling="auto", device="cpu") | kw
     return loaders.FluxReduxLoadModel().load(**args)[0]
 
