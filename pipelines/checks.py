@@ -59,24 +59,23 @@ def image_batch(value: Any, name: str = "image") -> torch.Tensor:
         raise InputCheckError(name, f"got {describe(value)}", IMAGE_EXPECTED)
     if value.ndim not in (3, 4) or value.shape[-1] not in (3, 4):
         raise InputCheckError(name, f"got {describe(value)}", IMAGE_EXPECTED)
-    batch = value if value.ndim == 4 else value[None]
-    if batch.shape[0] == 0:
-        raise InputCheckError(name, "the batch is empty (0 images)", IMAGE_EXPECTED)
-    if batch.shape[1] == 0 or batch.shape[2] == 0:
-        raise InputCheckError(name, f"the image has no pixels ({batch.shape[2]}x{batch.shape[1]})", IMAGE_EXPECTED)
-    return finite(batch, name, IMAGE_EXPECTED)
+    return _pixels_batch(value if value.ndim == 4 else value[None], name, "image", IMAGE_EXPECTED)
 
 
 def mask_batch(value: Any, name: str = "mask") -> torch.Tensor:
     """A ComfyUI MASK with at least one mask of at least 1x1 pixel, finite; [B, H, W]."""
     if not isinstance(value, torch.Tensor) or value.ndim not in (2, 3):
         raise InputCheckError(name, f"got {describe(value)}", MASK_EXPECTED)
-    batch = value if value.ndim == 3 else value[None]
+    return _pixels_batch(value if value.ndim == 3 else value[None], name, "mask", MASK_EXPECTED)
+
+
+def _pixels_batch(batch: torch.Tensor, name: str, noun: str, expected: str) -> torch.Tensor:
+    """What IMAGE and MASK batches share: at least one item, at least 1x1 pixel, finite values."""
     if batch.shape[0] == 0:
-        raise InputCheckError(name, "the batch is empty (0 masks)", MASK_EXPECTED)
+        raise InputCheckError(name, f"the batch is empty (0 {noun}s)", expected)
     if batch.shape[1] == 0 or batch.shape[2] == 0:
-        raise InputCheckError(name, f"the mask has no pixels ({batch.shape[2]}x{batch.shape[1]})", MASK_EXPECTED)
-    return finite(batch, name, MASK_EXPECTED)
+        raise InputCheckError(name, f"the {noun} has no pixels ({batch.shape[2]}x{batch.shape[1]})", expected)
+    return finite(batch, name, expected)
 
 
 def redux_conditioning(value: Any, name: str = "conditioning", used: bool = True):
