@@ -7,6 +7,7 @@ only declare, convert and validate (before any model work); the work is in ..pip
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import replace
 
@@ -17,6 +18,8 @@ from .conditioning import text_from_comfy
 from .convert import image_batch_to_pils, images_from_comfy, masks_from_comfy
 from .local import ENCODER_INPUTS, FluxReduxEncode, FluxReduxGenerate, encode_progress, pick_encoder, run_generation
 from .widgets import number_widget
+
+log = logging.getLogger(__name__)
 
 CATEGORY = "FLUX Redux/restyle"
 STRENGTH = replace(params.REFERENCE_WEIGHT, name="strength")
@@ -71,19 +74,33 @@ class FluxReduxEncodeAdvanced:
         strength = STRENGTH.validate(strength)
         images = images_from_comfy(image, "image")
         masks = None if mask is None else masks_from_comfy(mask, len(images), "mask")
-        if autocrop:
-            if masks is None:
-                raise ValueError("autocrop needs a mask: connect a MASK (e.g. LoadImage's, painted in its Mask "
-                                 "Editor) or turn autocrop off")
-        for n, m in enumerate(masks or [], 1):
-            if float(m.max()) < 0.5:
-                raise ValueError(f"mask {n} is empty (no value >= 0.5), so no Redux token would be kept. LoadImage "
-                                 "gives an empty mask when nothing was painted: open the reference in the Mask "
-                                 "Editor and paint the part to keep, or disconnect the mask")
+        if autocrop and masks is None:
+            raise ValueError("autocrop needs a mask: connect a MASK (e.g. LoadImage's, painted in its Mask "
+                             "Editor) or turn autocrop off")
+        masks, margin = drop_unpainted_masks(masks, margin)
         encoder = pick_encoder(redux_encoder, clip_vision, style_model)
         return (encode(encoder, images, [strength / len(images)] * len(images), crop, masks=masks,
                        downsample_factor=downsample_factor, downsample_mode=downsample_mode,
                        autocrop_margin=margin, on_image=encode_progress()),)
+
+
+def drop_unpainted_masks(masks, margin):
+    """(masks, autocrop margin) with an all-empty mask batch read as "nothing painted yet": LoadImage gives an
+    empty MASK for a reference without a painted area, so the whole reference is used (and a warning logged),
+    which lets the masked-reference template run as shipped. A batch where only some masks are empty is refused:
+    which references should count whole is not for the node to guess."""
+    if masks is None:
+        return None, margin
+    empty = [n for n, m in enumerate(masks, 1) if float(m.max()) < 0.5]
+    if not empty:
+        return masks, margin
+    if len(empty) < len(masks):
+        raise ValueError(f"mask {empty[0]} is empty (no value >= 0.5) while others are painted, so that reference "
+                         "would give no Redux token: paint it in the Mask Editor, or connect one mask per image")
+    log.warning("FLUX Redux Encode (advanced): the mask is empty (nothing painted in LoadImage's Mask Editor), so "
+                "the whole reference is used%s; paint the part to keep to restrict it",
+                " and autocrop is skipped" if margin is not None else "")
+    return None, None
 
 
 class FluxReduxPrompt:

@@ -134,7 +134,7 @@ def test_mask_and_autocrop_keep_fewer_tokens(encoder):
 
 @pytest.mark.parametrize("kw, message", [
     (dict(autocrop=True), "autocrop needs a mask: connect a MASK"),
-    (dict(mask=torch.zeros(1, 64, 64)), "mask 1 is empty .* paint the part to keep"),  # LoadImage, nothing painted
+    (dict(mask=torch.stack([torch.ones(48, 64), torch.zeros(48, 64)])), "mask 2 is empty .* while others are painted"),
     (dict(mask=torch.ones(3, 48, 64)), "2 reference image.* but 3 masks"),
     (dict(mask=torch.ones(3, 4)[None, None]), "expected a ComfyUI MASK"),
     (dict(downsample_factor=12.0), "downsample_factor=12.0 is not allowed"),
@@ -144,6 +144,17 @@ def test_mask_and_autocrop_keep_fewer_tokens(encoder):
 def test_invalid_encode_inputs_fail_before_loading(encoder, no_model_work, kw, message):
     with pytest.raises(ValueError, match=message):
         advanced(encoder, photo(batch=2), **kw)
+
+
+def test_unpainted_mask_uses_the_whole_reference_with_a_warning(encoder, caplog):
+    """LoadImage gives an empty 64x64 MASK when nothing was painted: the reference counts whole, autocrop is
+    skipped, and the log says so (the masked-reference template runs as shipped)."""
+    whole = advanced(encoder, photo())
+    with caplog.at_level("WARNING"):
+        unpainted = advanced(encoder, photo(), mask=torch.zeros(1, 64, 64), autocrop=True, autocrop_margin=0)
+    assert unpainted.token_count == whole.token_count == GRID * GRID
+    assert torch.equal(unpainted.image_tokens, whole.image_tokens)
+    assert "mask is empty (nothing painted" in caplog.text and "autocrop is skipped" in caplog.text
 
 
 def test_mask_leaving_no_token_is_explained(encoder):
