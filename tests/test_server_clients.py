@@ -51,7 +51,7 @@ def custom_request(server, **fields):
 
 
 def custom_settings(tmp_path, **overrides):
-    overrides.setdefault("deadline_s", 120.0)
+    overrides.setdefault("deadline_s", 600.0)  # a bound, not a target: a loaded CI machine is slow
     return client_settings(tmp_path, environ={"REDUX_CUSTOM_API_KEY": KEYS["bob"]}, **overrides)
 
 
@@ -92,7 +92,7 @@ def test_remote_client_interrupt_cancels_the_running_job(server, tmp_path):
                                     settings=custom_settings(tmp_path, poll_interval=0.05), on_progress=seen.append,
                                     should_abort=lambda: any(event.state == "running" for event in seen))
     request_id = next(event.request_id for event in seen if event.request_id)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120
     while not (job := server.service.store.get(request_id)).done:
         assert time.monotonic() < deadline
         time.sleep(0.05)
