@@ -61,6 +61,7 @@ class WeightFile:
             self._gguf = {t.name: t for t in GGUFReader(str(self.index.path)).tensors}  # read-only memory map
         else:
             self._file = self._stack.enter_context(open_safetensors(self.index.path))
+            self._raw_file = self._stack.enter_context(open(self.index.path, "rb", buffering=0))
         return self
 
     def __exit__(self, *exc):
@@ -106,7 +107,7 @@ class WeightFile:
         whole = (start, stop) == (0, self.rows(key))
         name = self.index.prefix + key
         if not self.index.is_gguf:
-            return self._file.get_tensor(name) if whole else self._file.get_slice(name)[start:stop]
+            return self._file.get_tensor(name) if whole else self._rows(key, start, stop)
         import numpy as np
 
         tensor = self._gguf[name]
@@ -116,6 +117,23 @@ class WeightFile:
         from diffusers.quantizers.gguf.utils import GGUFParameter
 
         return GGUFParameter(data, quant_type=tensor.tensor_type)
+
+    def _rows(self, key: str, start: int, stop: int) -> torch.Tensor:
+        """Rows of a safetensors tensor, read straight into their own buffer (seek + readinto, so it works on
+        Windows too). safetensors' get_slice reads the whole tensor for every slice, so the q, k, v and MLP rows
+        of BFL's fused linear1 read it four times, which made a full FLUX load about twice as slow as one read."""
+        shape = self.index.shapes[key]
+        out = torch.empty((stop - start, *shape[1:]), dtype=self.dtype(key))
+        buffer = memoryview(out.view(torch.uint8).numpy()).cast("B") if out.numel() else memoryview(b"")
+        offset = self.index.offsets[key] + start * (out.nbytes // max(stop - start, 1))
+        self._raw_file.seek(offset)
+        done = 0
+        while done < len(buffer):
+            got = self._raw_file.readinto(buffer[done:])
+            if not got:
+                raise WeightsError(f"{self.name}: ends inside tensor {key}; the file is truncated.")
+            done += got
+        return out
 
     def _scale(self, key: str, start: int, stop: int) -> torch.Tensor:
         scale = self._file.get_tensor(self.index.prefix + key[: -len("weight")] + "scale_weight")

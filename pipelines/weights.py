@@ -44,6 +44,7 @@ class TensorIndex:
 
     prefix: the keys carry it in the file (one component of a ComfyUI all-in-one checkpoint; stripped here).
     nbytes: bytes of each tensor in the file (GGUF blocks are smaller than their element count says).
+    offsets: where each tensor's bytes start in a safetensors file, so rows of one can be read alone.
     """
 
     path: Path
@@ -51,6 +52,7 @@ class TensorIndex:
     dtypes: dict[str, str] = field(default_factory=dict)
     prefix: str = ""
     nbytes: dict[str, int] = field(default_factory=dict)
+    offsets: dict[str, int] = field(default_factory=dict)
 
     @property
     def keys(self) -> set[str]:
@@ -77,7 +79,8 @@ class TensorIndex:
         """The keys under `prefix`, without it (e.g. `vae.` of an all-in-one checkpoint)."""
         def strip(d):
             return {k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix)}
-        return TensorIndex(self.path, strip(self.shapes), strip(self.dtypes), self.prefix + prefix, strip(self.nbytes))
+        return TensorIndex(self.path, strip(self.shapes), strip(self.dtypes), self.prefix + prefix, strip(self.nbytes),
+                           strip(self.offsets))
 
 
 def open_safetensors(path: str | Path):
@@ -114,7 +117,18 @@ def read_header(path: Path) -> TensorIndex:
         shapes = {k: tuple(s.get_shape()) for k, s in slices.items()}
         dtypes = {k: s.get_dtype() for k, s in slices.items()}
     return TensorIndex(path, shapes, dtypes,
-                       nbytes={k: math.prod(v) * DTYPE_BYTES.get(dtypes[k], 4) for k, v in shapes.items()})
+                       nbytes={k: math.prod(v) * DTYPE_BYTES.get(dtypes[k], 4) for k, v in shapes.items()},
+                       offsets=data_offsets(path))
+
+
+def data_offsets(path: Path) -> dict[str, int]:
+    """Each tensor's first byte in a safetensors file: the format is an 8-byte little-endian header length, the
+    JSON header (data_offsets relative to the end of the header), then the data. Called after safe_open has
+    accepted the header, so its layout is known to be valid."""
+    with open(path, "rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(length))
+    return {k: 8 + length + v["data_offsets"][0] for k, v in header.items() if k != "__metadata__"}
 
 
 CHECKPOINT_PARTS = {"flux_transformer": "model.diffusion_model.", "vae": "vae."}  # ComfyUI all-in-one files
