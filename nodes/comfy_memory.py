@@ -113,15 +113,20 @@ def resolve_auto(spec) -> LoadOptions:
                    placement_reason=f"auto in ComfyUI: {placement.reason}")
 
 
-def build_placement(options: LoadOptions) -> LoadOptions:
-    """Where the engine should build a model inside ComfyUI: on its offload device (the compute device stays
-    in the options, so speed modes and the cache key see it), in the dtype the load device computes in (auto on CUDA is bf16 even when the weights wait in RAM). Unchanged outside ComfyUI or when
-    diffusers' offload hooks place the model."""
+def build_placement(options: LoadOptions, kept=lambda: 0) -> LoadOptions:
+    """Where the engine should build a model of `kept()` bytes inside ComfyUI, in the dtype the load device computes
+    in (auto on CUDA is bf16 even when the weights wait in RAM); the compute device stays in the options, so speed
+    modes and the cache key see it. On the load device itself when it is a GPU with room for the model and a run
+    (and ComfyUI is not in --novram), since weights built in RAM are a private copy of the whole model there;
+    else on ComfyUI's offload device. Unchanged outside ComfyUI or when diffusers' offload hooks place the model."""
     mm = comfy_module("comfy.model_management")
     if mm is None or options.offload != "none":
         return options
     dtype = options.dtype if options.dtype != "auto" else DTYPE_NAMES[options.torch_dtype()]
-    return replace(options, build_device=str(mm.unet_offload_device()), dtype=dtype)
+    device = load_device(options)
+    fits = device.type == "cuda" and 0 < kept() < mm.get_free_memory(device) - mm.minimum_inference_memory() \
+        and mm.vram_state != mm.VRAMState.NO_VRAM
+    return replace(options, build_device=str(device if fits else mm.unet_offload_device()), dtype=dtype)
 
 
 def _patcher(model, load_device: torch.device):

@@ -15,7 +15,7 @@ import logging
 from dataclasses import replace
 
 from ..pipelines import checks, params
-from ..pipelines.models import FluxModelSpec, ReduxEncoderSpec, load_flux_model, load_redux_encoder
+from ..pipelines.models import FluxModelSpec, ReduxEncoderSpec, kept_bytes, load_flux_model, load_redux_encoder
 from ..pipelines.params import ParameterError
 from ..pipelines.redux import ReduxConditioning, check_encode_options, encode
 from ..pipelines.cache import CACHE
@@ -54,7 +54,8 @@ def load_encoder(spec: ReduxEncoderSpec):
 def load_flux(spec: FluxModelSpec, gen: params.GenerationParams):
     """The FLUX model from the shared cache, placed by ComfyUI's memory manager with room for this run."""
     options = memory.resolve_auto(spec)
-    placed = replace(spec, options=memory.build_placement(options))
+    resolved = replace(spec, options=options)
+    placed = replace(spec, options=memory.build_placement(options, lambda: kept_bytes(resolved)))
     flux = load_flux_model(placed)
     memory.keep_while(spec, placed.cache_key())
     working = int(gen.num_images * gen.width * gen.height / 1e6 * GIB_PER_MEGAPIXEL)

@@ -43,7 +43,9 @@ class LoadOptions:
     vae_tiling: str = field(default="auto", compare=False)
     speed: str = params.SPEED_NONE  # load-time speed modes (pipelines/speed.py)
     placement_reason: str = field(default="chosen in the options", compare=False)  # why this offload (for info)
-    build_device: str = ""  # where the weights wait after loading when a caller (ComfyUI) moves them to `device`
+    # where the weights wait after loading when a caller (ComfyUI) moves them to `device`: not in the cache key, since
+    # the caller moves a cached model wherever it is (ComfyUI builds on the GPU only while there is room for it)
+    build_device: str = field(default="", compare=False)
 
     def torch_build_device(self) -> torch.device:
         """Where the weights are put at load: build_device, else the compute device."""

@@ -189,6 +189,15 @@ def resolve_placement(spec: FluxModelSpec, device: torch.device, dtype: torch.dt
     return decide(transformer_footprint(spec.transformer), vae, free, dtype.itemsize, opts.weight_storage)
 
 
+def kept_bytes(spec: FluxModelSpec, storage: str | None = None) -> int:
+    """Bytes a FLUX model (transformer + VAE) keeps once loaded with `storage` (default: the spec's), from the
+    files' headers only: what a caller must find room for before it builds the model on a device."""
+    dtype = spec.options.torch_dtype()
+    vae = component_params(spec.vae, "vae", "vae") * vae_dtype(dtype).itemsize
+    storage = storage or spec.options.weight_storage
+    return transformer_footprint(spec.transformer).memory_bytes(dtype.itemsize, storage) + vae
+
+
 def match_vae_io(vae: torch.nn.Module, compute: torch.dtype) -> None:
     """A VAE kept in another dtype than the transformer (fp32 next to fp16) casts what it is handed, and the
     encoder hands its latents back in the compute dtype, so diffusers' pipelines need not know."""

@@ -61,7 +61,7 @@ def test_gguf_model_generates_and_reports_its_quantized_size(tmp_path, models, g
         flux = models_mod.load_flux_model(spec, ModelCache())
     assert "weight_storage=fp8 ignored" in caplog.text and flux.placement.weight_storage == "default"
     plain_bytes = sum(p.numel() * 4 for p in gguf_source.parameters())
-    assert flux.memory_bytes() < plain_bytes
+    assert flux.memory_bytes() < plain_bytes and models_mod.kept_bytes(spec) == flux.memory_bytes()
     encoder = models_mod.load_redux_encoder(models_mod.ReduxEncoderSpec(str(models["files"]["redux"]),
                                                                         str(models["files"]["siglip"])), ModelCache())
     gen = params.validate_generation("dev", "custom", 256, 256, num_inference_steps=2, seed=1)
@@ -299,3 +299,13 @@ def test_a_lora_on_an_fp8_file_kept_fp8_computes_in_the_compute_dtype(tmp_path, 
     assert {p.dtype for n, p in to_q.named_parameters() if "lora_" in n} == {F32}
     assert (images - plain).abs().max() > 1e-3
     assert torch.equal(sampling.generate(flux(), cond, run).images, plain) and cache.loads == loads
+
+
+@pytest.mark.parametrize("storage", ["default", "fp8"])
+def test_kept_bytes_from_headers_is_what_the_loaded_model_holds(models, storage):
+    """ComfyUI's nodes build a model straight on the GPU only when kept_bytes (read from headers, before any load)
+    fits there: it must be what the model really holds once loaded, transformer and VAE."""
+    spec = models_mod.FluxModelSpec(str(models["files"]["dev"]), str(models["files"]["vae"]),
+                                    options=loading.LoadOptions(device="cpu", weight_storage=storage))
+    flux = models_mod.load_flux_model(spec, ModelCache())
+    assert models_mod.kept_bytes(spec) == flux.memory_bytes()

@@ -424,6 +424,22 @@ def test_models_wait_on_the_offload_device_but_keep_their_compute_device(fake_co
     assert built != memory.build_placement(LoadOptions(device="cpu", offload="none"))  # distinct cache keys
 
 
+@pytest.mark.parametrize("free_gb, vram_state, expected", [(30, "NORMAL_VRAM", "cuda"), (10, "NORMAL_VRAM", "cpu"),
+                                                           (30, "NO_VRAM", "cpu")])
+def test_models_that_fit_are_built_on_the_gpu_itself(fake_comfy, monkeypatch, free_gb, vram_state, expected):
+    """A model built in RAM is a private copy of all its weights there; built on the GPU, RAM holds none."""
+    memory, LoadOptions = submodule("nodes.comfy_memory"), submodule("pipelines.loading").LoadOptions
+    mm = sys.modules["comfy.model_management"]
+    states = types.SimpleNamespace(NO_VRAM="NO_VRAM", NORMAL_VRAM="NORMAL_VRAM")
+    for name, value in (("get_free_memory", lambda device: free_gb * 2**30), ("minimum_inference_memory", lambda: 2**30),
+                        ("VRAMState", states), ("vram_state", vram_state)):
+        monkeypatch.setattr(mm, name, value, raising=False)
+    monkeypatch.setattr(memory, "load_device", lambda options: torch.device("cuda", 0))
+    built = memory.build_placement(LoadOptions(device="cuda", offload="none"), lambda: 12 * 2**30)
+    assert built.torch_build_device().type == expected
+    assert built == memory.build_placement(LoadOptions(device="cuda", offload="none"))  # one cache entry either way
+
+
 def test_unload_node_frees_everything(fake_comfy, cond):
     import gc
     import weakref
