@@ -2,8 +2,9 @@
 
 The engine keeps its own cache (pipelines.cache.CACHE: one copy of each model, shared by every node) and
 ComfyUI's memory manager decides where the weights of a cached model live, as it does for its own models:
-- offload none (the default): the engine builds the model on ComfyUI's offload device (RAM, or VRAM with
-  --highvram/--gpu-only), in the compute dtype of the load device. The pack wraps the model's modules in a
+- offload none (the default): the engine builds a FLUX model on the GPU itself when it fits there (a private RAM
+  copy of the whole model avoided), else on ComfyUI's offload device (RAM, or VRAM with --highvram/--gpu-only),
+  in the compute dtype of the load device. The pack wraps the model's modules in a
   ComfyUI ModelPatcher and calls load_models_gpu before every use: ComfyUI frees room (unloading its own or
   other models) and moves the weights to the GPU. When ComfyUI needs the room later (another model, POST /free,
   "Unload models") it moves them back to RAM, as it does its own; the next use moves them in again, with no
