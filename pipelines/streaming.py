@@ -3,9 +3,11 @@
 Each tensor goes from the file to its storage dtype on its final device and into the model through accelerate's
 `set_module_tensor_to_device`, the way accelerate's `load_checkpoint_and_dispatch` and ComfyUI's loader work: no
 state dict of the whole file, no copy of the model in another dtype. A process holds the model plus the tensor in
-flight. safetensors files are read with pread(2): the default mmap backend maps the file private and writable,
-which the kernel counts as the process's private data (RLIMIT_DATA) for as long as the file is open. GGUF files
-are memory-mapped read-only by the gguf package, and only the rows a tensor needs are copied out.
+flight. safetensors tensors are read (seek + readinto at their header offsets) straight into the tensor being
+built, or through one 16 MB scratch buffer when they are cast or go to another device; safetensors' default mmap
+backend maps the file private and writable, which the kernel counts as the process's private data (RLIMIT_DATA)
+for as long as the file is open. GGUF files are memory-mapped read-only by the gguf package, and only the rows a
+tensor needs are copied out.
 
 BFL and LDM key names are converted by diffusers' own single-file converters, run on stand-ins that hold row
 numbers instead of weights (a few MB for a full FLUX transformer), so the result says which rows of which file
@@ -15,6 +17,7 @@ tensor each model tensor takes, and only then are the real tensors read, under t
 from __future__ import annotations
 
 import logging
+import math
 from bisect import bisect_right
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -22,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from .weights import SCALE_SUFFIXES, TensorIndex, WeightsError, open_safetensors
+from .weights import SCALE_SUFFIXES, TensorIndex, WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,7 @@ SAFETENSORS_DTYPES = {
     "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
     "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
 }
+SCRATCH_BYTES = 16 * 2**20  # one chunk of a tensor being cast or moved to another device
 GGUF_PLAIN = {"F32": torch.float32, "F16": torch.float16}  # diffusers keeps these as plain tensors
 
 
@@ -52,6 +56,7 @@ class WeightFile:
     def __init__(self, index: TensorIndex, device: torch.device | str = "cpu"):
         self.index, self.device = index, torch.device(device)
         self._stack = ExitStack()
+        self._scratch: torch.Tensor | None = None
         self._check_scales()
 
     def __enter__(self) -> "WeightFile":
@@ -60,13 +65,12 @@ class WeightFile:
 
             self._gguf = {t.name: t for t in GGUFReader(str(self.index.path)).tensors}  # read-only memory map
         else:
-            self._file = self._stack.enter_context(open_safetensors(self.index.path))
             self._raw_file = self._stack.enter_context(open(self.index.path, "rb", buffering=0))
         return self
 
     def __exit__(self, *exc):
         self._stack.close()
-        self._gguf = self._file = None
+        self._gguf = self._scratch = None
 
     @property
     def name(self) -> str:
@@ -102,15 +106,13 @@ class WeightFile:
                 raise WeightsError(f"{self.name}: {key} matches no weight it could scale; the file is not in "
                                    "ComfyUI's scaled fp8 layout.")
 
-    def _raw(self, key: str, start: int, stop: int) -> torch.Tensor:
-        """Rows [start, stop) of a tensor as stored, in private CPU memory (just those bytes)."""
-        whole = (start, stop) == (0, self.rows(key))
-        name = self.index.prefix + key
-        if not self.index.is_gguf:
-            return self._file.get_tensor(name) if whole else self._rows(key, start, stop)
+    def _gguf_rows(self, key: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of a GGUF tensor, copied out of the read-only map (quantized blocks as a
+        GGUFParameter, F32/F16 tensors plain)."""
         import numpy as np
 
-        tensor = self._gguf[name]
+        tensor = self._gguf[self.index.prefix + key]
+        whole = (start, stop) == (0, self.rows(key))
         data = torch.from_numpy(np.array(tensor.data if whole else tensor.data[start:stop]))
         if self.dtype(key) is not None:
             return data
@@ -118,44 +120,81 @@ class WeightFile:
 
         return GGUFParameter(data, quant_type=tensor.tensor_type)
 
-    def _rows(self, key: str, start: int, stop: int) -> torch.Tensor:
-        """Rows of a safetensors tensor, read straight into their own buffer (seek + readinto, so it works on
-        Windows too). safetensors' get_slice reads the whole tensor for every slice, so the q, k, v and MLP rows
-        of BFL's fused linear1 read it four times, which made a full FLUX load about twice as slow as one read."""
+    def _row_bytes(self, key: str) -> int:
         shape = self.index.shapes[key]
-        out = torch.empty((stop - start, *shape[1:]), dtype=self.dtype(key))
-        buffer = memoryview(out.view(torch.uint8).numpy()).cast("B") if out.numel() else memoryview(b"")
-        offset = self.index.offsets[key] + start * (out.nbytes // max(stop - start, 1))
-        self._raw_file.seek(offset)
+        return math.prod(shape[1:]) * self.dtype(key).itemsize
+
+    def _read_into(self, buffer: memoryview, key: str, start: int) -> None:
+        """Fill `buffer` with the bytes of `key` from row `start` on (seek + readinto: works on Windows too)."""
+        self._raw_file.seek(self.index.offsets[key] + start * self._row_bytes(key))
         done = 0
         while done < len(buffer):
             got = self._raw_file.readinto(buffer[done:])
             if not got:
                 raise WeightsError(f"{self.name}: ends inside tensor {key}; the file is truncated.")
             done += got
-        return out
+
+    def _fill(self, target: torch.Tensor, key: str, start: int, stop: int) -> None:
+        """Rows [start, stop) of `key` into `target` (their place in the tensor being built). Rows already in
+        the target's dtype on the CPU are read straight into it; others go through one small scratch buffer,
+        moved, scaled and cast a chunk at a time, so a cast never holds a second copy of a tensor: freed
+        temporaries between kept tensors fragment the heap, which held 150-380 MB past a mid-size load."""
+        if target.dtype == self.dtype(key) and target.device.type == "cpu" and not self.scaled(key):
+            self._read_into(_bytes_of(target), key, start)
+            return
+        row_bytes = self._row_bytes(key)
+        step = max(1, SCRATCH_BYTES // max(row_bytes, 1))
+        if self._scratch is None or self._scratch.numel() < step * row_bytes:
+            self._scratch = torch.empty(max(SCRATCH_BYTES, step * row_bytes), dtype=torch.uint8)
+        trailing = self.index.shapes[key][1:]
+        for low in range(start, stop, step):
+            high = min(stop, low + step)
+            raw = self._scratch[: (high - low) * row_bytes]
+            self._read_into(_bytes_of(raw), key, low)
+            chunk = raw.view(self.dtype(key)).reshape(high - low, *trailing).to(self.device)
+            if self.scaled(key):
+                chunk = chunk.float() * self._scale(key, low, high)
+            target[low - start: high - start].copy_(chunk)
 
     def _scale(self, key: str, start: int, stop: int) -> torch.Tensor:
-        scale = self._file.get_tensor(self.index.prefix + key[: -len("weight")] + "scale_weight")
+        name = key[: -len("weight")] + "scale_weight"
+        scale = torch.empty(self.index.shapes[name], dtype=self.dtype(name))
+        self._read_into(_bytes_of(scale), name, 0)
         scale = scale.to(self.device, torch.float32)
         if scale.numel() == 1:
             return scale.reshape(())
         return scale.reshape(-1)[start:stop].reshape(-1, *[1] * (len(self.index.shapes[key]) - 1))
 
     def read(self, piece: Piece, dtype: torch.dtype | None) -> torch.Tensor:
-        """The piece on this file's device in `dtype` (None: as stored). Each part moves to the device first and
-        is scaled and cast there, so a GPU-bound tensor never has a second copy in RAM."""
+        """The piece on this file's device in `dtype` (None: as stored), built in place: its parts are read
+        into their rows of one tensor made in the final dtype on the final device, so a GPU-bound tensor never
+        has a copy in RAM and a cast never has a second whole copy anywhere."""
+        if self.index.is_gguf:
+            return self._read_gguf(piece, dtype)
+        shape = self.index.shapes[piece.key]
+        rows = sum(stop - start for _, start, stop in piece.parts)
+        out = torch.empty((rows, *shape[1:]), dtype=dtype or self.dtype(piece.key), device=self.device)
+        row = 0
+        for key, start, stop in piece.parts:
+            self._fill(out[row: row + stop - start], key, start, stop)
+            row += stop - start
+        return out.reshape(()) if not shape else out
+
+    def _read_gguf(self, piece: Piece, dtype: torch.dtype | None) -> torch.Tensor:
         out = []
         for key, start, stop in piece.parts:
-            value = self._raw(key, start, stop)
-            if value.device != self.device:
-                value = value.to(self.device)
-            if self.scaled(key):
-                value = value.float() * self._scale(key, start, stop)
+            value = self._gguf_rows(key, start, stop).to(self.device)
             if dtype is not None and value.dtype != dtype and type(value) is torch.Tensor:
                 value = value.to(dtype)
             out.append(value)
         return out[0] if len(out) == 1 else torch.cat(out)
+
+
+def _bytes_of(tensor: torch.Tensor) -> memoryview:
+    """A contiguous CPU tensor's memory as a writable byte buffer."""
+    if not tensor.numel():
+        return memoryview(bytearray())
+    return memoryview(tensor.reshape(-1).view(torch.uint8).numpy()).cast("B")
 
 
 # -- names: which file rows each model tensor takes ---------------------------------------------------------
