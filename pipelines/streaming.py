@@ -106,6 +106,14 @@ class WeightFile:
                 raise WeightsError(f"{self.name}: {key} matches no weight it could scale; the file is not in "
                                    "ComfyUI's scaled fp8 layout.")
 
+    def position(self, piece: Piece) -> int:
+        """Where the piece's first byte lies in the file. Reading in this order reads the file front to back, so
+        the kernel's read-ahead serves a file that is not in the page cache (a model's own order jumps about)."""
+        key, start, _ = piece.parts[0]
+        if self.index.is_gguf:
+            return int(self._gguf[self.index.prefix + key].data_offset)
+        return self.index.offsets[key] + start * self._row_bytes(key)
+
     def _gguf_rows(self, key: str, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop) of a GGUF tensor, copied out of the read-only map (quantized blocks as a
         GGUFParameter, F32/F16 tensors plain)."""
@@ -126,7 +134,7 @@ class WeightFile:
 
     def _read_into(self, buffer: memoryview, key: str, start: int) -> None:
         """Fill `buffer` with the bytes of `key` from row `start` on (seek + readinto: works on Windows too)."""
-        self._raw_file.seek(self.index.offsets[key] + start * self._row_bytes(key))
+        self._raw_file.seek(self.position(Piece(((key, start, start),))))
         done = 0
         while done < len(buffer):
             got = self._raw_file.readinto(buffer[done:])
@@ -258,10 +266,9 @@ def stream_into(model: torch.nn.Module, pieces: dict[str, Piece], source: Weight
 
     placed: dict[Piece, str] = {}
     loaded: set[str] = set()
-    for name, meta in model.state_dict(keep_vars=True).items():
-        piece = pieces.get(name)
-        if piece is None:
-            continue
+    wanted = [(name, meta, pieces[name]) for name, meta in model.state_dict(keep_vars=True).items()
+              if name in pieces]
+    for name, meta, piece in sorted(wanted, key=lambda entry: source.position(entry[2])):
         if piece in placed:
             _share(model, name, placed[piece])
             loaded.add(name)
