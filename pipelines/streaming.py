@@ -112,7 +112,11 @@ class WeightFile:
         key, start, _ = piece.parts[0]
         if self.index.is_gguf:
             return int(self._gguf[self.index.prefix + key].data_offset)
-        return self.index.offsets[key] + start * self._row_bytes(key)
+        return self._offset(key, start)
+
+    def _offset(self, key: str, row: int) -> int:
+        """A safetensors tensor's row `row`, as a byte offset in the file."""
+        return self.index.offsets[key] + row * self._row_bytes(key)
 
     def _gguf_rows(self, key: str, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop) of a GGUF tensor, copied out of the read-only map (quantized blocks as a
@@ -134,7 +138,7 @@ class WeightFile:
 
     def _read_into(self, buffer: memoryview, key: str, start: int) -> None:
         """Fill `buffer` with the bytes of `key` from row `start` on (seek + readinto: works on Windows too)."""
-        self._raw_file.seek(self.position(Piece(((key, start, start),))))
+        self._raw_file.seek(self._offset(key, start))
         done = 0
         while done < len(buffer):
             got = self._raw_file.readinto(buffer[done:])
@@ -155,23 +159,26 @@ class WeightFile:
         if self._scratch is None or self._scratch.numel() < step * row_bytes:
             self._scratch = torch.empty(max(SCRATCH_BYTES, step * row_bytes), dtype=torch.uint8)
         trailing = self.index.shapes[key][1:]
+        scale = self._scale(key) if self.scaled(key) else None
         for low in range(start, stop, step):
             high = min(stop, low + step)
             raw = self._scratch[: (high - low) * row_bytes]
             self._read_into(_bytes_of(raw), key, low)
             chunk = raw.view(self.dtype(key)).reshape(high - low, *trailing).to(self.device)
-            if self.scaled(key):
-                chunk = chunk.float() * self._scale(key, low, high)
+            if scale is not None:
+                chunk = chunk.float() * (scale if scale.dim() == 0 else scale[low:high])
             target[low - start: high - start].copy_(chunk)
 
-    def _scale(self, key: str, start: int, stop: int) -> torch.Tensor:
+    def _scale(self, key: str) -> torch.Tensor:
+        """The scale of a scaled-fp8 weight, float32 on the device: a scalar, or one per row shaped to broadcast
+        over the row. Read once per tensor, sliced per chunk."""
         name = key[: -len("weight")] + "scale_weight"
         scale = torch.empty(self.index.shapes[name], dtype=self.dtype(name))
         self._read_into(_bytes_of(scale), name, 0)
         scale = scale.to(self.device, torch.float32)
         if scale.numel() == 1:
             return scale.reshape(())
-        return scale.reshape(-1)[start:stop].reshape(-1, *[1] * (len(self.index.shapes[key]) - 1))
+        return scale.reshape(-1, *[1] * (len(self.index.shapes[key]) - 1))
 
     def read(self, piece: Piece, dtype: torch.dtype | None) -> torch.Tensor:
         """The piece on this file's device in `dtype` (None: as stored), built in place: its parts are read
