@@ -214,11 +214,12 @@ def test_explicit_slots_are_not_looked_for(tmp_path):
 @pytest.mark.slow
 def test_city96_style_gguf_with_bfl_names(tmp_path):
     """city96's files keep BFL names; diffusers converts them (width 3072, 1 double + 1 single block here).
-    The fused qkv / linear1 weights are split while quantized; only those are quantized, to keep this fast."""
+    The fused qkv / linear1 weights are split while quantized; only those are quantized, to keep this fast, and
+    the rest is F16, to keep the file at 1 GB."""
     state = tm.bfl_transformer_state(guidance=True)
     fused = ("double_blocks.0.img_attn.qkv.weight", "single_blocks.0.linear1.weight")
     path = tmp_path / "flux1-dev-Q8_0.gguf"
-    held = tm.write_gguf(path, state, "Q8_0", quantize=lambda name: name in fused)
+    held = tm.write_gguf(path, state, "Q8_0", quantize=lambda name: name in fused, plain="float16")
     plain = tm.write_safetensors(tmp_path / "flux1-dev.safetensors",
                                  {k: v.to(torch.bfloat16).contiguous() for k, v in held.items()})
     model, variant = loading.load_transformer(path, torch.bfloat16)

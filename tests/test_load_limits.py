@@ -8,13 +8,14 @@ FLUX VAE); through the engine (CPU, bf16) and through the loader node as ComfyUI
 the CPU: fp32 compute, built on the offload device then placed). Each load prints its figures (pytest -s):
 kept bytes, the cap, the peak private RAM (RssAnon) and VmData above the baseline, seconds.
 
-The files are written tensor by tensor once per session; the loads run in children forked from one process that
+Each file is written tensor by tensor when its tests start and deleted when they end; the loads run in children forked from one process that
 imported torch, diffusers and the pack (benchmarks/memory_probe.ForkServer), so each costs its load only.
 """
 
 import importlib.util
 import math
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -53,29 +54,44 @@ def _vae_shapes() -> dict:
     return {k: tuple(v.shape) for k, v in tm.vae_state_ldm(vae).items()}
 
 
-@pytest.fixture(scope="session")
-def mid_files(tmp_path_factory, models):
-    root = tmp_path_factory.mktemp("midsize") / "models"
+KINDS = ["fp8", "bf16", "gguf", "checkpoint"]
+STORAGE = {"fp8": "default", "bf16": "fp8", "gguf": "default", "checkpoint": "default"}  # what each is loaded as
+
+
+def _write(kind: str, root: Path) -> Path:
     shapes = tm.bfl_shapes(True, in_channels=64, joint=4096, pooled=768, double=DOUBLE, single=SINGLE)
-    vae = _vae_shapes()
-    aio = {f"model.diffusion_model.{k}": v for k, v in shapes.items()} | {f"vae.{k}": v for k, v in vae.items()}
-    aio_dtypes = {f"model.diffusion_model.{k}": v for k, v in FP8_DTYPES(shapes).items()} | {
-        f"vae.{k}": "BF16" for k in vae}
-    fill = tm.RandomBytes()
-    files = {
-        "fp8": tm.write_safetensors_streamed(root / "diffusion_models" / "flux-mid-fp8.safetensors", shapes,
-                                             FP8_DTYPES(shapes), fill),
-        "bf16": tm.write_safetensors_streamed(root / "diffusion_models" / "flux-mid-bf16.safetensors", shapes,
-                                              dict.fromkeys(shapes, "BF16"), fill),
-        "gguf": tm.write_gguf_streamed(root / "unet" / "flux-mid-Q8_0.gguf", shapes, "Q8_0"),
-        "checkpoint": tm.write_safetensors_streamed(root / "diffusion_models" / "flux-mid-aio.safetensors", aio,
-                                                    aio_dtypes, fill),
-    }
-    (root / "vae").mkdir()
+    folder = root / "diffusion_models"
+    if kind == "gguf":
+        return tm.write_gguf_streamed(root / "unet" / "flux-mid-Q8_0.gguf", shapes, "Q8_0")
+    if kind == "bf16":
+        return tm.write_safetensors_streamed(folder / "flux-mid-bf16.safetensors", shapes,
+                                             dict.fromkeys(shapes, "BF16"), tm.RandomBytes())
+    dtypes = FP8_DTYPES(shapes)
+    if kind == "checkpoint":
+        vae = _vae_shapes()
+        shapes = {f"model.diffusion_model.{k}": v for k, v in shapes.items()} | {f"vae.{k}": v for k, v in vae.items()}
+        dtypes = {f"model.diffusion_model.{k}": v for k, v in dtypes.items()} | {f"vae.{k}": "BF16" for k in vae}
+    return tm.write_safetensors_streamed(folder / f"flux-mid-{kind}.safetensors", shapes, dtypes, tm.RandomBytes())
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def mid_file(request, tmp_path_factory, models):
+    """One mid-size file at a time (1.0-2.1 GB; 5.4 GB for all four): the module-scoped parameter makes pytest
+    run every test of one kind before it writes the next, and the file is deleted, passed or failed, before then,
+    so the suite fits a CI disk with little room to spare."""
+    kind = request.param
+    root = tmp_path_factory.mktemp(f"midsize-{kind}") / "models"
+    (root / "vae").mkdir(parents=True)
     os.symlink(models["files"]["vae"], root / "vae" / "ae.safetensors")  # the tiny FLUX-shaped VAE
-    yield dict(root=root, files=files, shapes=shapes, vae=root / "vae" / "ae.safetensors")
-    for path in files.values():  # 5.4 GB: not left behind in pytest's kept temporary folders
-        path.unlink()
+    need, free = (2.3 if kind == "bf16" else 1.3) * GIB, shutil.disk_usage(root).free
+    if free < need:
+        pytest.fail(f"the mid-size {kind} file needs {need / GIB:.1f} GiB free in {root}; {free / GIB:.1f} GiB is")
+    try:
+        path = _write(kind, root)
+        yield dict(kind=kind, storage=STORAGE[kind], root=root, path=path, vae=root / "vae" / "ae.safetensors")
+    finally:
+        for leftover in [*root.glob("diffusion_models/*"), *root.glob("unet/*")]:
+            leftover.unlink()
 
 
 @pytest.fixture(scope="module")
@@ -115,13 +131,9 @@ def check(result: dict, expected_kept: int, what: str) -> None:
     assert result["peak_anon_above_baseline"] <= 1.1 * result["kept"] + GIB  # issue 16's CPU target
 
 
-ENGINE_CASES = [("fp8", "default"), ("bf16", "fp8"), ("gguf", "default"), ("checkpoint", "default")]
-
-
-@pytest.mark.parametrize("kind, storage", ENGINE_CASES)
-def test_engine_loads_one_copy_under_a_private_memory_cap(server, mid_files, kind, storage):
-    path = mid_files["files"][kind]
-    vae = path if kind == "checkpoint" else mid_files["vae"]
+def test_engine_loads_one_copy_under_a_private_memory_cap(server, mid_file):
+    path, kind, storage = mid_file["path"], mid_file["kind"], mid_file["storage"]
+    vae = path if kind == "checkpoint" else mid_file["vae"]
     expected = kept_bytes(path, storage, torch.bfloat16) + vae_bytes(vae, torch.bfloat16)
     result = server.run(CHILD, "engine_load", transformer=str(path), vae=str(vae), storage=storage,
                         keep_bytes=expected, factor=FACTOR)
@@ -130,15 +142,11 @@ def test_engine_loads_one_copy_under_a_private_memory_cap(server, mid_files, kin
         assert "torch.float8_e4m3fn" in result["transformer_dtypes"]
 
 
-NODE_CASES = [("fp8", "default"), ("bf16", "fp8"), ("gguf", "default"), ("checkpoint", "default")]
-
-
-@pytest.mark.parametrize("kind, weight_dtype", NODE_CASES)
-def test_loader_node_in_comfyui_loads_one_copy_under_a_private_memory_cap(server, mid_files, kind, weight_dtype):
-    path = mid_files["files"][kind]
-    storage = "fp8" if weight_dtype == "fp8" else "default"
-    expected = kept_bytes(path, storage, torch.float32) + vae_bytes(mid_files["vae"], torch.float32)  # CPU: fp32
-    result = server.run(CHILD, "node_load", models_root=str(mid_files["root"]), transformer=path.name,
+def test_loader_node_in_comfyui_loads_one_copy_under_a_private_memory_cap(server, mid_file):
+    path, kind, storage = mid_file["path"], mid_file["kind"], mid_file["storage"]
+    weight_dtype = "fp8" if storage == "fp8" else "default"  # the node's widget value for that storage
+    expected = kept_bytes(path, storage, torch.float32) + vae_bytes(mid_file["vae"], torch.float32)  # CPU: fp32
+    result = server.run(CHILD, "node_load", models_root=str(mid_file["root"]), transformer=path.name,
                         vae="ae.safetensors", weight_dtype=weight_dtype, keep_bytes=expected, factor=FACTOR)
     check(result, expected, f"node {kind} weight_dtype={weight_dtype}")
 
@@ -146,12 +154,11 @@ def test_loader_node_in_comfyui_loads_one_copy_under_a_private_memory_cap(server
 DEVICE_CAP = GIB // 2  # a quarter of the bf16 file: only a few tensors may be in RAM on their way
 
 
-@pytest.mark.parametrize("kind, storage", ENGINE_CASES)
-def test_weights_bound_for_another_device_pass_through_ram_a_tensor_at_a_time(server, mid_files, kind, storage):
+def test_weights_bound_for_another_device_pass_through_ram_a_tensor_at_a_time(server, mid_file):
     """Issue 16's GPU target (at most 2 GiB of private RAM above the baseline, whatever the file's size), checked
     without a GPU: loaded onto the meta device, which stores nothing, every byte of private RAM the load takes is
     in flight. On a GPU box the same child function runs with device="cuda"."""
-    path = mid_files["files"][kind]
+    path, kind, storage = mid_file["path"], mid_file["kind"], mid_file["storage"]
     result = server.run(CHILD, "device_load", transformer=str(path), storage=storage, device="meta",
                         cap_bytes=DEVICE_CAP)
     figures = {k: v for k, v in result.items() if k != "error"}

@@ -255,10 +255,11 @@ def random_blocks(rng, rows: int, cols: int, qtype) -> "np.ndarray":
     return blocks.reshape(rows, cols // block * size)
 
 
-def write_gguf(path: Path, state: dict, qtype: str, seed: int = 0, quantize=lambda name: True) -> dict:
+def write_gguf(path: Path, state: dict, qtype: str, seed: int = 0, quantize=lambda name: True,
+               plain: str = "float32") -> dict:
     """`state` as a GGUF file: 2-D weights whose rows fill whole blocks (and `quantize(name)` allows) in
-    `qtype`, the rest in F32 (as city96's converter keeps small tensors). Returns the dequantized tensors the
-    file holds."""
+    `qtype`, the rest in `plain` (F32 as city96's converter keeps small tensors; F16 halves a big test file).
+    Returns the tensors the file holds, dequantized."""
     import gguf
     import numpy as np
 
@@ -276,8 +277,9 @@ def write_gguf(path: Path, state: dict, qtype: str, seed: int = 0, quantize=lamb
             writer.add_tensor(name, raw, raw_dtype=kind)
             held[name] = torch.from_numpy(gguf.quants.dequantize(raw, kind).reshape(data.shape).copy())
         else:
-            writer.add_tensor(name, np.ascontiguousarray(data))
-            held[name] = torch.from_numpy(data.copy())
+            data = np.ascontiguousarray(data.astype(plain))
+            writer.add_tensor(name, data)
+            held[name] = torch.from_numpy(data.astype(np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
