@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from fakes.helpers import fal_settings, remote, solid, wavespeed_settings
+from fakes.helpers import abort_later, fal_settings, remote, solid, wavespeed_settings
 from fakes.server import FakeServer, Response
 
 pytest_plugins = ["fakes.fixtures"]
@@ -115,11 +115,13 @@ def test_the_watch_works_over_tls(certificate, monkeypatch):
         client = remote.HttpClient("fal", timeouts=remote.Timeouts(connect=1.0, read=30), abort=abort,
                                    retry=remote.RetryPolicy(attempts=1))
         assert client.call("GET", server.url + "/status", what="status").data == {"status": "ok"}
-        threading.Timer(0.3, abort.set).start()
+        aborted_at = abort_later(abort, 0.3)
         started = time.monotonic()
         with pytest.raises(remote.RemoteCancelledError):
             client.call("GET", server.url + "/status", what="status")
-        assert time.monotonic() - started < 1.5
+        ended = time.monotonic()
+        assert ended - aborted_at[0] < 1.5  # the read was cut when the abort came, not when the reply ended
+        assert ended - started < 286 * TRICKLE - 1  # the whole 286-byte reply would take 14.3 s
     finally:
         server.stop()
 

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import requests
 
-from fakes.helpers import remote
+from fakes.helpers import abort_later, remote
 from fakes.server import FakeServer, Response
 from packloader import submodule
 
@@ -38,11 +38,10 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap():
 def test_pause_wakes_up_on_abort():
     abort = threading.Event()
     client = remote.HttpClient("fal", abort=abort)
-    threading.Timer(0.05, abort.set).start()
-    started = time.monotonic()
+    aborted_at = abort_later(abort, 0.05)
     with pytest.raises(remote.RemoteCancelledError):
         client.pause(5.0)
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - aborted_at[0] < 1  # woken by the abort, not at the end of the 5 s pause
 
 
 def test_pause_longer_than_the_deadline_raises_at_once():

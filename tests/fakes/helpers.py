@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 
 import numpy as np
 from PIL import Image
@@ -67,3 +69,16 @@ def exception_texts(exc: BaseException) -> str:
         texts.append(f"{type(exc).__name__}: {exc} {exc.args!r}")
         exc = exc.__cause__ or exc.__context__
     return "\n".join(texts)
+
+
+def abort_later(abort: threading.Event, seconds: float) -> list[float]:
+    """Set `abort` from another thread after `seconds`; the list gets the moment it was set. Tests time the
+    call from that moment: on a busy machine the timer thread itself may wake late."""
+    aborted_at: list[float] = []
+
+    def fire() -> None:
+        aborted_at.append(time.monotonic())
+        abort.set()
+
+    threading.Timer(seconds, fire).start()
+    return aborted_at
