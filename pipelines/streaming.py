@@ -4,9 +4,12 @@ Each tensor goes from the file to its storage dtype on its final device and into
 `set_module_tensor_to_device`, the way accelerate's `load_checkpoint_and_dispatch` and ComfyUI's loader work: no
 state dict of the whole file, no copy of the model in another dtype. A process holds the model plus the tensor in
 flight. safetensors tensors are read (seek + readinto at their header offsets) straight into the tensor being
-built, or through one 16 MB scratch buffer when they are cast or go to another device; safetensors' default mmap
+built, cast on the CPU straight from a read-only shared mapping of the file, or go through one 16 MB scratch buffer
+when they are scaled or go to another device; safetensors' default mmap
 backend maps the file private and writable, which the kernel counts as the process's private data (RLIMIT_DATA)
-for as long as the file is open. GGUF files are memory-mapped read-only by the gguf package, and only the rows a
+for as long as the file is open. The file is read front to back, and the kernel is asked to read 64 MB ahead of
+each read, so the disk works while a chunk is cast (a cold 5.9 GB bf16 file to fp8: 8.5 s without, 6.3-7.3 s with
+on 2 cores). GGUF files are memory-mapped read-only by the gguf package, and only the rows a
 tensor needs are copied out.
 
 BFL and LDM key names are converted by diffusers' own single-file converters, run on stand-ins that hold row
@@ -18,6 +21,9 @@ from __future__ import annotations
 
 import logging
 import math
+import mmap
+import os
+import warnings
 from bisect import bisect_right
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -35,6 +41,7 @@ SAFETENSORS_DTYPES = {
     "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
 }
 SCRATCH_BYTES = 16 * 2**20  # one chunk of a tensor being cast or moved to another device
+READ_AHEAD_BYTES = 64 * 2**20  # asked of the kernel past each read, so the disk works while a chunk is cast
 GGUF_PLAIN = {"F32": torch.float32, "F16": torch.float16}  # diffusers keeps these as plain tensors
 
 
@@ -57,6 +64,7 @@ class WeightFile:
         self.index, self.device = index, torch.device(device)
         self._stack = ExitStack()
         self._scratch: torch.Tensor | None = None
+        self._map: torch.Tensor | None = None  # the whole file, mapped read-only, for casts on the CPU
         self._check_scales()
 
     def __enter__(self) -> "WeightFile":
@@ -66,11 +74,20 @@ class WeightFile:
             self._gguf = {t.name: t for t in GGUFReader(str(self.index.path)).tensors}  # read-only memory map
         else:
             self._raw_file = self._stack.enter_context(open(self.index.path, "rb", buffering=0))
+            self._advise(0, 0, "POSIX_FADV_SEQUENTIAL")  # tensors are read front to back: a wider read-ahead
         return self
+
+    def _advise(self, offset: int, length: int, advice: str) -> None:
+        """A hint to the kernel's page cache (POSIX only; a no-op on Windows and where it is refused)."""
+        if READ_AHEAD_BYTES and hasattr(os, advice):
+            try:
+                os.posix_fadvise(self._raw_file.fileno(), offset, length, getattr(os, advice))
+            except OSError:
+                pass
 
     def __exit__(self, *exc):
         self._stack.close()
-        self._gguf = self._scratch = None
+        self._gguf = self._scratch = self._map = None
 
     @property
     def name(self) -> str:
@@ -145,14 +162,18 @@ class WeightFile:
             if not got:
                 raise WeightsError(f"{self.name}: ends inside tensor {key}; the file is truncated.")
             done += got
+        self._advise(self._raw_file.tell(), READ_AHEAD_BYTES, "POSIX_FADV_WILLNEED")
 
     def _fill(self, target: torch.Tensor, key: str, start: int, stop: int) -> None:
         """Rows [start, stop) of `key` into `target` (their place in the tensor being built). Rows already in
         the target's dtype on the CPU are read straight into it; others go through one small scratch buffer,
         moved, scaled and cast a chunk at a time, so a cast never holds a second copy of a tensor: freed
         temporaries between kept tensors fragment the heap, which held 150-380 MB past a mid-size load."""
-        if target.dtype == self.dtype(key) and target.device.type == "cpu" and not self.scaled(key):
-            self._read_into(_bytes_of(target), key, start)
+        if target.device.type == "cpu" and not self.scaled(key):
+            if target.dtype == self.dtype(key):
+                self._read_into(_bytes_of(target), key, start)
+            else:  # cast straight from the page cache: no scratch copy in between (bf16 -> fp8 1.6x faster)
+                target.copy_(self._mapped(key, start, stop))
             return
         row_bytes = self._row_bytes(key)
         step = max(1, SCRATCH_BYTES // max(row_bytes, 1))
@@ -168,6 +189,22 @@ class WeightFile:
             if scale is not None:
                 chunk = chunk.float() * (scale if scale.dim() == 0 else scale[low:high])
             target[low - start: high - start].copy_(chunk)
+
+    def _mapped(self, key: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of `key` as a tensor over a read-only shared mapping of the file: page cache the
+        kernel can drop, not the process's private data (a private or writable mapping would be)."""
+        if self._map is None:
+            mapping = mmap.mmap(self._raw_file.fileno(), 0, access=mmap.ACCESS_READ)
+            self._stack.callback(_close_mapping, mapping)
+            with warnings.catch_warnings():  # torch warns that the buffer is read-only; it is only read
+                warnings.simplefilter("ignore", UserWarning)
+                self._map = torch.frombuffer(mapping, dtype=torch.uint8)
+            self._stack.callback(setattr, self, "_map", None)  # runs first: the view goes before the mapping
+        offset, size = self._offset(key, start), (stop - start) * self._row_bytes(key)
+        if offset + size > self._map.numel():  # reading past the end of a mapping kills the process (SIGBUS)
+            raise WeightsError(f"{self.name}: ends inside tensor {key}; the file is truncated.")
+        rows = self._map[offset: offset + size].view(self.dtype(key))
+        return rows.reshape(stop - start, *self.index.shapes[key][1:])
 
     def _scale(self, key: str) -> torch.Tensor:
         """The scale of a scaled-fp8 weight, float32 on the device: a scalar, or one per row shaped to broadcast
@@ -203,6 +240,13 @@ class WeightFile:
                 value = value.to(dtype)
             out.append(value)
         return out[0] if len(out) == 1 else torch.cat(out)
+
+
+def _close_mapping(mapping: mmap.mmap) -> None:
+    try:
+        mapping.close()
+    except BufferError:  # a view is still referenced (an error's traceback): the mapping goes with it
+        pass
 
 
 def _bytes_of(tensor: torch.Tensor) -> memoryview:

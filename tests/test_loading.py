@@ -173,6 +173,19 @@ def test_truncated_file_is_reported(models, tmp_path):
         loading.load_vae(cut, F32)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float8_e4m3fn])  # read in place / cast from the mapping
+def test_a_file_cut_short_after_its_header_was_read_is_an_error_not_a_crash(tmp_path, dtype):
+    """A download still being written, or cut while the loader runs: the header promises more bytes than the
+    file has. Reading past the end of a memory mapping would kill the process (SIGBUS)."""
+    streaming = submodule("pipelines.streaming")
+    path = tm.write_safetensors(tmp_path / "cut.safetensors", {"decoder.up.0.w": torch.randn(64, 32).bfloat16()})
+    index = weights.read_index(path, "vae")
+    with open(path, "r+b") as handle:
+        handle.truncate(path.stat().st_size - 1024)
+    with streaming.WeightFile(index) as source, pytest.raises(WeightsError, match="cut.safetensors: ends inside"):
+        source.read(streaming.Piece((("decoder.up.0.w", 0, 64),)), dtype)
+
+
 def test_garbage_file_is_reported(tmp_path):
     bad = tmp_path / "flux1-dev.safetensors"
     bad.write_bytes(b"<html>404 not found</html>" * 10)
