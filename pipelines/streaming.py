@@ -3,14 +3,13 @@
 Each tensor goes from the file to its storage dtype on its final device and into the model through accelerate's
 `set_module_tensor_to_device`, the way accelerate's `load_checkpoint_and_dispatch` and ComfyUI's loader work: no
 state dict of the whole file, no copy of the model in another dtype. A process holds the model plus the tensor in
-flight. safetensors tensors are read (seek + readinto at their header offsets) straight into the tensor being
-built, cast on the CPU straight from a read-only shared mapping of the file, or go through one 16 MB scratch buffer
-when they are scaled or go to another device; safetensors' default mmap
-backend maps the file private and writable, which the kernel counts as the process's private data (RLIMIT_DATA)
-for as long as the file is open. The file is read front to back, and the kernel is asked to read 64 MB ahead of
-each read, so the disk works while a chunk is cast (a cold 5.9 GB bf16 file to fp8: 8.5 s without, 6.3-7.3 s with
-on 2 cores). GGUF files are memory-mapped read-only by the gguf package, and only the rows a
-tensor needs are copied out.
+flight. On the CPU, safetensors tensors are copied (and cast) straight from a read-only shared mapping of the file
+into the tensor being built; those bound for another device are read (seek + readinto at their header offsets)
+through one 16 MB scratch buffer, a chunk at a time. (safetensors' default mmap backend maps the file private and
+writable, which the kernel counts as the process's private data (RLIMIT_DATA) for as long as the file is open; a
+read-only shared mapping is page cache the kernel can drop.) The file is read front to back and the kernel is told
+so (sequential read-ahead), so the disk works while a chunk is cast. GGUF files are memory-mapped read-only by the
+gguf package, and only the rows a tensor needs are copied out.
 
 BFL and LDM key names are converted by diffusers' own single-file converters, run on stand-ins that hold row
 numbers instead of weights (a few MB for a full FLUX transformer), so the result says which rows of which file
@@ -165,27 +164,29 @@ class WeightFile:
         self._advise(self._raw_file.tell(), READ_AHEAD_BYTES, "POSIX_FADV_WILLNEED")
 
     def _fill(self, target: torch.Tensor, key: str, start: int, stop: int) -> None:
-        """Rows [start, stop) of `key` into `target` (their place in the tensor being built). Rows already in
-        the target's dtype on the CPU are read straight into it; others go through one small scratch buffer,
-        moved, scaled and cast a chunk at a time, so a cast never holds a second copy of a tensor: freed
-        temporaries between kept tensors fragment the heap, which held 150-380 MB past a mid-size load."""
-        if target.device.type == "cpu" and not self.scaled(key):
-            if target.dtype == self.dtype(key):
-                self._read_into(_bytes_of(target), key, start)
-            else:  # cast straight from the page cache: no scratch copy in between (bf16 -> fp8 1.6x faster)
-                target.copy_(self._mapped(key, start, stop))
+        """Rows [start, stop) of `key` into `target` (their place in the tensor being built). On the CPU they are
+        copied, and cast, straight from a read-only mapping of the file in one pass: 2x faster than readinto on
+        a warm page cache, and no private temporaries (freed ones between kept tensors fragment the heap, which
+        held 150-380 MB past a mid-size load). Rows bound for another device go through one small scratch
+        buffer, a chunk at a time; scaled-fp8 rows are scaled a chunk at a time."""
+        on_cpu = target.device.type == "cpu"
+        if on_cpu and not self.scaled(key):  # copied (and cast) straight from the page cache in one pass
+            target.copy_(self._mapped(key, start, stop))
             return
         row_bytes = self._row_bytes(key)
         step = max(1, SCRATCH_BYTES // max(row_bytes, 1))
-        if self._scratch is None or self._scratch.numel() < step * row_bytes:
+        if not on_cpu and (self._scratch is None or self._scratch.numel() < step * row_bytes):
             self._scratch = torch.empty(max(SCRATCH_BYTES, step * row_bytes), dtype=torch.uint8)
         trailing = self.index.shapes[key][1:]
         scale = self._scale(key) if self.scaled(key) else None
         for low in range(start, stop, step):
             high = min(stop, low + step)
-            raw = self._scratch[: (high - low) * row_bytes]
-            self._read_into(_bytes_of(raw), key, low)
-            chunk = raw.view(self.dtype(key)).reshape(high - low, *trailing).to(self.device)
+            if on_cpu:
+                chunk = self._mapped(key, low, high)
+            else:
+                raw = self._scratch[: (high - low) * row_bytes]
+                self._read_into(_bytes_of(raw), key, low)
+                chunk = raw.view(self.dtype(key)).reshape(high - low, *trailing).to(self.device)
             if scale is not None:
                 chunk = chunk.float() * (scale if scale.dim() == 0 else scale[low:high])
             target[low - start: high - start].copy_(chunk)
@@ -195,6 +196,8 @@ class WeightFile:
         kernel can drop, not the process's private data (a private or writable mapping would be)."""
         if self._map is None:
             mapping = mmap.mmap(self._raw_file.fileno(), 0, access=mmap.ACCESS_READ)
+            if hasattr(mapping, "madvise") and hasattr(mmap, "MADV_SEQUENTIAL"):
+                mapping.madvise(mmap.MADV_SEQUENTIAL)  # read front to back: the kernel reads further ahead
             self._stack.callback(_close_mapping, mapping)
             with warnings.catch_warnings():  # torch warns that the buffer is read-only; it is only read
                 warnings.simplefilter("ignore", UserWarning)
