@@ -40,7 +40,7 @@ SAFETENSORS_DTYPES = {
     "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
 }
 SCRATCH_BYTES = 16 * 2**20  # one chunk of a tensor being cast or moved to another device
-READ_AHEAD_BYTES = 64 * 2**20  # asked of the kernel past each read, so the disk works while a chunk is cast
+READ_AHEAD_BYTES = 64 * 2**20  # asked of the kernel past each scratch read, so the disk works while a chunk moves
 GGUF_PLAIN = {"F32": torch.float32, "F16": torch.float16}  # diffusers keeps these as plain tensors
 
 
@@ -63,7 +63,7 @@ class WeightFile:
         self.index, self.device = index, torch.device(device)
         self._stack = ExitStack()
         self._scratch: torch.Tensor | None = None
-        self._map: torch.Tensor | None = None  # the whole file, mapped read-only, for casts on the CPU
+        self._map: torch.Tensor | None = None  # the whole file, mapped read-only, for every read bound for the CPU
         self._check_scales()
 
     def __enter__(self) -> "WeightFile":
@@ -78,7 +78,7 @@ class WeightFile:
 
     def _advise(self, offset: int, length: int, advice: str) -> None:
         """A hint to the kernel's page cache (POSIX only; a no-op on Windows and where it is refused)."""
-        if READ_AHEAD_BYTES and hasattr(os, advice):
+        if hasattr(os, "posix_fadvise") and hasattr(os, advice):
             try:
                 os.posix_fadvise(self._raw_file.fileno(), offset, length, getattr(os, advice))
             except OSError:
@@ -86,7 +86,7 @@ class WeightFile:
 
     def __exit__(self, *exc):
         self._stack.close()
-        self._gguf = self._scratch = self._map = None
+        self._gguf = self._scratch = None
 
     @property
     def name(self) -> str:
@@ -159,7 +159,7 @@ class WeightFile:
         while done < len(buffer):
             got = self._raw_file.readinto(buffer[done:])
             if not got:
-                raise WeightsError(f"{self.name}: ends inside tensor {key}; the file is truncated.")
+                raise self._truncated(key)
             done += got
         self._advise(self._raw_file.tell(), READ_AHEAD_BYTES, "POSIX_FADV_WILLNEED")
 
@@ -205,9 +205,12 @@ class WeightFile:
             self._stack.callback(setattr, self, "_map", None)  # runs first: the view goes before the mapping
         offset, size = self._offset(key, start), (stop - start) * self._row_bytes(key)
         if offset + size > self._map.numel():  # reading past the end of a mapping kills the process (SIGBUS)
-            raise WeightsError(f"{self.name}: ends inside tensor {key}; the file is truncated.")
+            raise self._truncated(key)
         rows = self._map[offset: offset + size].view(self.dtype(key))
         return rows.reshape(stop - start, *self.index.shapes[key][1:])
+
+    def _truncated(self, key: str) -> WeightsError:
+        return WeightsError(f"{self.name}: ends inside tensor {key}; the file is truncated.")
 
     def _scale(self, key: str) -> torch.Tensor:
         """The scale of a scaled-fp8 weight, float32 on the device: a scalar, or one per row shaped to broadcast

@@ -173,7 +173,7 @@ def test_truncated_file_is_reported(models, tmp_path):
         loading.load_vae(cut, F32)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float8_e4m3fn])  # read in place / cast from the mapping
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float8_e4m3fn])  # copied as stored / cast
 def test_a_file_cut_short_after_its_header_was_read_is_an_error_not_a_crash(tmp_path, dtype):
     """A download still being written, or cut while the loader runs: the header promises more bytes than the
     file has. Reading past the end of a memory mapping would kill the process (SIGBUS)."""
