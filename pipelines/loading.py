@@ -125,12 +125,12 @@ def _stream_file(model, source: WeightFile, pieces: dict, storage: str, compute:
     linear = fp8_weight_names(model)
     fp32 = getattr(type(model), "_keep_in_fp32_modules", None) or []
 
-    def dtype_of(name: str, file_dtype: torch.dtype, scaled: bool) -> torch.dtype:
-        return storage_dtype(name, file_dtype, scaled, storage, compute, linear, fp32)
+    def dtype_of(name: str, file_dtype: torch.dtype, dequantized: bool) -> torch.dtype:
+        return storage_dtype(name, file_dtype, dequantized, storage, compute, linear, fp32)
 
-    loaded = stream_into(model, pieces, source, dtype_of, quantizer)
+    loaded, scales = stream_into(model, pieces, source, dtype_of, quantizer)
     finish(model, loaded, source, what)
-    enable_weight_casting(model, compute)
+    enable_weight_casting(model, compute, scales)
     return model.eval()
 
 

@@ -6,7 +6,9 @@ ComfyUI keeps an fp8 file's weights in fp8 and casts each layer's weight as it c
 - "fp8": every Linear weight in float8 (ComfyUI's fp8 loading: the modulation layers too), cast tensor by tensor
   as it is read; biases, norms and embeddings stay in the compute dtype.
 - "compute": everything in the compute dtype (diffusers' own result).
-Scaled-fp8 weights are dequantized with their scales first, so under "default" they are held in the compute dtype.
+ComfyUI's scaled fp8 (a float8 weight and one scale per layer) is kept the way ComfyUI keeps it: the fp8 weight as
+stored, its scale beside it, multiplied in as the layer computes (under "default" and "fp8"; "compute" dequantizes
+at load). A weight with a scale per row, rare, is dequantized at load.
 
 fp8 Linear weights compute through a diffusers layerwise-casting hook that casts the weight only, registered under
 diffusers' own name, so `model.dtype` reports the compute dtype as with `enable_layerwise_casting`.
@@ -34,18 +36,20 @@ def fp8_weight_names(model: torch.nn.Module) -> set[str]:
     return {f"{name}.weight" if name else "weight" for name in castable_linears(model)}
 
 
-def storage_dtype(name: str, file_dtype: torch.dtype, scaled: bool, storage: str, compute: torch.dtype,
+def storage_dtype(name: str, file_dtype: torch.dtype, dequantized: bool, storage: str, compute: torch.dtype,
                   linear_weights: set[str], fp32_modules=()) -> torch.dtype:
-    """The dtype `name` is kept in. fp32_modules: a model's `_keep_in_fp32_modules` (T5's `wo` overflows in fp16)."""
+    """The dtype `name` is kept in. dequantized: a scaled-fp8 weight whose scale cannot stay beside it (a scale
+    per row), so its fp8 values are not kept as stored. fp32_modules: a model's `_keep_in_fp32_modules` (T5's
+    `wo` overflows in fp16)."""
     if not file_dtype.is_floating_point:
         return file_dtype  # integer buffers (position ids) keep their type
     if any(f".{m}." in f".{name}" for m in fp32_modules):
         return torch.float32
     if name in linear_weights:
-        plain_fp8 = file_dtype in FP8_DTYPES and not scaled
+        kept_fp8 = file_dtype in FP8_DTYPES and not dequantized
         if storage == "fp8":
-            return file_dtype if plain_fp8 else FP8
-        if storage == "default" and plain_fp8:
+            return file_dtype if kept_fp8 else FP8
+        if storage == "default" and kept_fp8:
             return file_dtype
     return compute
 
@@ -60,8 +64,9 @@ def _hook_class():
         compute dtype for the matmul and leaving the stored weight untouched: no cast back, nothing mutated, so
         the layer gives what a compute-dtype copy of the weight would."""
 
-        def __init__(self, storage: torch.dtype, compute: torch.dtype):
+        def __init__(self, storage: torch.dtype, compute: torch.dtype, scale: float = 1.0):
             super().__init__(storage, compute, non_blocking=False)
+            self.scale = scale  # scaled fp8: a Python float, so it never needs moving with the weight
 
         def initialize_hook(self, module):
             return module  # the weight is already in its storage dtype
@@ -72,27 +77,44 @@ def _hook_class():
         def post_forward(self, module, output):
             return output
 
+        def weight(self, module) -> torch.Tensor:
+            """The weight the matmul uses: cast, then scaled (a bf16 product rounds once, like a dequantize in
+            fp32 followed by a cast)."""
+            weight = module.weight.to(self.compute_dtype)
+            return weight if self.scale == 1.0 else weight * self.scale
+
         def new_forward(self, module, input, *args, **kwargs):
-            return F.linear(input, module.weight.to(self.compute_dtype), module.bias)
+            return F.linear(input, self.weight(module), module.bias)
 
     return WeightCastingHook
 
 
-def enable_weight_casting(model: torch.nn.Module, compute: torch.dtype) -> int:
-    """Hook every Linear whose weight is stored in fp8 (and not hooked yet). Returns how many are fp8."""
+def enable_weight_casting(model: torch.nn.Module, compute: torch.dtype, scales: dict[str, float] | None = None) -> int:
+    """Hook every Linear whose weight is stored in fp8 (and not hooked yet). scales: scaled-fp8 weights' scales by
+    weight name. Returns how many are fp8."""
     from diffusers.hooks import HookRegistry
     from diffusers.hooks.layerwise_casting import _LAYERWISE_CASTING_HOOK
 
-    count = 0
-    for module in castable_linears(model).values():
+    count, scales = 0, scales or {}
+    for name, module in castable_linears(model).items():
         if module.weight.dtype not in FP8_DTYPES:
             continue
         count += 1
         module.compute_dtype = compute  # read by peft: a LoRA on this layer is kept in it, not in fp8
         registry = HookRegistry.check_if_exists_or_initialize(module)
         if registry.get_hook(_LAYERWISE_CASTING_HOOK) is None:
-            registry.register_hook(_hook_class()(module.weight.dtype, compute), _LAYERWISE_CASTING_HOOK)
+            scale = scales.get(f"{name}.weight" if name else "weight", 1.0)
+            registry.register_hook(_hook_class()(module.weight.dtype, compute, scale), _LAYERWISE_CASTING_HOOK)
     return count
+
+
+def computed_weight(module: torch.nn.Linear) -> torch.Tensor:
+    """The weight a Linear computes with: its fp8 weight cast (and scaled) by its hook, else the weight itself."""
+    from diffusers.hooks import HookRegistry
+    from diffusers.hooks.layerwise_casting import _LAYERWISE_CASTING_HOOK
+
+    hook = HookRegistry.check_if_exists_or_initialize(module).get_hook(_LAYERWISE_CASTING_HOOK)
+    return hook.weight(module) if isinstance(hook, _hook_class()) else module.weight
 
 
 def cast_to_fp8(model: torch.nn.Module, compute: torch.dtype) -> None:

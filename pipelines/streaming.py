@@ -64,6 +64,7 @@ class WeightFile:
         self._stack = ExitStack()
         self._scratch: torch.Tensor | None = None
         self._map: torch.Tensor | None = None  # the whole file, mapped read-only, for every read bound for the CPU
+        self._scalars: dict[str, float | None] = {}  # scaled-fp8 weights' single scales, read once
         self._check_scales()
 
     def __enter__(self) -> "WeightFile":
@@ -111,6 +112,24 @@ class WeightFile:
 
     def scaled(self, key: str) -> bool:
         return key.endswith(".weight") and f"{key[:-len('weight')]}scale_weight" in self.index.shapes
+
+    def kept_scale(self, piece: Piece) -> float | None:
+        """The one scale of a scaled-fp8 piece, which may stay beside its fp8 rows: every part scaled by the same
+        single number (ComfyUI's layout). None for unscaled pieces and for scales per row or differing by part."""
+        if self.index.is_gguf or not all(self.scaled(key) for key, _, _ in piece.parts):
+            return None
+        scales = {self._scalar_scale(key) for key, _, _ in piece.parts}
+        return scales.pop() if len(scales) == 1 and None not in scales else None
+
+    def dequantized(self, piece: Piece) -> bool:
+        """Whether reading the piece applies scales to its values: a scaled piece whose scale cannot be kept."""
+        return any(self.scaled(key) for key, _, _ in piece.parts) and self.kept_scale(piece) is None
+
+    def _scalar_scale(self, key: str) -> float | None:
+        if key not in self._scalars:
+            shape = self.index.shapes[key[: -len("weight")] + "scale_weight"]
+            self._scalars[key] = float(self._stored_scale(key)) if torch.Size(shape).numel() == 1 else None
+        return self._scalars[key]
 
     def _check_scales(self) -> None:
         for key, shape in self.index.shapes.items():
@@ -163,14 +182,14 @@ class WeightFile:
             done += got
         self._advise(self._raw_file.tell(), READ_AHEAD_BYTES, "POSIX_FADV_WILLNEED")
 
-    def _fill(self, target: torch.Tensor, key: str, start: int, stop: int) -> None:
+    def _fill(self, target: torch.Tensor, key: str, start: int, stop: int, scaled: bool) -> None:
         """Rows [start, stop) of `key` into `target` (their place in the tensor being built). On the CPU they are
         copied, and cast, straight from a read-only mapping of the file in one pass: 2x faster than readinto on
         a warm page cache, and no private temporaries (freed ones between kept tensors fragment the heap, which
         held 150-380 MB past a mid-size load). Rows bound for another device go through one small scratch
-        buffer, a chunk at a time; scaled-fp8 rows are scaled a chunk at a time."""
+        buffer, a chunk at a time; scaled-fp8 rows being dequantized (`scaled`) are scaled a chunk at a time."""
         on_cpu = target.device.type == "cpu"
-        if on_cpu and not self.scaled(key):  # copied (and cast) straight from the page cache in one pass
+        if on_cpu and not scaled:  # copied (and cast) straight from the page cache in one pass
             target.copy_(self._mapped(key, start, stop))
             return
         row_bytes = self._row_bytes(key)
@@ -178,7 +197,7 @@ class WeightFile:
         if not on_cpu and (self._scratch is None or self._scratch.numel() < step * row_bytes):
             self._scratch = torch.empty(max(SCRATCH_BYTES, step * row_bytes), dtype=torch.uint8)
         trailing = self.index.shapes[key][1:]
-        scale = self._scale(key) if self.scaled(key) else None
+        scale = self._scale(key) if scaled else None
         for low in range(start, stop, step):
             high = min(stop, low + step)
             if on_cpu:
@@ -215,26 +234,32 @@ class WeightFile:
     def _scale(self, key: str) -> torch.Tensor:
         """The scale of a scaled-fp8 weight, float32 on the device: a scalar, or one per row shaped to broadcast
         over the row. Read once per tensor, sliced per chunk."""
-        name = key[: -len("weight")] + "scale_weight"
-        scale = torch.empty(self.index.shapes[name], dtype=self.dtype(name))
-        self._read_into(_bytes_of(scale), name, 0)
-        scale = scale.to(self.device, torch.float32)
+        scale = self._stored_scale(key).to(self.device, torch.float32)
         if scale.numel() == 1:
             return scale.reshape(())
         return scale.reshape(-1, *[1] * (len(self.index.shapes[key]) - 1))
 
+    def _stored_scale(self, key: str) -> torch.Tensor:
+        name = key[: -len("weight")] + "scale_weight"
+        scale = torch.empty(self.index.shapes[name], dtype=self.dtype(name))
+        self._read_into(_bytes_of(scale), name, 0)
+        return scale
+
     def read(self, piece: Piece, dtype: torch.dtype | None) -> torch.Tensor:
         """The piece on this file's device in `dtype` (None: as stored), built in place: its parts are read
         into their rows of one tensor made in the final dtype on the final device, so a GPU-bound tensor never
-        has a copy in RAM and a cast never has a second whole copy anywhere."""
+        has a copy in RAM and a cast never has a second whole copy anywhere. A scaled-fp8 piece read in its own
+        dtype with a kept scale (`kept_scale`) is read as stored; in any other case it is dequantized."""
         if self.index.is_gguf:
             return self._read_gguf(piece, dtype)
         shape = self.index.shapes[piece.key]
         rows = sum(stop - start for _, start, stop in piece.parts)
-        out = torch.empty((rows, *shape[1:]), dtype=dtype or self.dtype(piece.key), device=self.device)
+        dtype = dtype or self.dtype(piece.key)
+        out = torch.empty((rows, *shape[1:]), dtype=dtype, device=self.device)
+        scaled = self.dequantized(piece) or (dtype != self.dtype(piece.key) and self.kept_scale(piece) is not None)
         row = 0
         for key, start, stop in piece.parts:
-            self._fill(out[row: row + stop - start], key, start, stop)
+            self._fill(out[row: row + stop - start], key, start, stop, scaled and self.scaled(key))
             row += stop - start
         return out.reshape(()) if not shape else out
 
@@ -311,28 +336,34 @@ def _piece(name: str, ids: torch.Tensor, keys: list[str], starts: list[int], row
 
 # -- into the model -------------------------------------------------------------------------------------------
 
-DtypeOf = Callable[[str, torch.dtype, bool], torch.dtype]  # (model name, file dtype, scaled) -> storage dtype
+DtypeOf = Callable[[str, torch.dtype, bool], torch.dtype]  # (model name, file dtype, dequantized) -> storage dtype
 
 
 def stream_into(model: torch.nn.Module, pieces: dict[str, Piece], source: WeightFile, dtype_of: DtypeOf,
-                quantizer=None) -> set[str]:
+                quantizer=None) -> tuple[set[str], dict[str, float]]:
     """Read every tensor `model` (built on meta) has a piece for, in its storage dtype on the source's device,
     and put it in place. A piece wanted under several names (tied weights) is read once and shared. GGUF blocks
-    go through diffusers' GGUF quantizer. Returns the model names filled."""
+    go through diffusers' GGUF quantizer. Returns the model names filled, and the scales of the scaled-fp8
+    weights kept as stored (to be multiplied in as they compute)."""
     from accelerate.utils import set_module_tensor_to_device
 
     placed: dict[Piece, str] = {}
     loaded: set[str] = set()
+    scales: dict[str, float] = {}
     wanted = [(name, meta, pieces[name]) for name, meta in model.state_dict(keep_vars=True).items()
               if name in pieces]
     for name, meta, piece in sorted(wanted, key=lambda entry: source.position(entry[2])):
         if piece in placed:
             _share(model, name, placed[piece])
             loaded.add(name)
+            if placed[piece] in scales:
+                scales[name] = scales[placed[piece]]
             continue
         file_dtype = source.dtype(piece.key)
-        value = source.read(piece, None if file_dtype is None else dtype_of(name, file_dtype,
-                                                                            source.scaled(piece.key)))
+        dtype = None if file_dtype is None else dtype_of(name, file_dtype, source.dequantized(piece))
+        value = source.read(piece, dtype)
+        if dtype == file_dtype and source.kept_scale(piece) is not None:
+            scales[name] = source.kept_scale(piece)
         if file_dtype is None:
             _check_gguf_shape(quantizer, name, meta, value, source, piece)
             quantizer.create_quantized_param(model, value, name, source.device)
@@ -342,7 +373,7 @@ def stream_into(model: torch.nn.Module, pieces: dict[str, Piece], source: Weight
                                         clear_cache=False)
         placed[piece] = name
         loaded.add(name)
-    return loaded
+    return loaded, scales
 
 
 def _fit(value: torch.Tensor, meta: torch.Tensor, name: str, source: WeightFile, piece: Piece) -> torch.Tensor:

@@ -338,10 +338,11 @@ def _index_footprint(index: TensorIndex, keys) -> tuple[int, int]:
 
 
 def _matrix_params(index: TensorIndex, keys) -> tuple[int, int]:
-    """Parameters of the 2-D weights (FLUX's Linear layers) and of those stored in plain (unscaled) fp8."""
+    """Parameters of the 2-D weights (FLUX's Linear layers) and of those kept in fp8 as stored: plain fp8, and
+    scaled fp8 with one scale per layer (a scale per row is dequantized at load)."""
     matrices = [k for k in keys if k.endswith(".weight") and len(index.shapes[k]) == 2]
     fp8 = [k for k in matrices if index.dtypes.get(k, "").startswith("F8_") and
-           f"{k[:-len('weight')]}scale_weight" not in index.shapes]
+           math.prod(index.shapes.get(f"{k[:-len('weight')]}scale_weight", ())) == 1]
     return sum(math.prod(index.shapes[k]) for k in matrices), sum(math.prod(index.shapes[k]) for k in fp8)
 
 

@@ -16,6 +16,7 @@ sampling = submodule("pipelines.sampling")
 redux = submodule("pipelines.redux")
 params = submodule("pipelines.params")
 text = submodule("pipelines.text")
+storage = submodule("pipelines.storage")
 ModelCache = submodule("pipelines.cache").ModelCache
 F32 = torch.float32
 
@@ -82,15 +83,67 @@ def test_all_in_one_checkpoint_loads_transformer_and_vae(tmp_path, models):
     assert weights.transformer_footprint(path).params == sum(p.numel() for p in src["dev"].parameters())
 
 
-def test_scaled_fp8_transformer_is_dequantized_with_its_scales(tmp_path, models):
+def computed_weights(model) -> dict:
+    """Every weight as the model computes with it: fp8 Linear weights cast and scaled by their hooks."""
+    state = dict(model.state_dict())
+    for name, module in storage.castable_linears(model).items():
+        state[f"{name}.weight"] = storage.computed_weight(module)
+    return state
+
+
+@pytest.fixture(scope="module")
+def scaled_file(tmp_path_factory, models):
     stored, meant = tm.scaled_fp8_state(tm._contiguous(models["sources"]["dev"].state_dict()))
-    path = tm.write_safetensors(tmp_path / "flux1-dev-fp8-scaled.safetensors", stored)
+    return tm.write_safetensors(tmp_path_factory.mktemp("scaled") / "flux1-dev-fp8-scaled.safetensors", stored), \
+        stored, meant
+
+
+def test_scaled_fp8_transformer_keeps_fp8_weights_and_computes_with_their_scales(scaled_file):
+    """As ComfyUI keeps them: the fp8 values as stored, their scale multiplied in as each layer computes; the
+    model gives exactly what the same weights dequantized at load (`compute` storage) give."""
+    path, stored, meant = scaled_file
+    kept, _ = loading.load_transformer(path, F32)
+    wide, _ = loading.load_transformer(path, F32, "compute")
+    weight = "transformer_blocks.0.ff.net.2.weight"
+    assert kept.state_dict()[weight].dtype == torch.float8_e4m3fn
+    assert torch.equal(kept.state_dict()[weight].view(torch.uint8), stored[weight].view(torch.uint8))
+    assert wide.state_dict()[weight].dtype == F32
+    for name, model in (("kept", computed_weights(kept)), ("dequantized", wide.state_dict())):
+        for key, value in meant.items():
+            torch.testing.assert_close(model[key], value, rtol=0, atol=0, msg=f"{name} {key}")
+    # the scales matter: without them the weights would be the raw fp8 values, hundreds of times larger
+    assert computed_weights(kept)[weight].abs().max() < stored[weight].float().abs().max() / 10
+    assert torch.equal(transformer_output(kept), transformer_output(wide))
+
+
+def test_scaled_fp8_kept_fp8_costs_one_byte_a_weight_in_placement(scaled_file):
+    path, stored, _ = scaled_file
+    footprint = weights.transformer_footprint(path)
+    matrices = sum(v.numel() for k, v in stored.items() if k.endswith(".weight") and v.ndim == 2)
+    assert footprint.fp8_params == matrices > 0
+
+
+def test_scaled_fp8_with_a_scale_per_row_is_dequantized_at_load(tmp_path, models):
+    """A layout whose scales cannot stay one number per layer: the weights are dequantized when read."""
+    state = tm._contiguous(models["sources"]["dev"].state_dict())
+    stored, meant = {"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}, {}
+    for name, value in state.items():
+        if name.endswith(".weight") and value.ndim == 2:
+            scale = value.float().abs().amax(dim=1).clamp(min=1e-8) / 448.0
+            stored[name] = (value.float() / scale[:, None]).to(torch.float8_e4m3fn)
+            stored[name[:-6] + "scale_weight"] = scale
+            meant[name] = stored[name].float() * scale[:, None]
+        else:
+            stored[name] = meant[name] = value
+    path = tm.write_safetensors(tmp_path / "flux1-dev-fp8-rowscaled.safetensors", stored)
     model, _ = loading.load_transformer(path, F32)
     for key, value in meant.items():
+        assert model.state_dict()[key].dtype == F32, key
         torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0, msg=key)
-    # the scales matter: without them the weights would be the raw fp8 values, hundreds of times larger
+    fp8, _ = loading.load_transformer(path, F32, "fp8")
     weight = "transformer_blocks.0.ff.net.2.weight"
-    assert model.state_dict()[weight].abs().max() < stored[weight].float().abs().max() / 10
+    assert fp8.state_dict()[weight].dtype == torch.float8_e4m3fn
+    assert torch.equal(computed_weights(fp8)[weight], meant[weight].to(torch.float8_e4m3fn).float())
 
 
 def test_scaled_fp8_text_encoders_keep_their_scales(tmp_path):
@@ -103,7 +156,9 @@ def test_scaled_fp8_text_encoders_keep_their_scales(tmp_path):
     t5_path = tm.write_safetensors(tmp_path / "text_encoders" / "t5xxl_fp8_e4m3fn_scaled.safetensors", t5_stored)
     encoders = text.load_text_encoders(text.TextEncoderSpec(str(clip_path), str(t5_path), str(files["folder"]),
                                                             loading.LoadOptions(device="cpu")), ModelCache())
-    clip, t5 = encoders.pipe.text_encoder.state_dict(), encoders.pipe.text_encoder_2.state_dict()
+    clip, t5 = computed_weights(encoders.pipe.text_encoder), computed_weights(encoders.pipe.text_encoder_2)
+    t5_attention = encoders.pipe.text_encoder_2.encoder.block[0].layer[0].SelfAttention.q.weight
+    assert t5_attention.dtype == torch.float8_e4m3fn  # kept as stored, its scale beside it
     for key, value in clip_meant.items():  # transformers 5 drops the text_model. prefix, 4.x keeps it
         loaded = clip[key] if key in clip else clip[key.removeprefix("text_model.")]
         torch.testing.assert_close(loaded, value, rtol=0, atol=0, msg=key)

@@ -4,7 +4,7 @@ blocks, 1.03 B parameters: 1.0 GB in fp8, 2.1 GB in bf16) loads in a child proce
 weights (a state dict of the file, a bf16 model before fp8 storage, a private mapping of the whole file) fails.
 
 Formats: an fp8 file kept fp8, a bf16 file stored fp8, GGUF Q8_0, an all-in-one checkpoint (fp8 transformer +
-FLUX VAE); through the engine (CPU, bf16) and through the loader node as ComfyUI calls it (a ComfyUI stand-in on
+FLUX VAE), ComfyUI's scaled fp8 kept fp8 with its scales; through the engine (CPU, bf16) and through the loader node as ComfyUI calls it (a ComfyUI stand-in on
 the CPU: fp32 compute, built on the offload device then placed). Each load prints its figures (pytest -s):
 kept bytes, the cap, the peak private RAM (RssAnon) and VmData above the baseline, seconds.
 
@@ -54,8 +54,9 @@ def _vae_shapes() -> dict:
     return {k: tuple(v.shape) for k, v in tm.vae_state_ldm(vae).items()}
 
 
-KINDS = ["fp8", "bf16", "gguf", "checkpoint"]
-STORAGE = {"fp8": "default", "bf16": "fp8", "gguf": "default", "checkpoint": "default"}  # what each is loaded as
+KINDS = ["fp8", "bf16", "gguf", "checkpoint", "scaled"]
+STORAGE = {"fp8": "default", "bf16": "fp8", "gguf": "default", "checkpoint": "default",
+           "scaled": "default"}  # what each is loaded as
 
 
 def _write(kind: str, root: Path) -> Path:
@@ -67,6 +68,10 @@ def _write(kind: str, root: Path) -> Path:
         return tm.write_safetensors_streamed(folder / "flux-mid-bf16.safetensors", shapes,
                                              dict.fromkeys(shapes, "BF16"), tm.RandomBytes())
     dtypes = FP8_DTYPES(shapes)
+    if kind == "scaled":  # ComfyUI's scaled fp8: one float32 scale_weight per fp8 matrix, and the marker
+        for key in [k for k in shapes if dtypes[k] == "F8_E4M3"]:
+            shapes[key[:-len("weight")] + "scale_weight"], dtypes[key[:-len("weight")] + "scale_weight"] = (), "F32"
+        shapes["scaled_fp8"], dtypes["scaled_fp8"] = (0,), "F8_E4M3"
     if kind == "checkpoint":
         vae = _vae_shapes()
         shapes = {f"model.diffusion_model.{k}": v for k, v in shapes.items()} | {f"vae.{k}": v for k, v in vae.items()}
@@ -76,7 +81,7 @@ def _write(kind: str, root: Path) -> Path:
 
 @pytest.fixture(scope="module", params=KINDS)
 def mid_file(request, tmp_path_factory, models):
-    """One mid-size file at a time (1.0-2.1 GB; 5.4 GB for all four): the module-scoped parameter makes pytest
+    """One mid-size file at a time (1.0-2.1 GB; 6.4 GB for all five): the module-scoped parameter makes pytest
     run every test of one kind before it writes the next, and the file is deleted, passed or failed, before then,
     so the suite fits a CI disk with little room to spare."""
     kind = request.param
@@ -107,6 +112,8 @@ def kept_bytes(path: Path, storage: str, compute: torch.dtype) -> int:
     index = weights.read_index(path, "flux_transformer")
     total = 0
     for key, shape in index.shapes.items():
+        if key.endswith(weights.SCALE_SUFFIXES):
+            continue  # a scale stays beside its weight as one number, not a tensor
         numel, matrix = math.prod(shape), len(shape) == 2 and key.endswith(".weight")
         if index.is_gguf and index.dtypes[key] not in ("F32", "F16"):
             total += index.nbytes[key]
