@@ -1,8 +1,10 @@
 """Which weights are kept in float8, and how they still compute in the compute dtype.
 
 ComfyUI keeps an fp8 file's weights in fp8 and casts each layer's weight as it computes; the pack does the same:
-- weight_storage "default": the file's own precision. Linear weights stored fp8 in the file stay fp8 (about half
-  the memory of bf16); everything else is held in the compute dtype.
+- weight_storage "default": the file's own precision. Linear weights the file stores narrower than the compute
+  dtype stay so: fp8 (about half the memory of bf16), and bf16/fp16 when computing in fp32 (the CPU); they are
+  cast to the compute dtype layer by layer, with the same results as a cast at load. Everything else is held in
+  the compute dtype.
 - "fp8": every Linear weight in float8 (ComfyUI's fp8 loading: the modulation layers too), cast tensor by tensor
   as it is read; biases, norms and embeddings stay in the compute dtype.
 - "compute": everything in the compute dtype (diffusers' own result).
@@ -10,8 +12,8 @@ ComfyUI's scaled fp8 (a float8 weight and one scale per layer) is kept the way C
 stored, its scale beside it, multiplied in as the layer computes (under "default" and "fp8"; "compute" dequantizes
 at load). A weight with a scale per row, rare, is dequantized at load.
 
-fp8 Linear weights compute through a diffusers layerwise-casting hook that casts the weight only, registered under
-diffusers' own name, so `model.dtype` reports the compute dtype as with `enable_layerwise_casting`.
+Narrow Linear weights compute through a diffusers layerwise-casting hook that casts the weight only, registered
+under diffusers' own name, so `model.dtype` reports the compute dtype as with `enable_layerwise_casting`.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ def storage_dtype(name: str, file_dtype: torch.dtype, dequantized: bool, storage
         kept_fp8 = file_dtype in FP8_DTYPES and not dequantized
         if storage == "fp8":
             return file_dtype if kept_fp8 else FP8
-        if storage == "default" and kept_fp8:
+        narrower = file_dtype not in FP8_DTYPES and file_dtype.itemsize < compute.itemsize
+        if storage == "default" and (kept_fp8 or narrower):
             return file_dtype
     return compute
 
@@ -60,7 +63,7 @@ def _hook_class():
     from diffusers.hooks.layerwise_casting import LayerwiseCastingHook
 
     class WeightCastingHook(LayerwiseCastingHook):
-        """diffusers' layerwise casting for one Linear, casting its fp8 weight (not the whole module) to the
+        """diffusers' layerwise casting for one Linear, casting its narrow weight (not the whole module) to the
         compute dtype for the matmul and leaving the stored weight untouched: no cast back, nothing mutated, so
         the layer gives what a compute-dtype copy of the weight would."""
 
@@ -90,16 +93,17 @@ def _hook_class():
 
 
 def enable_weight_casting(model: torch.nn.Module, compute: torch.dtype, scales: dict[str, float] | None = None) -> int:
-    """Hook every Linear whose weight is stored in fp8 (and not hooked yet). scales: scaled-fp8 weights' scales by
-    weight name. Returns how many are fp8."""
+    """Hook every Linear whose weight is stored narrower than `compute` (and not hooked yet); a wider one (T5's
+    `wo` kept in fp32) computes as it is. scales: scaled-fp8 weights' scales by weight name. Returns how many
+    are fp8."""
     from diffusers.hooks import HookRegistry
     from diffusers.hooks.layerwise_casting import _LAYERWISE_CASTING_HOOK
 
     count, scales = 0, scales or {}
     for name, module in castable_linears(model).items():
-        if module.weight.dtype not in FP8_DTYPES:
+        if module.weight.dtype.itemsize >= compute.itemsize:
             continue
-        count += 1
+        count += module.weight.dtype in FP8_DTYPES
         module.compute_dtype = compute  # read by peft: a LoRA on this layer is kept in it, not in fp8
         registry = HookRegistry.check_if_exists_or_initialize(module)
         if registry.get_hook(_LAYERWISE_CASTING_HOOK) is None:

@@ -107,6 +107,23 @@ def test_fp8_file_stays_fp8_and_computes_like_diffusers(tiny_fp8):
     assert torch.equal(tiny_output(model), tiny_output(reference))
 
 
+def test_bf16_file_computed_in_fp32_keeps_its_linear_weights_bf16_and_computes_like_diffusers(models, tmp_path):
+    """The CPU computes in fp32: a bf16 file's Linear weights stay bf16 (half the bytes) and are cast layer by
+    layer, giving exactly what diffusers' fp32 model of the same file gives; other tensors are fp32."""
+    state = {k: v.to(torch.bfloat16) for k, v in tm._contiguous(models["sources"]["dev"].state_dict()).items()}
+    path = tm.write_safetensors(tmp_path / "flux1-dev-bf16.safetensors", state)
+    model, _ = loading.load_transformer(path, F32)
+    assert linear_dtypes(model) == {torch.bfloat16} and model.dtype == F32
+    assert {p.dtype for n, p in model.named_parameters() if not n.endswith(".weight")} == {F32}
+    wide, _ = loading.load_transformer(path, F32, "compute")
+    assert linear_dtypes(wide) == {F32}
+    reference = diffusers_single_file(path, F32)
+    assert torch.equal(tiny_output(model), tiny_output(reference))
+    assert torch.equal(tiny_output(wide), tiny_output(reference))
+    half, _ = loading.load_transformer(path, torch.float16)  # as wide as bf16: cast at load, as diffusers does
+    assert linear_dtypes(half) == {torch.float16}
+
+
 def test_compute_storage_equals_diffusers_and_fp8_storage_casts_a_wide_file(models, tiny_fp8):
     wide, _ = loading.load_transformer(tiny_fp8, F32, "compute")
     _same_params(wide, diffusers_single_file(tiny_fp8, F32))
