@@ -124,7 +124,8 @@ class FluxReduxLoadModel:
                 f"{params.VARIANTS['schnell'].steps.minimum}-{params.VARIANTS['schnell'].steps.maximum} steps.")}),
             "weight_dtype": (WEIGHT_DTYPE_CHOICES, {"default": "default", "tooltip": (
                 "default: bf16 on CUDA, fp32 on CPU. bf16/fp16/fp32: that compute dtype. The weights keep the "
-                "file's precision (an fp8 file stays fp8, computed layer by layer in that dtype). fp8: every "
+                "file's precision (an fp8 file stays fp8, a bf16 file bf16 under fp32; computed layer by layer in "
+                "that dtype). fp8: every "
                 "transformer weight stored in float8 (about half the VRAM of bf16), computed in the default "
                 "dtype.")}),
             "offload": (params.OFFLOAD_CHOICES, {"default": "auto", "tooltip": (

@@ -34,7 +34,7 @@ CROP_MODES: tuple[str, ...] = ("center", "squash", "pad")
 VARIANT_CHOICES: tuple[str, ...] = ("auto", "dev", "schnell")  # auto: from the weights (guidance_in present = dev)
 DTYPE_CHOICES: tuple[str, ...] = ("auto", "bf16", "fp16", "fp32")  # auto: bf16 on CUDA, fp32 on CPU
 # Transformer weight storage (pipelines/storage.py): default keeps the file's own precision (an fp8 file stays fp8,
-# computed in dtype layer by layer); fp8 stores every Linear weight in float8; compute stores all in dtype.
+# a bf16 file bf16 under fp32, computed in dtype layer by layer); fp8 stores every Linear weight in float8; compute stores all in dtype.
 WEIGHT_STORAGE_CHOICES: tuple[str, ...] = ("default", "fp8", "compute")
 # auto: decided from the files' sizes and the free VRAM (pipelines/placement.py); group: blocks streamed in
 OFFLOAD_CHOICES: tuple[str, ...] = ("auto", "none", "model", "group", "sequential")
