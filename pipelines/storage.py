@@ -28,10 +28,14 @@ FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 def castable_linears(model: torch.nn.Module) -> dict[str, torch.nn.Linear]:
-    """The Linear layers whose weight may be stored in fp8: plain nn.Linear forwards only (a subclass with its own
-    forward, such as a GGUF layer, computes its weight its own way)."""
+    """The Linear layers whose weight may be stored narrower than the compute dtype: plain nn.Linear forwards only
+    (a subclass with its own forward, such as a GGUF layer, computes its weight its own way), and not the output
+    projection of an nn.MultiheadAttention (SigLIP's pooling head), whose weight it reads without calling it."""
+    read_directly = {f"{name}.out_proj" if name else "out_proj" for name, m in model.named_modules()
+                     if isinstance(m, torch.nn.MultiheadAttention)}
     return {name: m for name, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear) and type(m).forward is torch.nn.Linear.forward}
+            if isinstance(m, torch.nn.Linear) and type(m).forward is torch.nn.Linear.forward
+            and name not in read_directly}
 
 
 def fp8_weight_names(model: torch.nn.Module) -> set[str]:

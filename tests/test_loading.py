@@ -63,6 +63,26 @@ def test_siglip_file_without_head_loads(models, tmp_path):
     assert not model.config.vision_use_head
 
 
+@pytest.mark.parametrize("narrow", [torch.float16, torch.float8_e4m3fn])
+def test_narrow_siglip_file_computed_in_fp32_encodes_like_its_upcast(tmp_path, models, narrow):
+    """Matrices kept narrow and cast layer by layer, except the pooling head's attention output projection, which
+    nn.MultiheadAttention reads without calling it (kept in the compute dtype): the same features as the file's
+    values upcast to fp32 at load."""
+    state = tm._contiguous(tm.siglip_state_comfy(models["sources"]["siglip"]))
+    stored = {k: v.to(narrow) if v.ndim == 2 or narrow == torch.float16 else v for k, v in state.items()}
+    path = tm.write_safetensors(tmp_path / "narrow" / "siglip.safetensors", stored)
+    wide = tm.write_safetensors(tmp_path / "wide" / "siglip.safetensors", {k: v.float() for k, v in stored.items()})
+    model, _ = loading.load_siglip(path, F32)
+    reference, _ = loading.load_siglip(wide, F32)
+    modules = dict(model.named_modules())  # transformers 5 and 4.x name the tower differently
+    fc1 = next(m for n, m in modules.items() if n.endswith("layers.0.mlp.fc1"))
+    out_proj = next(m for n, m in modules.items() if n.endswith("head.attention.out_proj"))
+    assert fc1.weight.dtype == narrow and out_proj.weight.dtype == F32
+    pixels = torch.randn(2, 3, model.config.image_size, model.config.image_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(pixel_values=pixels).pooler_output, reference(pixel_values=pixels).pooler_output)
+
+
 def test_redux_projector_file_and_folder(models):
     for source in (models["files"]["redux"], models["folders"]["redux_repo"]):
         _same_params(loading.load_redux_projector(source, F32), models["sources"]["redux"])
