@@ -156,15 +156,15 @@ class ReduxEncoder:
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         """Square images [N, size, size, 3] in 0..1 -> Redux tokens [N, tokens, width] (float32, CPU).
-        The device is read now: a memory manager may have moved the modules since they were loaded."""
+        The device is read now: a memory manager may have moved the modules since they were loaded. The compute
+        dtypes are the ones they were loaded for, not a parameter's: a file's narrower Linear weights are kept
+        narrow and cast as they compute."""
         mean = torch.tensor(self.processor.image_mean, dtype=torch.float32)
         std = torch.tensor(self.processor.image_std, dtype=torch.float32)
         normalised = ((pixels.float() - mean) / std).permute(0, 3, 1, 2)
-        device, dtype = self.execution_device, next(self.vision.parameters()).dtype
         with torch.inference_mode():
-            features = self.vision(pixel_values=normalised.to(device, dtype)).last_hidden_state
-            projector_dtype = next(self.projector.parameters()).dtype
-            return self.projector(features.to(projector_dtype)).image_embeds.float().cpu()
+            features = self.vision(pixel_values=normalised.to(self.execution_device, self.dtype)).last_hidden_state
+            return self.projector(features.to(PROJECTOR_DTYPE)).image_embeds.float().cpu()
 
     def release(self) -> None:
         self.vision = self.projector = None

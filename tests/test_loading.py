@@ -253,6 +253,27 @@ def test_mismatched_redux_and_siglip_widths(models, tmp_path, fresh_cache):
         models_mod.load_redux_encoder(spec, fresh_cache)
 
 
+def test_bf16_redux_files_encode_in_fp32_like_their_upcast(models, tmp_path):
+    """flux1-redux-dev and SigLIP as bf16 files on the CPU (fp32): their matrices stay bf16 and the encoder still
+    feeds each model its compute dtype, giving the tokens of the same files upcast to fp32 at load."""
+    files = {"redux": tm._contiguous(models["sources"]["redux"].state_dict()),
+             "siglip": tm._contiguous(tm.siglip_state_comfy(models["sources"]["siglip"]))}
+    paths = {}
+    for name, state in files.items():
+        narrow = {k: v.to(torch.bfloat16) for k, v in state.items()}
+        paths[name] = tm.write_safetensors(tmp_path / "bf16" / f"{name}.safetensors", narrow)
+        paths[f"{name}_wide"] = tm.write_safetensors(tmp_path / "wide" / f"{name}.safetensors",
+                                                     {k: v.float() for k, v in narrow.items()})
+    options = loading.LoadOptions(device="cpu")
+    bf16 = models_mod.load_redux_encoder(models_mod.ReduxEncoderSpec(str(paths["redux"]), str(paths["siglip"]),
+                                                                     options), ModelCache())
+    wide = models_mod.load_redux_encoder(models_mod.ReduxEncoderSpec(str(paths["redux_wide"]),
+                                                                     str(paths["siglip_wide"]), options), ModelCache())
+    assert torch.bfloat16 in {p.dtype for p in bf16.projector.parameters()}
+    pixels = torch.rand(1, bf16.image_size, bf16.image_size, 3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(bf16.embed(pixels), wide.embed(pixels))
+
+
 # -- finding files in a ComfyUI models folder -----------------------------------------------------------------
 
 def test_find_weights_prefers_comfy_single_files(models):
