@@ -14,7 +14,8 @@ fp8-scaled (ComfyUI scaled fp8). A FLUX VAE file (LDM names, fp32, 0.3 GB) goes 
 
 Each load runs in its own process: the pack (`load_flux_model` with LoadOptions(device, dtype=bf16,
 weight_storage), transformer + VAE) and, with --comfyui, ComfyUI in its own venv (`comfy.sd.load_diffusion_model`
-+ `comfy.sd.VAE`, or `load_checkpoint_guess_config`). A thread in the child samples /proc/self/status every
++ `comfy.sd.VAE`, or `load_checkpoint_guess_config`; GGUF through city96's ComfyUI-GGUF "Unet Loader (GGUF)" node,
+given --comfyui-gguf DIR, as ComfyUI users load GGUF). A thread in the child samples /proc/self/status every
 20 ms: peak private RAM (RssAnon) and peak file-backed RAM (RssFile, page cache the kernel can drop). The file
 is read once (`cat > /dev/null`) before each load, so both loaders start from a warm page cache where the file
 fits in RAM. On the CPU a child gets oom_score_adj 1000 and is killed by this process once its private RAM
@@ -106,9 +107,9 @@ FORMATS = {
     "fp8-schnell": Format("fp8-schnell", "schnell (no guidance_in), fp8 as above", [Run("comfyui"), Run("pack")]),
     "bf16": Format("bf16", "dev, bf16, fp8 storage asked", [Run("comfyui", "fp8"), Run("pack", "fp8")]),
     "gguf-q8_0": Format("gguf-q8_0", "dev, GGUF Q8_0 (vectors F32)", [Run("comfyui"), Run("pack")], suffix=".gguf",
-                        comfyui_note="GGUF needs the ComfyUI-GGUF node pack, not ComfyUI's core loader"),
+                        comfyui_note="ComfyUI's core loader reads no GGUF: give --comfyui-gguf DIR (city96's node pack)"),
     "gguf-q4_k": Format("gguf-q4_k", "dev, GGUF Q4_K (vectors F32)", [Run("comfyui"), Run("pack")], suffix=".gguf",
-                        comfyui_note="GGUF needs the ComfyUI-GGUF node pack, not ComfyUI's core loader"),
+                        comfyui_note="ComfyUI's core loader reads no GGUF: give --comfyui-gguf DIR (city96's node pack)"),
     "checkpoint": Format("checkpoint", "all-in-one: model.diffusion_model.* fp8 + vae.* bf16",
                          [Run("comfyui"), Run("pack")], checkpoint=True),
     "fp8-scaled": Format("fp8-scaled", "dev, ComfyUI scaled fp8 (scale_weight per matrix)",
@@ -278,8 +279,13 @@ def child_comfyui(job: dict):
     import comfy.sd
     import comfy.utils
 
+    unet_gguf = comfyui_gguf_loader(job)
+
     def load():
-        if job["checkpoint"]:
+        if unet_gguf:
+            model = unet_gguf(job["transformer"])
+            vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(job["vae"]))
+        elif job["checkpoint"]:
             model, _clip, vae, _vision = comfy.sd.load_checkpoint_guess_config(
                 job["transformer"], output_vae=True, output_clip=False)
         else:
@@ -291,6 +297,29 @@ def child_comfyui(job: dict):
         return model, vae
 
     return load, lambda loaded: module_bytes([loaded[0].model, loaded[1].first_stage_model])
+
+
+def comfyui_gguf_loader(job: dict):
+    """city96's ComfyUI-GGUF node pack (the GGUF loader ComfyUI users have), imported as ComfyUI imports a custom
+    node: its "Unet Loader (GGUF)" node, given the file through ComfyUI's public folder_paths. None without it."""
+    if not job.get("comfyui_gguf"):
+        return None
+    import importlib.util
+    import folder_paths
+
+    folder = Path(job["comfyui_gguf"])
+    spec = importlib.util.spec_from_file_location("ComfyUI-GGUF", folder / "__init__.py",
+                                                  submodule_search_locations=[str(folder)])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = pack
+    spec.loader.exec_module(pack)
+    node = pack.NODE_CLASS_MAPPINGS["UnetLoaderGGUF"]()
+
+    def load(path: str):
+        folder_paths.add_model_folder_path("unet_gguf", str(Path(path).parent))
+        folder_paths.add_model_folder_path("diffusion_models", str(Path(path).parent))
+        return node.load_unet(Path(path).name)[0]
+    return load
 
 
 def child_main(job: dict) -> None:
@@ -396,7 +425,7 @@ def measure_format(fmt: Format, path: Path, vae: Path, args) -> list[Row]:
         for i, run in enumerate(fmt.runs):
             if run.loader == "comfyui" and not args.comfyui:
                 continue
-            if run.loader == "comfyui" and fmt.comfyui_note:
+            if run.loader == "comfyui" and fmt.comfyui_note and not (fmt.suffix == ".gguf" and args.comfyui_gguf):
                 results[i] = [{"error": fmt.comfyui_note}]
                 continue
             if results[i] and "error" in results[i][-1]:
@@ -415,7 +444,8 @@ def measure_once(fmt: Format, run: Run, path: Path, vae: Path, args) -> dict:
         if not full_cpu or available_bytes() >= args.need_gib * GIB:
             break
     job = dict(loader=run.loader, storage=run.storage, device=args.device, transformer=str(path),
-               vae=str(path if fmt.checkpoint else vae), checkpoint=fmt.checkpoint, comfyui=args.comfyui)
+               vae=str(path if fmt.checkpoint else vae), checkpoint=fmt.checkpoint, comfyui=args.comfyui,
+               comfyui_gguf=args.comfyui_gguf if fmt.suffix == ".gguf" else None)
     python = args.comfyui_python if run.loader == "comfyui" else sys.executable
     cap = None if args.device != "cpu" else max(available_bytes() - GIB, 2 * GIB)
     print(f"  {fmt.name}: {run.loader} storage={run.storage} (cache warmed in {warm_s:.1f} s"
@@ -490,6 +520,8 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="1 double + 1 single block at full width (quick)")
     parser.add_argument("--comfyui", help="a ComfyUI tree: also load each file with ComfyUI's own loader")
     parser.add_argument("--comfyui-python", help="the python of ComfyUI's venv (default: this one)")
+    parser.add_argument("--comfyui-gguf", help="city96's ComfyUI-GGUF folder: load the GGUF files with it in ComfyUI "
+                                               "(its venv needs the gguf package)")
     parser.add_argument("--need-gib", type=float, default=14.0, help="MemAvailable wanted before a full-size load")
     parser.add_argument("--patience", type=float, default=1800, help="seconds to wait for that RAM")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds one load may take")
@@ -500,6 +532,7 @@ def main() -> None:
     if args.child:
         return child_main(json.loads(args.child))
     args.comfyui = str(Path(args.comfyui).resolve()) if args.comfyui else None
+    args.comfyui_gguf = str(Path(args.comfyui_gguf).resolve()) if args.comfyui_gguf and args.comfyui else None
     args.comfyui_python = args.comfyui_python or sys.executable
     args.dir.mkdir(parents=True, exist_ok=True)
     vae = write_vae(args.dir)
