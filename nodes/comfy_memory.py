@@ -35,7 +35,6 @@ tests/comfy_memory_check.py runs this inside a real ComfyUI, with and without 0.
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import weakref
@@ -81,22 +80,9 @@ def keep_while(owner, key) -> None:
         weakref.finalize(owner, _owner_dropped, key, id(owner))
 
 
-_GC_IDLE = threading.Event()  # set while no garbage collection runs, in any thread
-_GC_IDLE.set()
-_RELEASING = threading.Lock()  # one release at a time: each collects the garbage its unload made
-
-
-def _gc_phase(phase: str, _info: dict) -> None:
-    (_GC_IDLE.clear if phase == "start" else _GC_IDLE.set)()
-
-
-gc.callbacks.append(_gc_phase)
-
-
 def _owner_dropped(key, owner_id: int) -> None:
     """Runs where the owner died, often inside ComfyUI's gc.collect(), where a nested collection does nothing:
-    the model (held in reference cycles) is freed from a thread of its own, once that collection has ended and
-    after any other release (CPython's gc.collect() returns at once while another thread collects)."""
+    the model (held in reference cycles) is freed from a thread of its own instead."""
     owners = _OWNERS.get(key, set())
     owners.discard(owner_id)
     if not owners:
@@ -104,13 +90,11 @@ def _owner_dropped(key, owner_id: int) -> None:
 
 
 def _release(key) -> None:
-    with _RELEASING:
-        _GC_IDLE.wait(timeout=60)
-        if _OWNERS.get(key):  # a new loader output took the model meanwhile
-            return
-        _OWNERS.pop(key, None)
-        if CACHE.unload(key):
-            log.info("FLUX Redux: ComfyUI dropped the last node using a model: freed it")
+    if _OWNERS.get(key):  # a new loader output took the model meanwhile
+        return
+    _OWNERS.pop(key, None)
+    if CACHE.unload(key):
+        log.info("FLUX Redux: ComfyUI dropped the last node using a model: freed it")
 
 
 def resolve_auto(spec) -> LoadOptions:

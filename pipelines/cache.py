@@ -11,6 +11,7 @@ import gc
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Hashable
@@ -91,7 +92,7 @@ class ModelCache:
             for k in keys:
                 _release_item(self._items.pop(k))
         if keys:
-            gc.collect()
+            collect_garbage()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             return_freed_ram()
@@ -101,11 +102,32 @@ class ModelCache:
 
 def _release_item(item) -> None:
     """Call the item's own release, if it has one. A function of its own so that no local of unload() (a bound
-    `release` method holds its item) keeps the item past unload's gc.collect(): a model in reference cycles then
-    stayed as garbage until some later full collection (1 GiB kept past POST /free in ComfyUI 0.33)."""
+    `release` method holds its item) keeps the item alive during the collection that follows."""
     release = getattr(item, "release", None)
     if release is not None:
         release()
+
+
+def collect_garbage(attempts: int = 20) -> None:
+    """A full gc.collect() that really ran in this thread, retried until one did. Models sit in reference cycles,
+    so only a full collection frees them, and gc.collect() returns at once, doing nothing, while another thread
+    collects (ComfyUI's worker, whose collection is where ComfyUI drops the loader outputs, or an automatic one):
+    ComfyUI 0.33 then kept 1-3 GiB of freed models past POST /free until some later full collection."""
+    me, ran = threading.get_ident(), threading.Event()
+
+    def seen(phase: str, info: dict) -> None:
+        if phase == "stop" and info["generation"] == 2 and threading.get_ident() == me:
+            ran.set()
+
+    gc.callbacks.append(seen)
+    try:
+        for attempt in range(attempts):
+            gc.collect()
+            if ran.is_set():
+                return
+            time.sleep(0.01 * (attempt + 1))
+    finally:
+        gc.callbacks.remove(seen)
 
 
 def return_freed_ram() -> None:

@@ -71,3 +71,53 @@ def test_unload_returns_the_models_ram_to_the_os(cyclic):
     baseline, loaded, after = map(float, done.stdout.split()[-3:])
     assert loaded - baseline > 600  # the 768 MiB of weights were resident
     assert after - baseline < 100, f"private memory {baseline:.0f} -> {loaded:.0f} -> {after:.0f} MiB"
+
+
+def test_unload_collects_even_while_another_thread_is_collecting():
+    """gc.collect() returns at once, doing nothing, while another thread collects (ComfyUI's worker, where the
+    pack's models are released): the cache's collection must still run, or a freed model stays as garbage."""
+    import gc
+    import threading
+    import weakref
+
+    from packloader import submodule
+
+    cache = submodule("pipelines.cache")
+
+    class Model:
+        def __init__(self):
+            self.me = self  # a reference cycle: only a collection frees it
+
+        def memory_bytes(self):
+            return 1
+
+    other, proceed, started = None, threading.Event(), threading.Event()
+
+    def hold(phase, _info):  # the other thread's collection stays in progress until `proceed`
+        if phase == "start" and threading.get_ident() == other:
+            started.set()
+            proceed.wait(10)
+
+    def other_collects():
+        nonlocal other
+        other = threading.get_ident()
+        gc.collect()
+
+    store = cache.ModelCache(max_bytes=2**40)
+    model = weakref.ref(store.get("model", Model))
+    was_enabled = gc.isenabled()
+    gc.disable()
+    gc.callbacks.append(hold)
+    worker = threading.Thread(target=other_collects)
+    try:
+        worker.start()
+        assert started.wait(10)
+        threading.Timer(0.2, proceed.set).start()
+        store.unload("model")
+        assert model() is None, "the unloaded model was left as garbage"
+    finally:
+        proceed.set()
+        worker.join(10)
+        gc.callbacks.remove(hold)
+        if was_enabled:
+            gc.enable()
