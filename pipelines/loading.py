@@ -158,9 +158,11 @@ def _transformer_overrides(index: TensorIndex) -> dict:
                 pooled_projection_dim=pooled, attention_head_dim=head_dim, num_attention_heads=inner // head_dim)
 
 
-def load_transformer(source: str | Path, dtype: torch.dtype, storage: str = "default", device="cpu"):
+def load_transformer(source: str | Path, dtype: torch.dtype, storage: str = "default", device="cpu",
+                     keep_mapped: bool = False):
     """Return (FluxTransformer2DModel, detected variant) from a single file or a diffusers folder, its weights on
-    `device` in `storage` (params.WEIGHT_STORAGE_CHOICES; GGUF blocks stay quantized whatever it says)."""
+    `device` in `storage` (params.WEIGHT_STORAGE_CHOICES; GGUF blocks stay quantized whatever it says).
+    `keep_mapped`: the model computes on the CPU, so GGUF blocks may stay in the file's mapping (WeightFile)."""
     from diffusers import FluxTransformer2DModel
 
     path = Path(source)
@@ -174,7 +176,7 @@ def load_transformer(source: str | Path, dtype: torch.dtype, storage: str = "def
         check_transformer_complete(index)
         config = dict(FluxTransformer2DModel.load_config(CONFIG_DIR / "transformer"), **_transformer_overrides(index))
         model = _on_meta(lambda: FluxTransformer2DModel.from_config(config))
-        with WeightFile(index, device) as weights:
+        with WeightFile(index, device, keep_mapped) as weights:
             pieces = _transformer_pieces(weights, transformer_layout(index).bfl_names)
             quantizer = _gguf_quantizer(model, weights, pieces, dtype) if index.is_gguf else None
             _stream_file(model, weights, pieces, storage, dtype, "the FLUX transformer", quantizer)

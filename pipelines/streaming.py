@@ -59,8 +59,10 @@ class Piece:
 class WeightFile:
     """One weight file (or its part of an all-in-one checkpoint) opened for reading tensor by tensor."""
 
-    def __init__(self, index: TensorIndex, device: torch.device | str = "cpu"):
+    def __init__(self, index: TensorIndex, device: torch.device | str = "cpu", keep_mapped: bool = False):
         self.index, self.device = index, torch.device(device)
+        # GGUF blocks left in the file's read-only mapping, for a model that computes on the CPU (see _gguf_rows)
+        self.keep_mapped = keep_mapped and self.device.type == "cpu"
         self._stack = ExitStack()
         self._scratch: torch.Tensor | None = None
         self._map: torch.Tensor | None = None  # the whole file, mapped read-only, for every read bound for the CPU
@@ -154,18 +156,25 @@ class WeightFile:
         return self.index.offsets[key] + row * self._row_bytes(key)
 
     def _gguf_rows(self, key: str, start: int, stop: int) -> torch.Tensor:
-        """Rows [start, stop) of a GGUF tensor, copied out of the read-only map (quantized blocks as a
-        GGUFParameter, F32/F16 tensors plain)."""
+        """Rows [start, stop) of a GGUF tensor (quantized blocks as a GGUFParameter, F32/F16 tensors plain): copied
+        out of the read-only map, or, with keep_mapped, left in it as ComfyUI-GGUF leaves them: page cache read
+        when a layer first computes, not private RAM (a full Q8_0 FLUX: 1.3 s instead of 9.6 s, peak private RAM
+        0.64 GiB instead of 12.41). Only for a model that computes on the CPU: nothing moves or pins those weights,
+        and nothing writes to them (the blocks are dequantized into new tensors)."""
         import numpy as np
 
-        tensor = self._gguf[self.index.prefix + key]
-        whole = (start, stop) == (0, self.rows(key))
-        data = torch.from_numpy(np.array(tensor.data if whole else tensor.data[start:stop]))
+        rows = self._gguf[self.index.prefix + key].data[start:stop]
+        if self.keep_mapped:
+            with warnings.catch_warnings():  # torch warns that the array is read-only; it is only read
+                warnings.simplefilter("ignore", UserWarning)
+                data = torch.from_numpy(rows)
+        else:
+            data = torch.from_numpy(np.array(rows))
         if self.dtype(key) is not None:
             return data
         from diffusers.quantizers.gguf.utils import GGUFParameter
 
-        return GGUFParameter(data, quant_type=tensor.tensor_type)
+        return GGUFParameter(data, quant_type=self.quant_type(key))
 
     def _row_bytes(self, key: str) -> int:
         shape = self.index.shapes[key]

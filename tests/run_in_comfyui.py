@@ -263,8 +263,13 @@ class Server:
         return float("nan")
 
     def free(self, free_memory: bool) -> None:
-        self.post("/free", {"unload_models": True, "free_memory": free_memory})
-        time.sleep(12)  # the worker acts on the flags between prompts and collects garbage every 10 s
+        """POST /free, and again 3 s later: ComfyUI's worker reads the flags only when woken, and the wake-up of a
+        /free sent while it still collects garbage after a prompt is lost (the flags then wait for the next
+        prompt; seen in 0.33). Then wait: the worker collects garbage every 10 s."""
+        for _ in range(2):
+            self.post("/free", {"unload_models": True, "free_memory": free_memory})
+            time.sleep(3)
+        time.sleep(9)
 
     def private_gib_once_below(self, limit: float, patience: float = 120) -> float:
         """The server's private memory once it is at most `limit` GiB, or after `patience` s: on a loaded machine
@@ -498,6 +503,9 @@ def main() -> int:
     server = Server(comfy_dir, base, python, args.port, flags)
     try:
         classes = server_classes(server.get("/object_info"))
+        if "FluxReduxGenerate" not in classes:  # ComfyUI starts without a custom node that fails to import
+            raise SystemExit(f"ComfyUI did not load the pack (are its requirements.txt installed in {python}?); "
+                             f"the import error is in {server.log_path}")
         if "templates" in parts:
             check_templates(server, report)
         if "mixed" in parts:

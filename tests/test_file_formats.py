@@ -2,6 +2,7 @@
 and transformer files under any name, found by their headers."""
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,6 +54,32 @@ def test_gguf_transformer_matches_its_dequantized_weights(tmp_path, gguf_source,
     assert footprint.params == sum(p.numel() for p in gguf_source.parameters())
 
 
+def in_file_mapping(path, address: int) -> bool:
+    """Whether `address` lies in one of this process's mappings of the file `path`."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == str(path):
+            low, high = (int(x, 16) for x in fields[0].split("-"))
+            if low <= address < high:
+                return True
+    return False
+
+
+@pytest.mark.parametrize("keep_mapped", [False, True], ids=["copied", "mapped"])
+def test_gguf_blocks_for_the_cpu_can_stay_in_the_files_mapping(tmp_path, gguf_source, keep_mapped):
+    """For a model that computes on the CPU the GGUF blocks stay in the file's read-only mapping (page cache, as
+    ComfyUI-GGUF leaves them), else they are copied out; the same output either way."""
+    path = tmp_path / "flux1-dev-Q8_0.gguf"
+    tm.write_gguf(path, tm._contiguous(gguf_source.state_dict()), "Q8_0")
+    model, _ = loading.load_transformer(path, F32, keep_mapped=keep_mapped)
+    weight = model.transformer_blocks[0].ff.net[2].weight
+    assert type(weight).__name__ == "GGUFParameter"
+    assert in_file_mapping(path, weight.data_ptr()) == keep_mapped
+    copied, _ = loading.load_transformer(path, F32)
+    assert not in_file_mapping(path, copied.transformer_blocks[0].ff.net[2].weight.data_ptr())
+    torch.testing.assert_close(transformer_output(model), transformer_output(copied), rtol=0, atol=0)
+
+
 def test_gguf_model_generates_and_reports_its_quantized_size(tmp_path, models, gguf_source, caplog):
     path = tmp_path / "unet" / "my-flux-q8.gguf"
     tm.write_gguf(path, tm._contiguous(gguf_source.state_dict()), "Q8_0")
@@ -63,6 +90,8 @@ def test_gguf_model_generates_and_reports_its_quantized_size(tmp_path, models, g
     assert "weight_storage=fp8 ignored" in caplog.text and flux.placement.weight_storage == "default"
     plain_bytes = sum(p.numel() * 4 for p in gguf_source.parameters())
     assert flux.memory_bytes() < plain_bytes and models_mod.kept_bytes(spec) == flux.memory_bytes()
+    block = flux.modules()["transformer"].transformer_blocks[0].ff.net[2].weight
+    assert in_file_mapping(path, block.data_ptr())  # computed on the CPU: left in the file's mapping
     encoder = models_mod.load_redux_encoder(models_mod.ReduxEncoderSpec(str(models["files"]["redux"]),
                                                                         str(models["files"]["siglip"])), ModelCache())
     gen = params.validate_generation("dev", "custom", 256, 256, num_inference_steps=2, seed=1)
