@@ -228,7 +228,7 @@ def _build_flux(spec: FluxModelSpec) -> FluxModel:
     log.info("FLUX placement for %s: %s", Path(spec.transformer).name, placement.describe())
     build = opts.torch_build_device() if placement.offload == "none" else torch.device("cpu")
     transformer, detected = load_transformer(spec.transformer, dtype, placement.weight_storage, build,
-                                             keep_mapped=build.type == device.type == "cpu")
+                                             keep_mapped=device.type == "cpu")
     variant = detected if spec.variant == "auto" else params.variant_spec(spec.variant).name
     if variant != detected:
         log.warning("variant %s requested for %s, whose weights look like %s: using %s parameter ranges and "
